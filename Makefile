@@ -1,0 +1,43 @@
+# flashhead: `make demo` installs everything and renders a talking video; `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_TEXT ?= Hello! I am a talking portrait, rendered on your own machine, faster than real time.
+
+.PHONY: demo test install sysdeps jsdeps bench gallery serve clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages the tests need (a real redis-server, Debian's chromium for the browser test, node/npm).
+sysdeps:
+	bash scripts/sysdeps.sh
+
+jsdeps: sysdeps
+	@if [ -f tests/js/package.json ]; then npm --prefix tests/js install --no-audit --no-fund --loglevel=error; fi
+
+demo: install
+	$(BIN)/flashhead generate --image examples/portrait_girl_512.png \
+		--text "$(DEMO_TEXT)" --voice Aria --seed 7 -o out/demo.mp4
+	@echo "video written to $(CURDIR)/out/demo.mp4"
+
+test: install sysdeps jsdeps
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench: install
+	$(BIN)/python bench/render_speed.py 30 300
+
+gallery: install
+	$(BIN)/python bench/gallery.py
+
+serve: install
+	$(BIN)/flashhead serve --host 127.0.0.1 --port 8000
+
+clean:
+	rm -rf $(VENV) out flashhead-data tests/js/node_modules

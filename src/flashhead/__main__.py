@@ -1,0 +1,3 @@
+from flashhead.cli import main
+
+raise SystemExit(main())

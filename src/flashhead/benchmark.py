@@ -1,0 +1,74 @@
+"""Render-speed benchmark: frames per second of render + encode, real-time factor, peak RSS.
+
+Each length runs in its own process so that peak RSS is measured per length.
+Usage: python -m flashhead.benchmark 30 300   (or `flashhead bench`, or bench/render_speed.py)
+"""
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flashhead import constants as C
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def speech_audio(seconds: float) -> np.ndarray:
+    """Real speech of the requested length: the shipped excerpt, looped."""
+    from flashhead.media.audio import decode_audio
+
+    clip = decode_audio((EXAMPLES / "speech_excerpt_10s.wav").read_bytes())
+    n = int(seconds * C.SAMPLE_RATE)
+    return np.resize(clip, n).astype(np.float32)
+
+
+def run_one(seconds: float) -> dict:
+    """Render + encode `seconds` of speech in this process; return the figures."""
+    from flashhead.pipeline import Engines, Prepared, iter_chunks, load_portrait
+    from flashhead.speech.base import Speech
+    from flashhead.video.encode import Mp4Writer
+    from flashhead.visemes.features import features_for
+
+    engines = Engines.create()
+    portrait = engines.portraits.get(load_portrait(str(EXAMPLES / "portrait_girl_512.png"),
+                                                   engines, allow_paths=True))
+    speech = Speech(audio=speech_audio(seconds))
+    prep = Prepared(seed=1, speech=speech, features=features_for(speech), portrait=portrait)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        with Mp4Writer(Path(tmp) / "bench.mp4") as writer:
+            for chunk in iter_chunks(prep, engines):
+                writer.write(chunk.frames, chunk.audio)
+        wall = time.perf_counter() - t0
+    fps = prep.n_frames / wall
+    return {"seconds": seconds, "frames": prep.n_frames, "wall_s": round(wall, 2),
+            "fps": round(fps, 1), "realtime_factor": round(fps / C.FPS, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--one"]:
+        print(json.dumps(run_one(float(argv[1]))))
+        return 0
+    results = []
+    for s in argv or ["30", "300"]:
+        out = subprocess.run([sys.executable, "-m", "flashhead.benchmark", "--one", s],
+                             check=True, capture_output=True, text=True).stdout
+        results.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    if len(results) >= 2:
+        growth = results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"] - 1
+        print(json.dumps({"rss_growth_longest_vs_shortest": round(growth, 3)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""`flashhead` command line: generate | serve | keys | weights | bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from flashhead import constants as C
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="render a talking video from a portrait and text or audio")
+    p.add_argument("--image", required=True, help="portrait: file path, http(s) URL or data: URI")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="text to speak with the built-in TTS")
+    src.add_argument("--audio", help="speech audio: file path, URL or data: URI")
+    p.add_argument("--voice", default=C.DEFAULT_VOICE, help=f"one of: {', '.join(C.VOICES)}")
+    p.add_argument("--stability", type=float, default=C.DEFAULT_STABILITY)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--renderer", default=None, help="cpu | flashhead-lite | flashhead-pro")
+    p.add_argument("--weights-dir", default=None, help="official checkpoint folder (neural)")
+    p.add_argument("-o", "--output", default="out/flashhead.mp4")
+    p.set_defaults(func=cmd_generate)
+
+
+def _settings(args):
+    from flashhead.config import Settings
+
+    overrides = {}
+    if getattr(args, "renderer", None):
+        overrides["renderer"] = args.renderer
+    if getattr(args, "weights_dir", None):
+        overrides["weights_dir"] = args.weights_dir
+    return Settings(**overrides)
+
+
+class _Progress:
+    """A one-line progress bar on stderr, shown for jobs of 10 s of video or more."""
+
+    def __init__(self) -> None:
+        self.last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if total < 10 * C.FPS:  # short jobs finish before a bar would help
+            return
+        pct = int(100 * done / total)
+        if pct != self.last:
+            self.last = pct
+            bar = "#" * (pct // 4)
+            print(f"\rrendering [{bar:<25}] {pct:3d}% ({done}/{total} frames)",
+                  end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+
+def cmd_generate(args) -> int:
+    from flashhead.pipeline import Engines, generate, request_from_input, result_json
+
+    payload = {"image_url": args.image, "seed": args.seed}
+    if args.text is not None:
+        payload |= {"text": args.text, "voice": args.voice, "stability": args.stability}
+        endpoint = C.TEXT_ENDPOINT
+    else:
+        payload |= {"audio_url": args.audio}
+        endpoint = C.AUDIO_ENDPOINT
+    request = request_from_input(payload, endpoint)
+    engines = Engines.create(_settings(args))
+    result = generate(request, engines, args.output, allow_paths=True, progress=_Progress())
+    out = Path(args.output).resolve()
+    print(json.dumps(result_json(result, out.as_uri()), indent=2))
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="run the fal-compatible HTTP/WebSocket server")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data-dir", default="./flashhead-data")
+    p.add_argument("--ssl-certfile", default=None)
+    p.add_argument("--ssl-keyfile", default=None)
+    p.add_argument("--workers", type=int, default=1, help="render worker threads")
+    p.add_argument("--renderer", default=None, help="cpu | flashhead-lite | flashhead-pro")
+    p.add_argument("--weights-dir", default=None)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    from flashhead.api.server import serve
+
+    if args.renderer:
+        os.environ["FLASHHEAD_RENDERER"] = args.renderer
+    if args.weights_dir:
+        os.environ["FLASHHEAD_WEIGHTS_DIR"] = args.weights_dir
+    return serve(host=args.host, port=args.port, data_dir=args.data_dir,
+                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                 workers=args.workers) or 0
+
+
+def _add_keys(sub) -> None:
+    p = sub.add_parser("keys", help="manage API keys")
+    ks = p.add_subparsers(dest="keys_cmd", required=True)
+    for name in ("create", "list", "revoke"):
+        kp = ks.add_parser(name)
+        kp.add_argument("--data-dir", default="./flashhead-data")
+        if name == "revoke":
+            kp.add_argument("key_id")
+        if name == "create":
+            kp.add_argument("--name", default="")
+    p.set_defaults(func=cmd_keys)
+
+
+def cmd_keys(args) -> int:
+    from flashhead.api import server
+
+    fn = getattr(server, f"keys_{args.keys_cmd}")
+    kwargs = {"data_dir": args.data_dir}
+    if args.keys_cmd == "revoke":
+        kwargs["key_id"] = args.key_id
+    if args.keys_cmd == "create" and args.name:
+        kwargs["name"] = args.name
+    return fn(**kwargs) or 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="render-speed benchmark (see bench/ for the others)")
+    p.add_argument("--seconds", type=float, nargs="+", default=[30.0, 300.0])
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from flashhead.benchmark import main as bench_main
+
+    return bench_main([str(s) for s in args.seconds])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flashhead", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_serve(sub)
+    _add_keys(sub)
+    _add_bench(sub)
+    try:
+        from flashhead.render.neural.cli import add_cli
+    except ImportError:
+        pass
+    else:
+        add_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flashhead.errors import FlashheadError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FlashheadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # pydantic ValidationError and the like: one readable line
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"])
+            print(f"error: {loc}: {first['msg']}", file=sys.stderr)
+            return 2
+        raise

@@ -1,0 +1,74 @@
+"""One error hierarchy. HTTP status codes are chosen only in flashhead.api.errors."""
+from __future__ import annotations
+
+
+class FlashheadError(Exception):
+    """Base class. `error_type` is the stable machine-readable kind sent to clients."""
+
+    error_type = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class InputError(FlashheadError):
+    """The request itself is wrong (bad image, audio, text, option)."""
+
+    error_type = "invalid_input"
+
+
+class NoFaceError(InputError):
+    error_type = "no_face_detected"
+
+
+class LimitExceeded(InputError):
+    """Too big, too long, too many pixels, too slow to fetch."""
+
+    error_type = "limit_exceeded"
+
+
+class FetchError(InputError):
+    """A URL could not be fetched (network error, HTTP error status, timeout)."""
+
+    error_type = "fetch_failed"
+
+
+class UnsafeURLError(InputError):
+    """A URL points into loopback, a private network, link-local or metadata space."""
+
+    error_type = "unsafe_url"
+
+
+class NotFound(FlashheadError):
+    error_type = "not_found"
+
+
+class Cancelled(FlashheadError):
+    error_type = "cancelled"
+
+
+class Timeout(FlashheadError):
+    error_type = "timeout"
+
+
+class BackendUnavailable(FlashheadError):
+    """A renderer, TTS engine or GPU is not usable (missing weights, no CUDA, ...)."""
+
+    error_type = "backend_unavailable"
+
+
+class RenderFailed(FlashheadError):
+    error_type = "render_failed"
+
+
+class Unauthorized(FlashheadError):
+    error_type = "unauthorized"
+
+
+class QueueFull(FlashheadError):
+    error_type = "queue_full"

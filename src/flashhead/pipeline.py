@@ -1,0 +1,232 @@
+"""inputs -> speech -> features -> renderer -> chunks: the one generator every output consumes.
+
+The offline MP4 (generate), the SSE stream and the realtime session all iterate `iter_chunks`.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from flashhead import constants as C
+from flashhead.config import Settings, get_settings
+from flashhead.errors import Cancelled
+from flashhead.render.base import Renderer, SpeechSpan
+from flashhead.schemas import FlashHeadAudioRequest, FlashHeadRequest
+from flashhead.speech.base import Speech, TTSEngine
+from flashhead.visemes.base import FrameFeatures
+
+Request = FlashHeadRequest | FlashHeadAudioRequest
+CancelCheck = Callable[[], bool]
+LogFn = Callable[[str], None]
+
+
+@dataclass
+class Chunk:
+    """A few hundred ms of frames plus exactly the matching audio, on one media clock."""
+
+    index: int
+    start_frame: int
+    frames: np.ndarray   # (N, 512, 512, 3) uint8 RGB
+    audio: np.ndarray    # float32, N * C.SAMPLES_PER_FRAME samples
+
+    @property
+    def start_s(self) -> float:
+        return self.start_frame / C.FPS
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.frames) / C.FPS
+
+
+@dataclass
+class Prepared:
+    """Validated, fetched and decoded inputs, ready to render."""
+
+    seed: int
+    speech: Speech
+    features: FrameFeatures
+    portrait: object
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.features)
+
+    @property
+    def duration(self) -> float:
+        return self.n_frames / C.FPS
+
+
+@dataclass
+class GenerationResult:
+    path: Path
+    seed: int
+    duration: float
+    timings: dict
+    file_size: int
+
+
+class PortraitCache:
+    """Prepared portraits keyed by image content: many requests and sessions share one."""
+
+    def __init__(self, renderer: Renderer, size: int = 16):
+        self._renderer, self._size = renderer, size
+        self._items: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, crop: np.ndarray) -> object:
+        key = hashlib.sha256(crop.tobytes()).hexdigest()
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        portrait = self._renderer.prepare(crop, 0)
+        with self._lock:
+            self._items[key] = portrait
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return portrait
+
+
+@dataclass
+class Engines:
+    """Heavy shared objects, created once per process."""
+
+    settings: Settings
+    renderer: Renderer
+    tts: TTSEngine
+    portraits: PortraitCache
+
+    @classmethod
+    def create(cls, settings: Settings | None = None) -> "Engines":
+        from flashhead.render import get_renderer
+        from flashhead.speech import get_engine
+
+        settings = settings or get_settings()
+        renderer = get_renderer(settings.renderer, weights_dir=settings.weights_dir)
+        renderer.setup()
+        return cls(settings, renderer, get_engine(settings), PortraitCache(renderer))
+
+
+def request_from_input(payload: dict, endpoint: str) -> Request:
+    """Validate a raw input dict for an endpoint; raises pydantic.ValidationError."""
+    model = FlashHeadAudioRequest if endpoint.rstrip("/").endswith("/audio") else FlashHeadRequest
+    return model.model_validate(payload)
+
+
+def load_portrait(image_ref: str, engines: Engines, *, allow_paths: bool = False) -> np.ndarray:
+    """Fetch, decode and face-crop the portrait -> (512, 512, 3) uint8 RGB."""
+    from flashhead.media.fetch import fetch
+    from flashhead.media.image import crop_face, load_image
+
+    s = engines.settings
+    data, _ = fetch(image_ref, field="image_url", max_bytes=s.max_image_bytes,
+                    timeout=s.fetch_timeout_s, allow=s.fetch_allow, allow_paths=allow_paths)
+    crop, _info = crop_face(load_image(data, field="image_url", max_pixels=s.max_image_pixels),
+                            field="image_url")
+    return crop
+
+
+def load_speech(request: Request, engines: Engines, seed: int, *,
+                allow_paths: bool = False) -> Speech:
+    if isinstance(request, FlashHeadRequest):
+        return engines.tts.synthesize(request.text, request.voice, request.stability, seed)
+    from flashhead.media.audio import decode_audio
+    from flashhead.media.fetch import fetch
+
+    s = engines.settings
+    data, _ = fetch(request.audio_url, field="audio_url", max_bytes=s.max_audio_bytes,
+                    timeout=s.fetch_timeout_s, allow=s.fetch_allow, allow_paths=allow_paths)
+    return Speech(audio=decode_audio(data, field="audio_url", max_seconds=s.max_audio_seconds))
+
+
+def pad_to_frames(audio: np.ndarray) -> np.ndarray:
+    """Zero-pad so the audio ends on a frame boundary: the end of speech is never cut."""
+    n_frames = max(1, math.ceil(len(audio) / C.SAMPLES_PER_FRAME))
+    out = np.zeros(n_frames * C.SAMPLES_PER_FRAME, np.float32)
+    out[: len(audio)] = audio
+    return out
+
+
+def prepare(request: Request, engines: Engines, *, allow_paths: bool = False) -> Prepared:
+    """Fetch and validate every input before any frame is rendered."""
+    from flashhead.visemes.features import features_for
+
+    t0 = time.perf_counter()
+    seed = request.seed if request.seed is not None else random.randrange(2**31)
+    portrait = engines.portraits.get(load_portrait(request.image_url, engines, allow_paths=allow_paths))
+    t1 = time.perf_counter()
+    speech = load_speech(request, engines, seed, allow_paths=allow_paths)
+    speech.audio = pad_to_frames(np.asarray(speech.audio, np.float32))
+    t2 = time.perf_counter()
+    features = features_for(speech)
+    t3 = time.perf_counter()
+    timings = {"inputs": t1 - t0, "tts": t2 - t1, "features": t3 - t2}
+    return Prepared(seed, speech, features, portrait, timings)
+
+
+def iter_chunks(prep: Prepared, engines: Engines, *, chunk_frames: int = C.CHUNK_FRAMES,
+                should_cancel: CancelCheck | None = None) -> Iterator[Chunk]:
+    """Render `prep` chunk by chunk; checks for cancellation before every chunk."""
+    session = engines.renderer.new_session(prep.portrait, prep.seed)
+    for index, start in enumerate(range(0, prep.n_frames, chunk_frames)):
+        if should_cancel is not None and should_cancel():
+            raise Cancelled("the request was cancelled")
+        stop = min(start + chunk_frames, prep.n_frames)
+        audio = prep.speech.audio[start * C.SAMPLES_PER_FRAME: stop * C.SAMPLES_PER_FRAME]
+        span = SpeechSpan(start, prep.features.slice(start, stop), audio)
+        yield Chunk(index, start, engines.renderer.render(session, span), audio)
+
+
+def generate(request: Request, engines: Engines, output_path: str | Path, *,
+             allow_paths: bool = False, should_cancel: CancelCheck | None = None,
+             log: LogFn | None = None,
+             progress: Callable[[int, int], None] | None = None) -> GenerationResult:
+    """Render `request` to an MP4 at `output_path`."""
+    from flashhead.video.encode import Mp4Writer
+
+    log = log or (lambda _m: None)
+    t0 = time.perf_counter()
+    log("fetching and validating inputs")
+    prep = prepare(request, engines, allow_paths=allow_paths)
+    log(f"speech ready: {prep.duration:.2f} s, {prep.n_frames} frames, seed {prep.seed}")
+    render_s = encode_s = 0.0
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    with Mp4Writer(output_path) as writer:
+        t = time.perf_counter()
+        for chunk in iter_chunks(prep, engines, should_cancel=should_cancel):
+            t_rendered = time.perf_counter()
+            writer.write(chunk.frames, chunk.audio)
+            t_encoded = time.perf_counter()
+            render_s += t_rendered - t
+            encode_s += t_encoded - t_rendered
+            t = t_encoded
+            if progress:
+                progress(chunk.start_frame + len(chunk.frames), prep.n_frames)
+    timings = {"tts": prep.timings["tts"], "features": prep.timings["features"],
+               "inputs": prep.timings["inputs"], "render": render_s, "encode": encode_s,
+               "total": time.perf_counter() - t0}
+    log(f"rendered {prep.n_frames} frames in {timings['total']:.2f} s")
+    return GenerationResult(output_path, prep.seed, prep.duration, timings,
+                            output_path.stat().st_size)
+
+
+def result_json(result: GenerationResult, url: str, file_name: str | None = None) -> dict:
+    """The seed's output shape for a finished generation."""
+    return {
+        "video": {"url": url, "content_type": "video/mp4",
+                  "file_name": file_name or result.path.name, "file_size": result.file_size},
+        "seed": result.seed,
+        "duration": round(result.duration, 3),
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+    }

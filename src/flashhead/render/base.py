@@ -1,0 +1,61 @@
+"""The renderer interface: prepare a portrait once, then render frames chunk by chunk."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from flashhead.visemes.base import FrameFeatures
+
+
+@dataclass
+class SpeechSpan:
+    """A span of speech to render, on the global frame clock.
+
+    start_frame: index of the first frame of this span since the session started.
+    features:    per-frame features, len == number of frames to render.
+    audio:       float32 16 kHz mono samples for exactly these frames
+                 (len == len(features) * C.SAMPLES_PER_FRAME); the neural renderer needs it.
+    """
+
+    start_frame: int
+    features: FrameFeatures
+    audio: np.ndarray
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.features)
+
+
+class Renderer(ABC):
+    """Backends: 'cpu' (default, no weights), 'flashhead-lite', 'flashhead-pro'.
+
+    Settings go to the constructor; heavy loading happens in setup(). A prepared portrait
+    (the return of prepare) is immutable and may be shared by many sessions; per-session
+    motion state lives in the object returned by new_session().
+    """
+
+    name = "base"
+
+    def setup(self) -> None:
+        """Load weights/models. Raise BackendUnavailable with a clear message if impossible."""
+
+    @abstractmethod
+    def prepare(self, image: np.ndarray, seed: int) -> object:
+        """image: (512, 512, 3) uint8 RGB face crop -> prepared portrait state."""
+
+    @abstractmethod
+    def new_session(self, portrait: object, seed: int) -> object:
+        """Per-stream state (motion history, RNG). Cheap."""
+
+    @abstractmethod
+    def render(self, session: object, span: SpeechSpan) -> np.ndarray:
+        """Render span.n_frames frames -> (N, 512, 512, 3) uint8 RGB.
+
+        Spans of one session must be rendered in order; zero features mean idle
+        (mouth closed, blinking and breathing continue).
+        """
+
+    def close(self) -> None:
+        """Release resources."""
