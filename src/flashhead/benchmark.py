@@ -37,8 +37,8 @@ def run_one(seconds: float) -> dict:
     from flashhead.visemes.features import features_for
 
     engines = Engines.create()
-    portrait = engines.portraits.get(load_portrait(str(EXAMPLES / "portrait_girl_512.png"),
-                                                   engines, allow_paths=True))
+    crop, _ = load_portrait(str(EXAMPLES / "portrait_girl_512.png"), engines, allow_paths=True)
+    portrait = engines.portraits.get(crop)
     speech = Speech(audio=speech_audio(seconds))
     prep = Prepared(seed=1, speech=speech, features=features_for(speech), portrait=portrait)
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,6 +21,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--renderer", default=None, help="cpu | flashhead-lite | flashhead-pro")
     p.add_argument("--weights-dir", default=None, help="official checkpoint folder (neural)")
     p.add_argument("-o", "--output", default="out/flashhead.mp4")
+    p.add_argument("--keep-framing", action="store_true",
+                   help="also write OUTPUT_original.mp4: the face pasted back into the full picture")
     p.set_defaults(func=cmd_generate)
 
 
@@ -64,9 +66,14 @@ def cmd_generate(args) -> int:
         endpoint = C.AUDIO_ENDPOINT
     request = request_from_input(payload, endpoint)
     engines = Engines.create(_settings(args))
-    result = generate(request, engines, args.output, allow_paths=True, progress=_Progress())
-    out = Path(args.output).resolve()
-    print(json.dumps(result_json(result, out.as_uri()), indent=2))
+    result = generate(request, engines, args.output, allow_paths=True, progress=_Progress(),
+                      keep_framing=args.keep_framing)
+    out = result_json(result, Path(args.output).resolve().as_uri())
+    if result.original_path is not None:
+        out["original_video"] = {"url": result.original_path.resolve().as_uri(),
+                                 "content_type": "video/mp4", "file_name": result.original_path.name,
+                                 "file_size": result.original_path.stat().st_size}
+    print(json.dumps(out, indent=2))
     return 0
 
 
@@ -150,10 +157,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_native_logs() -> None:
+    """Send native (mediapipe/TFLite C++) stderr chatter to /dev/null, keep Python's stderr.
+
+    Those libraries write to file descriptor 2 before any logging config can apply, which would
+    bury the one-line error and the progress bar. FLASHHEAD_NATIVE_LOGS=1 keeps them.
+    """
+    import os
+
+    if os.environ.get("FLASHHEAD_NATIVE_LOGS") == "1":
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = os.fdopen(real, "w", buffering=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     from flashhead.errors import FlashheadError
 
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        _quiet_native_logs()
     try:
         return args.func(args)
     except FlashheadError as exc:

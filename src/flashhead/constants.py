@@ -32,3 +32,19 @@ VOICES = (
 
 TEXT_ENDPOINT = "fal-ai/flashhead"
 AUDIO_ENDPOINT = "fal-ai/flashhead/audio"
+
+# Live sessions (flashhead.live): PCM16 audio pushed as it is spoken, video chunks on one clock.
+LIVE_CHUNK_FRAMES = CHUNK_FRAMES          # 320 ms: a whole number of AAC frames (5 x 1024 samples)
+LIVE_LEAD_S = CHUNK_FRAMES * FRAME_SECONDS  # paced chunks leave at most this long before their media time
+LIVE_MAX_QUEUE_S = 120.0                  # audio a client may queue ahead of the render clock
+LIVE_INTERRUPT_S = 0.2                    # an interrupt reaches idle video within this bound
+PCM_BYTES_PER_SAMPLE = 2                  # live audio is PCM16 little-endian mono at SAMPLE_RATE
+REALTIME_IDLE_TIMEOUT_S = 60.0            # a realtime socket with no client message this long: TIMEOUT
+
+# Neural FlashHead streaming (SoulX-FlashHead): one DiT chunk covers NEURAL_CHUNK_FRAMES pixel frames;
+# wav2vec2 sees a rolling window of NEURAL_AUDIO_BUFFER_SECONDS of audio (silence at start).
+NEURAL_CHUNK_FRAMES = 33
+NEURAL_AUDIO_BUFFER_SECONDS = 8
+NEURAL_AUDIO_BUFFER_SAMPLES = NEURAL_AUDIO_BUFFER_SECONDS * SAMPLE_RATE        # 128,000
+NEURAL_AUDIO_BUFFER_FRAMES = NEURAL_AUDIO_BUFFER_SECONDS * FPS                 # 200
+NEURAL_AUDIO_RADIUS = 2       # each frame sees audio frames -2..+2

@@ -56,6 +56,7 @@ class Prepared:
     features: FrameFeatures
     portrait: object
     timings: dict = field(default_factory=dict)
+    framing: "Framing | None" = None   # set when the caller keeps the original framing
 
     @property
     def n_frames(self) -> int:
@@ -67,12 +68,26 @@ class Prepared:
 
 
 @dataclass
+class Framing:
+    """The original picture and where the 512 crop came from, for paste-back output."""
+
+    original: np.ndarray   # (H, W, 3) uint8 RGB, cut to even sides for yuv420p
+    crop: object           # flashhead.media.image.CropInfo
+
+    def paste(self, frames: np.ndarray) -> np.ndarray:
+        from flashhead.media.image import paste_back
+
+        return np.stack([paste_back(self.original, f, self.crop) for f in frames])
+
+
+@dataclass
 class GenerationResult:
     path: Path
     seed: int
     duration: float
     timings: dict
     file_size: int
+    original_path: Path | None = None   # the paste-back video at the original resolution
 
 
 class PortraitCache:
@@ -123,17 +138,19 @@ def request_from_input(payload: dict, endpoint: str) -> Request:
     return model.model_validate(payload)
 
 
-def load_portrait(image_ref: str, engines: Engines, *, allow_paths: bool = False) -> np.ndarray:
-    """Fetch, decode and face-crop the portrait -> (512, 512, 3) uint8 RGB."""
+def load_portrait(image_ref: str, engines: Engines, *, allow_paths: bool = False
+                  ) -> tuple[np.ndarray, Framing]:
+    """Fetch, decode and face-crop the portrait -> ((512, 512, 3) uint8 RGB crop, framing)."""
     from flashhead.media.fetch import fetch
     from flashhead.media.image import crop_face, load_image
 
     s = engines.settings
     data, _ = fetch(image_ref, field="image_url", max_bytes=s.max_image_bytes,
                     timeout=s.fetch_timeout_s, allow=s.fetch_allow, allow_paths=allow_paths)
-    crop, _info = crop_face(load_image(data, field="image_url", max_pixels=s.max_image_pixels),
-                            field="image_url")
-    return crop
+    original = load_image(data, field="image_url", max_pixels=s.max_image_pixels)
+    crop, info = crop_face(original, field="image_url")
+    h, w = original.shape[:2]
+    return crop, Framing(np.ascontiguousarray(original[: h - h % 2, : w - w % 2]), info)
 
 
 def load_speech(request: Request, engines: Engines, seed: int, *,
@@ -157,13 +174,15 @@ def pad_to_frames(audio: np.ndarray) -> np.ndarray:
     return out
 
 
-def prepare(request: Request, engines: Engines, *, allow_paths: bool = False) -> Prepared:
+def prepare(request: Request, engines: Engines, *, allow_paths: bool = False,
+            keep_framing: bool = False) -> Prepared:
     """Fetch and validate every input before any frame is rendered."""
     from flashhead.visemes.features import features_for
 
     t0 = time.perf_counter()
     seed = request.seed if request.seed is not None else random.randrange(2**31)
-    portrait = engines.portraits.get(load_portrait(request.image_url, engines, allow_paths=allow_paths))
+    crop, framing = load_portrait(request.image_url, engines, allow_paths=allow_paths)
+    portrait = engines.portraits.get(crop)
     t1 = time.perf_counter()
     speech = load_speech(request, engines, seed, allow_paths=allow_paths)
     speech.audio = pad_to_frames(np.asarray(speech.audio, np.float32))
@@ -171,54 +190,98 @@ def prepare(request: Request, engines: Engines, *, allow_paths: bool = False) ->
     features = features_for(speech)
     t3 = time.perf_counter()
     timings = {"inputs": t1 - t0, "tts": t2 - t1, "features": t3 - t2}
-    return Prepared(seed, speech, features, portrait, timings)
+    return Prepared(seed, speech, features, portrait, timings, framing if keep_framing else None)
+
+
+def _aligned_frames(prep: Prepared, engines: Engines, chunk_frames: int,
+                    should_cancel: CancelCheck | None) -> Iterator[np.ndarray]:
+    """Rendered frames in audio order, with the renderer's latency removed."""
+    renderer = engines.renderer
+    session = renderer.new_session(prep.portrait, prep.seed)
+    skip, produced = renderer.latency_frames, 0
+    for start in range(0, prep.n_frames, chunk_frames):
+        if should_cancel is not None and should_cancel():
+            raise Cancelled("the request was cancelled")
+        stop = min(start + chunk_frames, prep.n_frames)
+        audio = prep.speech.audio[start * C.SAMPLES_PER_FRAME: stop * C.SAMPLES_PER_FRAME]
+        frames = renderer.render(session, SpeechSpan(start, prep.features.slice(start, stop), audio))
+        drop = min(skip, len(frames))
+        skip -= drop
+        produced += len(frames) - drop
+        if len(frames) > drop:
+            yield frames[drop:]
+    if produced < prep.n_frames:
+        yield renderer.flush(session)[: prep.n_frames - produced]
 
 
 def iter_chunks(prep: Prepared, engines: Engines, *, chunk_frames: int = C.CHUNK_FRAMES,
                 should_cancel: CancelCheck | None = None) -> Iterator[Chunk]:
     """Render `prep` chunk by chunk; checks for cancellation before every chunk."""
-    session = engines.renderer.new_session(prep.portrait, prep.seed)
-    for index, start in enumerate(range(0, prep.n_frames, chunk_frames)):
-        if should_cancel is not None and should_cancel():
-            raise Cancelled("the request was cancelled")
-        stop = min(start + chunk_frames, prep.n_frames)
-        audio = prep.speech.audio[start * C.SAMPLES_PER_FRAME: stop * C.SAMPLES_PER_FRAME]
-        span = SpeechSpan(start, prep.features.slice(start, stop), audio)
-        yield Chunk(index, start, engines.renderer.render(session, span), audio)
+    pending: list[np.ndarray] = []
+    n_pending = start = index = 0
+    for frames in _aligned_frames(prep, engines, chunk_frames, should_cancel):
+        pending.append(frames)
+        n_pending += len(frames)
+        while n_pending >= chunk_frames or (n_pending and start + n_pending == prep.n_frames):
+            block = pending[0] if len(pending) == 1 else np.concatenate(pending)
+            take = min(chunk_frames, n_pending)
+            pending, n_pending = [block[take:]], n_pending - take
+            audio = prep.speech.audio[start * C.SAMPLES_PER_FRAME: (start + take) * C.SAMPLES_PER_FRAME]
+            yield Chunk(index, start, block[:take], audio)
+            start, index = start + take, index + 1
 
 
 def generate(request: Request, engines: Engines, output_path: str | Path, *,
              allow_paths: bool = False, should_cancel: CancelCheck | None = None,
-             log: LogFn | None = None,
-             progress: Callable[[int, int], None] | None = None) -> GenerationResult:
-    """Render `request` to an MP4 at `output_path`."""
-    from flashhead.video.encode import Mp4Writer
+             log: LogFn | None = None, progress: Callable[[int, int], None] | None = None,
+             keep_framing: bool = False) -> GenerationResult:
+    """Render `request` to an MP4 at `output_path`.
 
+    keep_framing: also write `<stem>_original.mp4`, the animated face pasted back into the
+    full original picture at its own resolution.
+    """
     log = log or (lambda _m: None)
     t0 = time.perf_counter()
     log("fetching and validating inputs")
-    prep = prepare(request, engines, allow_paths=allow_paths)
+    prep = prepare(request, engines, allow_paths=allow_paths, keep_framing=keep_framing)
     log(f"speech ready: {prep.duration:.2f} s, {prep.n_frames} frames, seed {prep.seed}")
-    render_s = encode_s = 0.0
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    with Mp4Writer(output_path) as writer:
-        t = time.perf_counter()
-        for chunk in iter_chunks(prep, engines, should_cancel=should_cancel):
-            t_rendered = time.perf_counter()
-            writer.write(chunk.frames, chunk.audio)
-            t_encoded = time.perf_counter()
-            render_s += t_rendered - t
-            encode_s += t_encoded - t_rendered
-            t = t_encoded
-            if progress:
-                progress(chunk.start_frame + len(chunk.frames), prep.n_frames)
+    original_path = output_path.with_name(output_path.stem + "_original.mp4") if keep_framing else None
+    render_s, encode_s = _encode(prep, engines, output_path, original_path, should_cancel, progress)
     timings = {"tts": prep.timings["tts"], "features": prep.timings["features"],
                "inputs": prep.timings["inputs"], "render": render_s, "encode": encode_s,
                "total": time.perf_counter() - t0}
     log(f"rendered {prep.n_frames} frames in {timings['total']:.2f} s")
     return GenerationResult(output_path, prep.seed, prep.duration, timings,
-                            output_path.stat().st_size)
+                            output_path.stat().st_size, original_path)
+
+
+def _encode(prep: Prepared, engines: Engines, path: Path, original_path: Path | None,
+            should_cancel: CancelCheck | None, progress) -> tuple[float, float]:
+    """Consume the chunks into the MP4 (and the paste-back MP4); -> (render s, encode s)."""
+    from contextlib import ExitStack
+
+    from flashhead.video.encode import Mp4Writer
+
+    render_s = encode_s = 0.0
+    with ExitStack() as stack:
+        writer = stack.enter_context(Mp4Writer(path))
+        framed = None
+        if original_path is not None and prep.framing is not None:
+            h, w = prep.framing.original.shape[:2]
+            framed = stack.enter_context(Mp4Writer(original_path, size=(w, h)))
+        t_prev = time.perf_counter()
+        for chunk in iter_chunks(prep, engines, should_cancel=should_cancel):
+            t_rendered = time.perf_counter()
+            writer.write(chunk.frames, chunk.audio)
+            if framed is not None:
+                framed.write(prep.framing.paste(chunk.frames), chunk.audio)
+            t_prev, render_s = time.perf_counter(), render_s + (t_rendered - t_prev)
+            encode_s += t_prev - t_rendered
+            if progress:
+                progress(chunk.start_frame + len(chunk.frames), prep.n_frames)
+    return render_s, encode_s
 
 
 def result_json(result: GenerationResult, url: str, file_name: str | None = None) -> dict:

@@ -37,6 +37,10 @@ class Renderer(ABC):
     """
 
     name = "base"
+    # Frames of delay between audio and picture: frame i of render() output shows audio frame
+    # i - latency_frames (the neural renderer needs a whole chunk of audio first). The pipeline
+    # drops the first latency_frames frames and takes the tail from flush().
+    latency_frames = 0
 
     def setup(self) -> None:
         """Load weights/models. Raise BackendUnavailable with a clear message if impossible."""
@@ -56,6 +60,10 @@ class Renderer(ABC):
         Spans of one session must be rendered in order; zero features mean idle
         (mouth closed, blinking and breathing continue).
         """
+
+    def flush(self, session: object) -> np.ndarray:
+        """Frames still held back after the last span (latency_frames of them)."""
+        return np.zeros((0, 0, 0, 3), np.uint8)
 
     def close(self) -> None:
         """Release resources."""

@@ -18,7 +18,7 @@ class Voice:
     voice_id: str    # ElevenLabs premade voice id
     gender: str      # "female" | "male" | "neutral"
     accent: str      # as ElevenLabs describes it
-    espeak: str      # espeak-ng voice spec "<language>+<variant>"
+    espeak: str      # espeak-ng voice spec "<voice file name>+<variant>" ("en" is British)
     pitch: int       # espeakPITCH 0..100 (50 = the variant's own base pitch)
     rate: int        # espeakRATE, words per minute (espeak's default is 175)
     range: int       # espeakRANGE 0..100 at stability 0.5 (50 = espeak's default)
@@ -36,14 +36,14 @@ _TABLE = (
     _V("River", "SAz9YHcvj6GT2YYXdXww", "neutral", "American", "en-us+f1", 20, 170, 40),
     _V("Liam", "TX3LPaxmHKxFdv7VOQHJ", "male", "American", "en-us+m2", 56, 186, 55),
     _V("Charlotte", "XB0fDUnXU5powFXDhCwa", "female", "Swedish/British", "en-gb-x-rp+f5", 52, 160, 50),
-    _V("Alice", "Xb7hH8MSUJpSbSDYk0k2", "female", "British", "en-gb+f1", 58, 170, 50),
+    _V("Alice", "Xb7hH8MSUJpSbSDYk0k2", "female", "British", "en+f1", 58, 170, 50),
     _V("Matilda", "XrExE9yKIg1WjnnlVkGX", "female", "American", "en-us+f5", 45, 166, 45),
     _V("Will", "bIHbv24MWmeRgasZH58o", "male", "American", "en-us-nyc+m6", 54, 180, 60),
     _V("Jessica", "cgSgspJ2msm6clMCkdW9", "female", "American", "en-us+steph", 55, 185, 60),
     _V("Eric", "cjVigY5qzO86Huf0OWal", "male", "American", "en-us+m4", 48, 168, 45),
     _V("Chris", "iP95p4xoKVk53GoZ742B", "male", "American", "en-us+m5", 50, 178, 50),
     _V("Brian", "nPczCjzI2devNBz1zQrb", "male", "American", "en-us+m1", 36, 160, 40),
-    _V("Daniel", "onwK4e9ZLuTAKqWW03F9", "male", "British", "en-gb+m3", 42, 165, 45),
+    _V("Daniel", "onwK4e9ZLuTAKqWW03F9", "male", "British", "en+m3", 42, 165, 45),
     _V("Lily", "pFZP5JQG7iQjIQuC4Bku", "female", "British", "en-gb-x-gbcwmd+f2", 60, 175, 55),
     _V("Bill", "pqHfZKP75CvOlQylNhV4", "male", "American", "en-us+m8", 44, 155, 40),
 )

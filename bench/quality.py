@@ -1,0 +1,307 @@
+"""Quality harness for talking-head videos (ours or anyone's). Prints JSON.
+
+Metrics (our own definitions, not SyncNet scores):
+  av_sync        lag (frames, + = video late) and Pearson correlation at the peak of the
+                 cross-correlation (within +-10 frames) of the inner-lip opening measured by
+                 mediapipe FaceMesh on the frames (landmarks 13-14 / interocular distance)
+                 and the 25 fps RMS envelope of the audio.
+  silence        share of silent frames (RMS < 10% of the clip's 95th percentile) whose mouth is
+                 closed (opening < the clip's 10th percentile + 0.03 interocular).
+  identity       landmark drift (after a similarity alignment on stable points, / interocular)
+                 and SSIM of the face without the mouth/jaw region against the first frame
+                 (aligned the same way): mean, min and the last minute's mean.
+  jitter         RMS second difference of stable landmarks (per mille of the interocular
+                 distance per frame) and the share of landmark-motion power above 5 Hz.
+
+Usage:
+  python bench/quality.py VIDEO.mp4 [--audio AUDIO]          # audio defaults to the MP4's track
+  python bench/quality.py --render PORTRAIT.png AUDIO [--seconds S] [--seed N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+from flashhead import constants as C
+from flashhead.render.cpu import landmarks as L
+
+MAX_LAG = 10
+SILENT_REL = 0.10          # silent: RMS below this fraction of the clip's 95th percentile
+CLOSED_MARGIN = 0.03       # closed: opening below the clip's 10th percentile + this
+LIPS_JAW = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39,
+            40, 185, 152, 148, 176, 149, 150, 136, 172, 58, 132, 361, 288, 397, 365, 379, 378,
+            400, 377, 206, 426, 2)
+
+
+# ------------------------------------------------------------------ measurements
+def rms_envelope(audio: np.ndarray, n_frames: int, sr: int = C.SAMPLE_RATE, fps: int = C.FPS) -> np.ndarray:
+    hop = sr // fps
+    a = np.zeros(n_frames * hop, np.float32)
+    m = min(len(a), len(audio))
+    a[:m] = np.asarray(audio, np.float32)[:m]
+    return np.sqrt((a.reshape(n_frames, hop).astype(np.float64) ** 2).mean(1))
+
+
+def lip_opening(lm: np.ndarray) -> np.ndarray:
+    """(N, 478, 2) -> (N,) inner-lip gap / interocular distance (NaN where no face)."""
+    gap = np.linalg.norm(lm[:, 13] - lm[:, 14], axis=1)
+    eye_r, eye_l = lm[:, [33, 133]].mean(1), lm[:, [263, 362]].mean(1)
+    return gap / np.linalg.norm(eye_l - eye_r, axis=1)
+
+
+def _z(x):
+    x = np.asarray(x, np.float64)
+    return (x - np.nanmean(x)) / (np.nanstd(x) + 1e-9)
+
+
+def av_sync(opening: np.ndarray, env: np.ndarray, max_lag: int = MAX_LAG) -> dict:
+    """Peak of the normalised cross-correlation; lag > 0 means the video lags the audio."""
+    o, e = _z(opening), _z(env)
+    best = (-2.0, 0)
+    for lag in range(-max_lag, max_lag + 1):
+        a, b = (o[lag:], e[:len(e) - lag]) if lag >= 0 else (o[:lag], e[-lag:])
+        ok = np.isfinite(a) & np.isfinite(b)
+        if ok.sum() < 10:
+            continue
+        r = float(np.corrcoef(a[ok], b[ok])[0, 1])
+        if r > best[0]:
+            best = (r, lag)
+    return {"lag_frames": best[1], "correlation": round(best[0], 4)}
+
+
+def silence_closure(opening: np.ndarray, env: np.ndarray) -> dict:
+    silent = env < SILENT_REL * np.percentile(env, 95)
+    ok = np.isfinite(opening)
+    thr = np.nanpercentile(opening, 10) + CLOSED_MARGIN
+    sel = silent & ok
+    closed = opening[sel] < thr
+    return {"silent_frames": int(sel.sum()),
+            "closed_share": round(float(closed.mean()), 4) if sel.any() else None,
+            "closed_threshold": round(float(thr), 4)}
+
+
+def _align(lm: np.ndarray, ref: np.ndarray) -> np.ndarray | None:
+    """2x3 similarity mapping lm's stable points onto ref's."""
+    idx = list(L.STABLE)
+    m, _ = cv2.estimateAffinePartial2D(lm[idx].astype(np.float32), ref[idx].astype(np.float32),
+                                       method=cv2.LMEDS)
+    return m
+
+
+def _refine(gray: np.ndarray, ref: np.ndarray, mask: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Sub-pixel alignment of gray onto ref inside mask (ECC, affine), starting from m."""
+    inv = cv2.invertAffineTransform(m).astype(np.float32)   # ECC wants ref -> frame
+    crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-5)
+    try:
+        _, inv = cv2.findTransformECC(ref, gray, inv, cv2.MOTION_AFFINE, crit,
+                                      mask.astype(np.uint8), 3)
+    except cv2.error:
+        return m
+    return cv2.invertAffineTransform(inv)
+
+
+def _non_mouth_mask(ref: np.ndarray, shape) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(ref[list(L.FACE_OVAL)]).astype(np.int32)], 1)
+    hull = cv2.convexHull(np.round(ref[list(LIPS_JAW)]).astype(np.int32))
+    cv2.fillPoly(mask, [hull], 0)
+    eye_d = np.linalg.norm(ref[[263, 362]].mean(0) - ref[[33, 133]].mean(0))
+    k = max(3, int(0.08 * eye_d)) | 1
+    return cv2.erode(mask, np.ones((k, k), np.uint8)).astype(bool)
+
+
+def ssim_masked(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """Mean SSIM (Gaussian window, sigma 1.5) of two grayscale images inside mask."""
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    blur = lambda x: cv2.GaussianBlur(x, (11, 11), 1.5)   # noqa: E731
+    ma, mb = blur(a), blur(b)
+    va, vb, cov = blur(a * a) - ma * ma, blur(b * b) - mb * mb, blur(a * b) - ma * mb
+    s = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2))
+    return float(s[mask].mean())
+
+
+def _stats(x: np.ndarray, fps: int, lo_is_bad: bool) -> dict:
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {"mean": None, "worst": None, "last_minute": None}
+    last = x[-60 * fps:]
+    return {"mean": round(float(x.mean()), 4),
+            "worst": round(float(x.min() if lo_is_bad else x.max()), 4),
+            "last_minute": round(float(last.mean()), 4)}
+
+
+def jitter(lm: np.ndarray, fps: int) -> dict:
+    idx = list(L.STABLE)
+    eye_d = np.nanmedian(np.linalg.norm(lm[:, [263, 362]].mean(1) - lm[:, [33, 133]].mean(1), axis=1))
+    tr = lm[:, idx].reshape(len(lm), -1) / eye_d
+    tr = tr[np.isfinite(tr).all(1)]
+    if len(tr) < 8:
+        return {"second_diff_permille": None, "hf_share": None}
+    d2 = np.diff(tr, 2, axis=0)
+    vel = np.diff(tr, axis=0)
+    spec = np.abs(np.fft.rfft(vel - vel.mean(0), axis=0)) ** 2
+    freqs = np.fft.rfftfreq(len(vel), 1 / fps)
+    hf = spec[freqs > 5.0].sum() / max(spec.sum(), 1e-12)
+    return {"second_diff_permille": round(float(np.sqrt((d2 ** 2).mean()) * 1000), 4),
+            "hf_share": round(float(hf), 4)}
+
+
+# ------------------------------------------------------------------ driver
+@dataclass
+class _Tracker:
+    mesh: object = None
+    lms: list = field(default_factory=list)
+    ssim: list = field(default_factory=list)
+    drift: list = field(default_factory=list)
+    ref: np.ndarray | None = None
+    ref_gray: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    def add(self, frame: np.ndarray) -> None:
+        if self.mesh is None:
+            import mediapipe as mp
+            self.mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, refine_landmarks=True,
+                                                        max_num_faces=1)
+        res = self.mesh.process(np.ascontiguousarray(frame))
+        if not res.multi_face_landmarks:
+            self.lms.append(np.full((L.N_LANDMARKS, 2), np.nan, np.float32))
+            self.ssim.append(np.nan)
+            self.drift.append(np.nan)
+            return
+        h, w = frame.shape[:2]
+        lm = np.array([(p.x * w, p.y * h) for p in res.multi_face_landmarks[0].landmark],
+                      np.float32)[:L.N_LANDMARKS]
+        self.lms.append(lm)
+        gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        if self.ref is None:
+            self.ref, self.ref_gray = lm, gray
+            self.mask = _non_mouth_mask(lm, gray.shape)
+        m = _align(lm, self.ref)
+        if m is None:
+            self.ssim.append(np.nan)
+            self.drift.append(np.nan)
+            return
+        m = _refine(gray, self.ref_gray, self.mask, m)
+        warped = cv2.warpAffine(gray, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        self.ssim.append(ssim_masked(warped, self.ref_gray, self.mask))
+        keep = [i for i in range(L.N_LANDMARKS) if i not in set(LIPS_JAW)]
+        moved = lm[keep] @ m[:, :2].T + m[:, 2]
+        eye_d = np.linalg.norm(self.ref[[263, 362]].mean(0) - self.ref[[33, 133]].mean(0))
+        self.drift.append(float(np.linalg.norm(moved - self.ref[keep], axis=1).mean() / eye_d))
+
+
+def evaluate(frames: Iterable[np.ndarray], audio: np.ndarray, fps: int = C.FPS,
+             sample_rate: int = C.SAMPLE_RATE) -> dict:
+    """frames: iterable of (H, W, 3) uint8 RGB; audio: float32 mono at sample_rate."""
+    tr = _Tracker()
+    for fr in frames:
+        tr.add(fr)
+    n = len(tr.lms)
+    if n == 0:
+        raise ValueError("no frames")
+    lm = np.stack(tr.lms)
+    opening = lip_opening(lm)
+    env = rms_envelope(audio, n, sample_rate, fps)
+    return {
+        "frames": n, "seconds": round(n / fps, 3),
+        "face_found_share": round(float(np.isfinite(opening).mean()), 4),
+        "av_sync": av_sync(opening, env),
+        "silence": silence_closure(opening, env),
+        "identity": {"ssim_non_mouth": _stats(np.array(tr.ssim), fps, True),
+                     "landmark_drift": _stats(np.array(tr.drift), fps, False)},
+        "jitter": jitter(lm, fps),
+    }
+
+
+def read_video(path: str) -> tuple[Iterable[np.ndarray], np.ndarray | None, int]:
+    """(frame iterator, audio track at 16 kHz mono or None, fps) with PyAV."""
+    import av
+    with av.open(path) as c:
+        fps = int(round(float(c.streams.video[0].average_rate or C.FPS)))
+        audio = None
+        if c.streams.audio:
+            rs = av.AudioResampler(format="flt", layout="mono", rate=C.SAMPLE_RATE)
+            chunks = []
+            for fr in c.decode(audio=0):
+                chunks += [f.to_ndarray().reshape(-1) for f in rs.resample(fr)]
+            chunks += [f.to_ndarray().reshape(-1) for f in rs.resample(None)]
+            audio = np.concatenate(chunks).astype(np.float32) if chunks else None
+
+    def frames():
+        with av.open(path) as c2:
+            for fr in c2.decode(video=0):
+                yield fr.to_ndarray(format="rgb24")
+    return frames(), audio, fps
+
+
+def read_audio(path: str) -> np.ndarray:
+    import av
+    rs = av.AudioResampler(format="flt", layout="mono", rate=C.SAMPLE_RATE)
+    out = []
+    with av.open(path) as c:
+        for fr in c.decode(audio=0):
+            out += [f.to_ndarray().reshape(-1) for f in rs.resample(fr)]
+    out += [f.to_ndarray().reshape(-1) for f in rs.resample(None)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def evaluate_file(video: str, audio_path: str | None = None) -> dict:
+    frames, track, fps = read_video(video)
+    audio = read_audio(audio_path) if audio_path else track
+    if audio is None:
+        raise ValueError(f"{video} has no audio track; pass --audio")
+    return evaluate(frames, audio, fps)
+
+
+def render_frames(portrait: str, audio: np.ndarray, seed: int = 0, chunk: int = 250):
+    """Render with the CPU renderer chunk by chunk (features from the audio), yielding frames."""
+    from flashhead.render.base import SpeechSpan
+    from flashhead.render.cpu import CpuRenderer
+    from flashhead.visemes.audio import features_from_audio
+
+    img = cv2.cvtColor(cv2.imread(portrait, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    feats = features_from_audio(audio)
+    r = CpuRenderer()
+    r.setup()
+    p = r.prepare(img, seed)
+    s = r.new_session(p, seed)
+    spf = C.SAMPLES_PER_FRAME
+    for a in range(0, len(feats), chunk):
+        b = min(len(feats), a + chunk)
+        seg = np.zeros((b - a) * spf, np.float32)
+        piece = audio[a * spf:b * spf]
+        seg[:len(piece)] = piece
+        yield from r.render(s, SpeechSpan(a, feats.slice(a, b), seg))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("video", nargs="?")
+    ap.add_argument("--audio")
+    ap.add_argument("--render", nargs=2, metavar=("PORTRAIT", "AUDIO"))
+    ap.add_argument("--seconds", type=float, default=0.0, help="with --render: loop/cut audio to this length")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.render:
+        audio = read_audio(args.render[1])
+        if args.seconds:
+            n = int(args.seconds * C.SAMPLE_RATE)
+            audio = np.resize(audio, n).astype(np.float32)
+        report = evaluate(render_frames(args.render[0], audio, args.seed), audio)
+    elif args.video:
+        report = evaluate_file(args.video, args.audio)
+    else:
+        ap.error("give a VIDEO or --render PORTRAIT AUDIO")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""create_app(settings, engines=None) -> FastAPI: wiring only.
+
+URL layout (one port): sync run and /stream, /realtime at /{owner}/{alias}[/{sub}]; the queue
+under /queue/...; REST (tokens, storage) under /rest/...; the upload CDN under /cdn/...;
+stored files under /files/...; plus /health, /metrics, /.well-known/jwks.json, /openapi.json.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from flashhead import __version__
+from flashhead.api import errors, ops, queue, run, storage
+from flashhead.api.auth import Auth
+from flashhead.api.deps import AppContext, option
+from flashhead.api.observability import Metrics, RequestContextMiddleware, setup_logging
+from flashhead.config import Settings
+from flashhead.jobs.queue import JobQueue
+from flashhead.jobs.state import JobState
+from flashhead.jobs.store import Job
+from flashhead.jobs.webhooks import RetryPolicy, WebhookOutbox, WebhookSigner, webhook_payload
+from flashhead.jobs.worker import WorkerPool
+
+log = logging.getLogger("flashhead.api")
+EXPOSED_HEADERS = ["x-fal-request-id", "x-request-id", "x-fal-error-type", "x-fal-request-timeout-type",
+                   "content-range", "accept-ranges", "etag"]
+EXTENSIONS = ("flashhead.api.stream", "flashhead.api.realtime")   # written by the streaming helper
+
+
+def make_store(settings: Settings):
+    spec = option(settings, "job_store", "sqlite")
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        from flashhead.jobs.redis import RedisJobStore
+        return RedisJobStore(spec, prefix=option(settings, "redis_prefix", "flashhead:"))
+    from flashhead.jobs.sqlite import SqliteJobStore
+    return SqliteJobStore(Path(settings.data_dir) / "jobs.db")
+
+
+def make_storage(settings: Settings):
+    data_dir = Path(settings.data_dir)
+    if option(settings, "storage", "local") == "s3":
+        from flashhead.storage.s3 import S3Storage
+        return S3Storage(option(settings, "s3_bucket", "flashhead"), data_dir / "staging",
+                         prefix=option(settings, "s3_prefix", "files/"),
+                         endpoint_url=option(settings, "s3_endpoint_url", None),
+                         region=option(settings, "s3_region", None))
+    from flashhead.storage.local import LocalStorage
+    return LocalStorage(data_dir / "files")
+
+
+def build_context(settings: Settings, engines=None) -> AppContext:
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = make_store(settings)
+    metrics = Metrics(store)
+    signer = WebhookSigner(data_dir / "webhook_ed25519.key")
+    policy = RetryPolicy(max_tries=option(settings, "webhook_max_tries", 10, int),
+                         window_s=option(settings, "webhook_retry_window_s", 7200.0, float))
+    outbox = WebhookOutbox(data_dir / "webhooks.db", signer, policy,
+                           on_result=lambda ok: metrics.webhooks.labels("ok" if ok else "error").inc(),
+                           check_url=lambda url: _guard(settings, url))
+    ctx = AppContext(settings=settings, engines=engines, storage=make_storage(settings),
+                     auth=Auth(data_dir), jobs=JobQueue(store), metrics=metrics, webhooks=outbox,
+                     signer=signer)
+    ctx.jobs.on_terminal(lambda job: _record_metrics(ctx, job))
+    ctx.jobs.on_terminal(lambda job: _enqueue_webhook(ctx, job))
+    return ctx
+
+
+def _guard(settings: Settings, url: str) -> None:
+    from flashhead.media.urlguard import guard_url
+    guard_url(url, settings.fetch_allow, field="fal_webhook")
+
+
+def _record_metrics(ctx: AppContext, job: Job) -> None:
+    ctx.metrics.jobs.labels(job.endpoint, job.state.value).inc()
+    if job.started_at is not None:
+        ctx.metrics.queue_wait.observe(max(0.0, job.started_at - job.created_at))
+    if job.inference_time is not None:
+        ctx.metrics.job_seconds.labels(job.endpoint).observe(job.inference_time)
+    if job.error_type:
+        ctx.metrics.errors.labels(job.error_type).inc()
+
+
+def _enqueue_webhook(ctx: AppContext, job: Job) -> None:
+    if job.webhook_url:
+        error = None if job.state is JobState.COMPLETED else (job.error or "failed")
+        ctx.webhooks.enqueue(job.webhook_url, job.id, job.key_id or "anonymous",
+                             webhook_payload(job.id, job.result, error, job.error_type))
+
+
+def _start_workers(ctx: AppContext, generate) -> None:
+    """Load the engines (slow: renderer setup) off the event loop, then start the workers."""
+    try:
+        if ctx.engines is None:
+            from flashhead.pipeline import Engines
+            ctx.engines = Engines.create(ctx.settings)
+        ctx.workers = WorkerPool(ctx.jobs, ctx.storage, ctx.engines, Path(ctx.settings.data_dir) / "work",
+                                 threads=ctx.n_workers, generate=generate)
+        ctx.workers.start()
+        ctx.ready.set()
+        log.info("ready", extra={"renderer": ctx.settings.renderer})
+    except Exception as exc:
+        ctx.startup_error = f"{type(exc).__name__}: {exc}"
+        log.exception("start-up failed")
+
+
+def create_app(settings: Settings | None = None, engines=None, *, workers: int | None = None,
+               generate=None) -> FastAPI:
+    """workers: render threads (default FLASHHEAD_WORKERS or 1).
+    generate: replaces flashhead.pipeline.generate (a seam for tests of the queue itself)."""
+    from flashhead.config import get_settings
+
+    settings = settings or get_settings()
+    ctx = build_context(settings, engines)
+    ctx.n_workers = workers or option(settings, "workers", 1, int)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        ctx.jobs.recover()
+        ctx.jobs.start()
+        ctx.webhooks.start()
+        threading.Thread(target=_start_workers, args=(ctx, generate), name="startup", daemon=True).start()
+        yield
+        if ctx.workers:
+            ctx.workers.stop()
+        ctx.jobs.stop()
+        ctx.webhooks.stop()
+
+    setup_logging()
+    app = FastAPI(title="flashhead", version=__version__, lifespan=lifespan,
+                  description="Self-hosted, fal-compatible fal-ai/flashhead talking-head service.")
+    app.state.ctx = ctx
+    errors.install(app)
+    for module in (ops, storage, queue, run):
+        app.include_router(module.router)
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
+                       expose_headers=EXPOSED_HEADERS)
+    app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics)
+    for name in EXTENSIONS:
+        _register_extension(app, ctx, name)
+    return app
+
+
+def _register_extension(app: FastAPI, ctx: AppContext, name: str) -> None:
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        return
+    module.register(app, ctx)

@@ -1,0 +1,64 @@
+"""The context every route module receives (also `register(app, ctx)` in stream/realtime).
+
+    ctx.settings   flashhead.config.Settings
+    ctx.engines    flashhead.pipeline.Engines (None until start-up has loaded them)
+    ctx.storage    flashhead.storage.base.Storage: put_file/stat/open_range/url
+    ctx.auth       flashhead.api.auth.Auth: check_key_header(header) -> key id | None (raises
+                   Unauthorized), verify_realtime_token(token, app) -> claims (raises Unauthorized)
+    ctx.jobs       flashhead.jobs.queue.JobQueue (ctx.jobs.store: the JobStore)
+    ctx.metrics    flashhead.api.observability.Metrics (prometheus registry)
+    ctx.webhooks   flashhead.jobs.webhooks.WebhookOutbox
+    ctx.ready      threading.Event, set once engines are loaded and workers run
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from flashhead.api.auth import Auth
+from flashhead.api.observability import Metrics
+from flashhead.config import Settings
+from flashhead.jobs.queue import JobQueue
+from flashhead.jobs.webhooks import WebhookOutbox, WebhookSigner
+from flashhead.storage.base import Storage
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    engines: Any
+    storage: Storage
+    auth: Auth
+    jobs: JobQueue
+    metrics: Metrics
+    webhooks: WebhookOutbox
+    signer: WebhookSigner
+    ready: threading.Event = field(default_factory=threading.Event)
+    workers: Any = None
+    n_workers: int = 1
+    startup_error: str | None = None
+
+    def base_url(self, request: Request) -> str:
+        """Where clients reach us: FLASHHEAD_PUBLIC_URL, else the URL this request came in on."""
+        return (self.settings.public_url or str(request.base_url)).rstrip("/")
+
+
+def option(settings: Settings, name: str, default, cast=str):
+    """A service option: a Settings field when the lead has added it, else FLASHHEAD_<NAME>."""
+    value = getattr(settings, name, None)
+    if value is None:
+        value = os.environ.get(f"FLASHHEAD_{name.upper()}")
+    return default if value in (None, "") else cast(value)
+
+
+def get_ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+def require_key(request: Request) -> str | None:
+    """Dependency: the caller's key id (None when no keys exist); raises Unauthorized."""
+    return get_ctx(request).auth.check_key_header(request.headers.get("authorization"))

@@ -1,0 +1,78 @@
+"""FlashheadError -> HTTP. The only place that chooses status codes.
+
+Bodies follow fal: validation errors are a `detail` list (422); every other error is
+`{"detail": "<text>", "error_type": "<kind>"}` plus the header X-Fal-Error-Type.
+"""
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from flashhead import errors as E
+
+TIMEOUT_TYPE_HEADER = "X-Fal-Request-Timeout-Type"
+
+_STATUS: list[tuple[type[E.FlashheadError], int]] = [   # most specific first
+    (E.InputError, 422), (E.NotFound, 404), (E.Unauthorized, 401), (E.QueueFull, 429),
+    (E.Timeout, 504), (E.Cancelled, 400), (E.BackendUnavailable, 503), (E.RenderFailed, 500),
+    (E.FlashheadError, 500),
+]
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out += _all_subclasses(sub)
+    return out
+
+
+def status_for(exc_type: type[E.FlashheadError]) -> int:
+    return next(code for cls, code in _STATUS if issubclass(exc_type, cls))
+
+
+def status_for_type(error_type: str | None) -> int:
+    """HTTP status for a stored error_type string (jobs keep the string, not the class)."""
+    for cls in _all_subclasses(E.FlashheadError):
+        if cls.error_type == error_type:
+            return status_for(cls)
+    return 500
+
+
+def error_body(message: str, error_type: str, field: str | None = None, *,
+               input_error: bool = False) -> dict:
+    """Input errors use the validation list, so fal clients show them like a 422 from pydantic."""
+    if input_error:
+        loc = ["body", field] if field else ["body"]
+        return {"detail": [{"loc": loc, "msg": message, "type": error_type}], "error_type": error_type}
+    return {"detail": message, "error_type": error_type}
+
+
+def error_headers(error_type: str, status: int) -> dict:
+    headers = {"X-Fal-Error-Type": error_type}
+    if status == 504:
+        headers[TIMEOUT_TYPE_HEADER] = "user"   # a user deadline: fal clients do not retry it
+    if status == 401:
+        headers["WWW-Authenticate"] = "Key"
+    return headers
+
+
+def error_response(exc: E.FlashheadError, extra_headers: dict | None = None) -> JSONResponse:
+    status = status_for(type(exc))
+    body = error_body(exc.message, exc.error_type, exc.field, input_error=isinstance(exc, E.InputError))
+    return JSONResponse(body, status, headers={**error_headers(exc.error_type, status),
+                                               **(extra_headers or {})})
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(E.FlashheadError)
+    async def _flashhead(request: Request, exc: E.FlashheadError) -> JSONResponse:
+        rid = getattr(request.state, "fal_request_id", None)
+        return error_response(exc, {"x-fal-request-id": rid} if rid else None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": detail}, 422,
+                            headers={"X-Fal-Error-Type": E.InputError.error_type})

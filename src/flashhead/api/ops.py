@@ -1,0 +1,47 @@
+"""Operations and REST extras: /health, /metrics, /.well-known/jwks.json, POST /rest/tokens/."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Body, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from flashhead import __version__
+from flashhead.api.auth import TOKEN_TTL_DEFAULT_S
+from flashhead.api.deps import get_ctx, require_key
+from flashhead.errors import InputError
+
+router = APIRouter()
+
+
+@router.get("/health", tags=["ops"])
+def health(request: Request):
+    ctx = get_ctx(request)
+    body = {"status": "ok" if ctx.ready.is_set() else "starting", "version": __version__,
+            "renderer": ctx.settings.renderer, "queue_depth": ctx.jobs.store.queue_depth(),
+            "running": ctx.jobs.store.running_count(), "auth": ctx.auth.enabled}
+    if ctx.startup_error:
+        body.update(status="error", error=ctx.startup_error)
+    return JSONResponse(body, 200 if body["status"] == "ok" else 503)
+
+
+@router.get("/metrics", tags=["ops"])
+def metrics(request: Request):
+    return Response(generate_latest(get_ctx(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/.well-known/jwks.json", tags=["ops"])
+def jwks(request: Request):
+    return get_ctx(request).signer.jwks()
+
+
+@router.post("/rest/tokens/", tags=["auth"])
+def realtime_token(request: Request, body: dict = Body(default_factory=dict),
+                   key_id: str | None = Depends(require_key)):
+    """A short-lived JWT for the realtime WebSocket, scoped to `allowed_apps`; a bare JSON string."""
+    apps = body.get("allowed_apps")
+    if not isinstance(apps, list) or not apps or not all(isinstance(a, str) for a in apps):
+        raise InputError("must be a non-empty list of app names", field="allowed_apps")
+    ttl = body.get("token_expiration", TOKEN_TTL_DEFAULT_S)
+    if not isinstance(ttl, (int, float)) or ttl <= 0:
+        raise InputError("must be a positive number of seconds", field="token_expiration")
+    return get_ctx(request).auth.issue_realtime_token(key_id, apps, ttl)

@@ -1,0 +1,42 @@
+"""Sync run: POST /{owner}/{alias}[/{sub}] -> the output JSON. Runs through the same queue
+(so it shares the workers and their limits) and waits; a client that hangs up cancels it."""
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+
+from flashhead import constants as C
+from flashhead.api.deps import get_ctx, require_key
+from flashhead.api.queue import job_response, submit_job
+from flashhead.schemas import FlashHeadAudioRequest, FlashHeadRequest, FlashHeadResponse
+
+POLL_MIN_S, POLL_MAX_S = 0.02, 0.25
+
+router = APIRouter()
+
+
+def _run_route(endpoint: str, model):
+    async def run(body: model, request: Request, key_id: str | None = Depends(require_key)):
+        ctx = get_ctx(request)
+        payload = body.model_dump(mode="json")
+        job = await run_in_threadpool(submit_job, ctx, request, endpoint, payload, key_id)
+        request.state.fal_request_id = job.id
+        delay = POLL_MIN_S
+        while not job.state.is_terminal():
+            await asyncio.sleep(delay)
+            delay = min(POLL_MAX_S, delay * 1.5)
+            if await request.is_disconnected():
+                await run_in_threadpool(ctx.jobs.cancel, job.id)
+            job = await run_in_threadpool(ctx.jobs.store.get, job.id)
+        return job_response(job)
+    run.__annotations__["body"] = model   # a real class, not the string 'model'
+    run.__name__ = f"run_{endpoint.replace('/', '_').replace('-', '_')}"
+    return run
+
+
+for _endpoint, _model in ((C.TEXT_ENDPOINT, FlashHeadRequest), (C.AUDIO_ENDPOINT, FlashHeadAudioRequest)):
+    router.add_api_route(f"/{_endpoint}", _run_route(_endpoint, _model), methods=["POST"],
+                         response_model=FlashHeadResponse, tags=["run"],
+                         summary=f"Run {_endpoint} and wait for the output")

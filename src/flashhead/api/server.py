@@ -1,0 +1,108 @@
+"""Entry points the CLI wires up: `flashhead serve` and `flashhead keys create|list|revoke`.
+
+Also runnable on its own: python -m flashhead.api.server serve --port 8000 ...
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+import sys
+import time
+from pathlib import Path
+
+from flashhead.api.auth import KeyStore
+
+DEFAULT_DATA_DIR = Path("./flashhead-data")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        try:   # a name: loopback only if every address it has is
+            infos = socket.getaddrinfo(host, None)
+        except socket.gaierror:
+            return False
+        return all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
+
+
+def check_exposure(host: str, data_dir: Path) -> None:
+    """Refuse to serve an open, unauthenticated API beyond this machine."""
+    if not is_loopback(host) and not KeyStore(data_dir).has_keys():
+        raise SystemExit(
+            f"refusing to listen on {host}: no API keys exist, so anyone who can reach it could use it.\n"
+            f"Create one first:  flashhead keys create --data-dir {data_dir}\n"
+            f"or listen on 127.0.0.1 only.")
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = DEFAULT_DATA_DIR,
+          ssl_certfile: str | None = None, ssl_keyfile: str | None = None, workers: int = 1) -> None:
+    """Run the API on uvicorn (one process; `workers` render threads)."""
+    import uvicorn
+
+    from flashhead.api.app import create_app
+    from flashhead.config import Settings
+
+    data_dir = Path(data_dir)
+    check_exposure(host, data_dir)
+    if bool(ssl_certfile) != bool(ssl_keyfile):
+        raise SystemExit("--ssl-certfile and --ssl-keyfile go together")
+    app = create_app(Settings(data_dir=data_dir), workers=workers)
+    uvicorn.run(app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+
+
+def keys_create(data_dir: str | Path = DEFAULT_DATA_DIR, alias: str | None = None) -> str:
+    """Create a key; returns (and the CLI prints, once) "KEY_ID:KEY_SECRET"."""
+    return KeyStore(Path(data_dir)).create(alias)
+
+
+def keys_list(data_dir: str | Path = DEFAULT_DATA_DIR) -> list[dict]:
+    fmt = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else None  # noqa: E731
+    return [{"id": k.id, "alias": k.alias, "created": fmt(k.created_at), "revoked": fmt(k.revoked_at)}
+            for k in KeyStore(Path(data_dir)).list()]
+
+
+def keys_revoke(data_dir: str | Path, key_id: str) -> bool:
+    return KeyStore(Path(data_dir)).revoke(key_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flashhead.api.server")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    s.add_argument("--ssl-certfile")
+    s.add_argument("--ssl-keyfile")
+    s.add_argument("--workers", type=int, default=1)
+    k = sub.add_parser("keys")
+    k.add_argument("action", choices=["create", "list", "revoke"])
+    k.add_argument("key_id", nargs="?")
+    k.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    k.add_argument("--alias")
+    a = p.parse_args(argv)
+    if a.cmd == "serve":
+        serve(a.host, a.port, a.data_dir, a.ssl_certfile, a.ssl_keyfile, a.workers)
+    elif a.action == "create":
+        print(keys_create(a.data_dir, a.alias))
+    elif a.action == "list":
+        for row in keys_list(a.data_dir):
+            print(f"{row['id']}  created {row['created']}  "
+                  f"{'revoked ' + row['revoked'] if row['revoked'] else 'active'}  {row['alias'] or ''}")
+    else:
+        if not a.key_id:
+            p.error("keys revoke needs a KEY_ID")
+        if not keys_revoke(a.data_dir, a.key_id):
+            print(f"no active key {a.key_id}", file=sys.stderr)
+            return 1
+        print(f"revoked {a.key_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Upload flows of both official clients, and file serving with HTTP ranges.
+
+Python (fal-client): POST /rest/storage/auth/token -> {token, token_type, base_url, expires_at};
+  POST /cdn/files/upload (raw body) -> {access_url}; big files: POST /cdn/files/upload/multipart
+  -> {access_url, uploadId}, PUT {access_url}/multipart/{uploadId}/{n} (ETag), POST .../complete.
+JS (@fal-ai/client): POST /rest/storage/upload/initiate -> {upload_url, file_url}, PUT upload_url
+  (no Authorization: the URL carries a signed token); big files: /initiate-multipart, PUT
+  {upload_url path}/{n}?token, POST .../complete?token.
+Files: GET /files/{key} (Range, HEAD), public to whoever holds the unguessable URL.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from flashhead.api.auth import UPLOAD_TOKEN_TTL_S
+from flashhead.api.deps import AppContext, get_ctx, require_key
+from flashhead.errors import InputError, LimitExceeded, Unauthorized
+from flashhead.storage.base import FILES_PREFIX, StoredFile, check_key, content_type_for, new_key
+
+MAX_UPLOAD_BYTES = 1024 * 1024 * 1024     # one upload (or one multipart file) at most 1 GiB
+CDN_PREFIX = "/cdn"
+
+router = APIRouter()
+
+
+class InitiateBody(BaseModel):
+    content_type: str = "application/octet-stream"
+    file_name: str = "upload.bin"
+
+
+class CompleteBody(BaseModel):
+    parts: list[dict] = []
+
+
+async def _body_to_file(request: Request, ctx: AppContext) -> Path:
+    """Stream the request body to a staging file, refusing more than MAX_UPLOAD_BYTES."""
+    fd, name = tempfile.mkstemp(dir=ctx.storage.staging, prefix="body-")
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            async for block in request.stream():
+                size += len(block)
+                if size > MAX_UPLOAD_BYTES:
+                    raise LimitExceeded(f"uploads are limited to {MAX_UPLOAD_BYTES} bytes", field="body")
+                out.write(block)
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
+
+
+async def _store(ctx: AppContext, request: Request, content_type: str | None, file_name: str | None,
+                 key: str | None = None) -> StoredFile:
+    path = await _body_to_file(request, ctx)
+    try:
+        return await run_in_threadpool(ctx.storage.put_file, path, content_type, file_name, key)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _cdn_auth(request: Request) -> str | None:
+    return get_ctx(request).auth.check_upload_auth(request.headers.get("authorization"))
+
+
+# ---- Python client: token + CDN ----------------------------------------------------------
+
+@router.post("/rest/storage/auth/token", tags=["storage"])
+def cdn_token(request: Request, key_id: str | None = Depends(require_key)):
+    ctx = get_ctx(request)
+    expires = datetime.now(timezone.utc) + timedelta(seconds=UPLOAD_TOKEN_TTL_S - 60)
+    return {"token": ctx.auth.issue_cdn_token(key_id), "token_type": "Bearer",
+            "base_url": ctx.base_url(request) + CDN_PREFIX, "expires_at": expires.isoformat()}
+
+
+@router.post(f"{CDN_PREFIX}/files/upload", tags=["storage"])
+async def cdn_upload(request: Request, _k: str | None = Depends(_cdn_auth)):
+    ctx = get_ctx(request)
+    f = await _store(ctx, request, request.headers.get("content-type"), request.headers.get("x-fal-file-name"))
+    return {"access_url": ctx.storage.url(f.key, ctx.base_url(request)), "content_type": f.content_type,
+            "file_name": f.file_name, "file_size": f.size}
+
+
+@router.post(f"{CDN_PREFIX}/files/upload/multipart", tags=["storage"])
+def cdn_multipart_create(request: Request, _k: str | None = Depends(_cdn_auth)):
+    ctx = get_ctx(request)
+    key, upload_id = ctx.storage.create_multipart(request.headers.get("content-type"),
+                                                  request.headers.get("x-fal-file-name"))
+    return {"access_url": ctx.storage.url(key, ctx.base_url(request)), "uploadId": upload_id}
+
+
+@router.put(f"{FILES_PREFIX}/{{key}}/multipart/{{upload_id}}/{{number}}", tags=["storage"])
+async def cdn_multipart_part(key: str, upload_id: str, number: int, request: Request,
+                             _k: str | None = Depends(_cdn_auth)):
+    return await _put_part(get_ctx(request), request, key, upload_id, number)
+
+
+@router.post(f"{FILES_PREFIX}/{{key}}/multipart/{{upload_id}}/complete", tags=["storage"])
+def cdn_multipart_complete(key: str, upload_id: str, body: CompleteBody, request: Request,
+                           _k: str | None = Depends(_cdn_auth)):
+    return _complete(get_ctx(request), request, key, upload_id, body)
+
+
+async def _put_part(ctx: AppContext, request: Request, key: str, upload_id: str, number: int) -> JSONResponse:
+    path = await _body_to_file(request, ctx)
+    try:
+        etag = await run_in_threadpool(ctx.storage.put_part, key, upload_id, number, path)
+    finally:
+        path.unlink(missing_ok=True)
+    return JSONResponse({"partNumber": number, "etag": etag}, headers={"ETag": etag})
+
+
+def _complete(ctx: AppContext, request: Request, key: str, upload_id: str, body: CompleteBody) -> dict:
+    try:
+        numbers = [int(p["partNumber"]) for p in body.parts] if body.parts else None
+    except (KeyError, TypeError, ValueError):
+        raise InputError("each part needs a partNumber", field="parts") from None
+    f = ctx.storage.complete_multipart(key, upload_id, numbers)
+    url = ctx.storage.url(f.key, ctx.base_url(request))
+    return {"access_url": url, "file_url": url, "file_size": f.size}
+
+
+# ---- JS client: initiate + PUT ---------------------------------------------------------------
+
+def _initiate(request: Request, body: InitiateBody, multipart: bool) -> dict:
+    ctx = get_ctx(request)
+    base = ctx.base_url(request)
+    ctype = content_type_for(body.file_name, body.content_type)
+    if multipart:
+        key, upload_id = ctx.storage.create_multipart(ctype, body.file_name)
+        token = ctx.auth.issue_upload_token(key, ctype, body.file_name, multipart=upload_id)
+        upload_url = f"{base}{CDN_PREFIX}/uploads/{key}/multipart/{upload_id}?token={token}"
+    else:
+        key = new_key(body.file_name, ctype)
+        token = ctx.auth.issue_upload_token(key, ctype, body.file_name)
+        upload_url = f"{base}{CDN_PREFIX}/uploads/{key}?token={token}"
+    return {"upload_url": upload_url, "file_url": ctx.storage.url(key, base)}
+
+
+@router.post("/rest/storage/upload/initiate", tags=["storage"])
+def initiate(body: InitiateBody, request: Request, _k: str | None = Depends(require_key)):
+    return _initiate(request, body, multipart=False)
+
+
+@router.post("/rest/storage/upload/initiate-multipart", tags=["storage"])
+def initiate_multipart(body: InitiateBody, request: Request, _k: str | None = Depends(require_key)):
+    return _initiate(request, body, multipart=True)
+
+
+@router.put(f"{CDN_PREFIX}/uploads/{{key}}", tags=["storage"])
+async def signed_put(key: str, request: Request, token: str = ""):
+    ctx = get_ctx(request)
+    claims = ctx.auth.verify_upload_token(token, check_key(key))
+    if "mp" in claims:
+        raise Unauthorized("this token is for a multipart upload", field="token")
+    f = await _store(ctx, request, claims["ct"], claims["name"], key=key)
+    return {"file_url": ctx.storage.url(f.key, ctx.base_url(request)), "file_size": f.size}
+
+
+@router.put(f"{CDN_PREFIX}/uploads/{{key}}/multipart/{{upload_id}}/{{number}}", tags=["storage"])
+async def signed_part(key: str, upload_id: str, number: int, request: Request, token: str = ""):
+    ctx = get_ctx(request)
+    _check_mp_token(ctx, token, key, upload_id)
+    return await _put_part(ctx, request, key, upload_id, number)
+
+
+@router.post(f"{CDN_PREFIX}/uploads/{{key}}/multipart/{{upload_id}}/complete", tags=["storage"])
+def signed_complete(key: str, upload_id: str, body: CompleteBody, request: Request, token: str = ""):
+    ctx = get_ctx(request)
+    _check_mp_token(ctx, token, key, upload_id)
+    return _complete(ctx, request, key, upload_id, body)
+
+
+def _check_mp_token(ctx: AppContext, token: str, key: str, upload_id: str) -> None:
+    if ctx.auth.verify_upload_token(token, check_key(key)).get("mp") != upload_id:
+        raise Unauthorized("upload token is for another upload", field="token")
+
+
+# ---- serving -------------------------------------------------------------------------------
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """`bytes=a-b`, `bytes=a-`, `bytes=-n` -> inclusive (start, end); None = whole file.
+    Raises ValueError when unsatisfiable. Multiple ranges are answered with the first one."""
+    if not header or not header.startswith("bytes="):
+        return None
+    first = header[6:].split(",")[0].strip()
+    a, _, b = first.partition("-")
+    if a == "":
+        n = int(b)
+        if n <= 0:
+            raise ValueError(header)
+        return max(0, size - n), size - 1
+    start = int(a)
+    end = min(int(b), size - 1) if b else size - 1
+    if start >= size or end < start:
+        raise ValueError(header)
+    return start, end
+
+
+@router.head(f"{FILES_PREFIX}/{{key}}", include_in_schema=False)
+@router.get(f"{FILES_PREFIX}/{{key}}", tags=["storage"])
+def serve_file(key: str, request: Request):
+    ctx = get_ctx(request)
+    f = ctx.storage.stat(check_key(key))
+    base = {"Accept-Ranges": "bytes", "Content-Type": f.content_type, "ETag": f'"{f.key}"',
+            "Content-Disposition": f'inline; filename="{f.file_name}"',
+            "Cache-Control": "public, max-age=31536000, immutable"}
+    try:
+        rng = _parse_range(request.headers.get("range"), f.size)
+    except ValueError:
+        return Response(status_code=416, headers={**base, "Content-Range": f"bytes */{f.size}"})
+    start, end, status = (*rng, 206) if rng else (0, f.size - 1, 200)
+    headers = {**base, "Content-Length": str(max(0, end - start + 1))}
+    if rng:
+        headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
+    if request.method == "HEAD" or f.size == 0:
+        return Response(status_code=status, headers=headers)
+    return StreamingResponse(ctx.storage.open_range(f.key, start, end), status, headers=headers,
+                             media_type=f.content_type)

@@ -1,0 +1,193 @@
+"""Redis job store (redis-py): for several API processes sharing one queue.
+
+Layout under a key prefix: `job:{id}` hash, `queue` sorted set (score = priority, then
+submit order), `deadlines` sorted set, `running` set, `logs:{id}` list, `seq` counter.
+Every state change is one Lua script, so it is atomic.
+"""
+from __future__ import annotations
+
+import json
+
+import redis as redis_lib
+
+from flashhead.jobs.state import JobState, Priority
+from flashhead.jobs.store import (MAX_ATTEMPTS, TIMEOUT_TYPE, WORKER_CRASHED, CancelOutcome, Job, LogEntry,
+                                  NewJob, now)
+
+_SEQ_SPAN = 2 ** 40   # score = priority * span + seq keeps "priority, then order"
+
+_CLAIM = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, 63)
+for _, id in ipairs(ids) do
+  local k = ARGV[2] .. id
+  local dl = redis.call('HGET', k, 'deadline')
+  local cancel = redis.call('HGET', k, 'cancel_requested')
+  if (not dl or tonumber(dl) > tonumber(ARGV[1])) and cancel ~= '1' then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('SADD', KEYS[2], id)
+    redis.call('HSET', k, 'state', 'IN_PROGRESS', 'started_at', ARGV[1])
+    redis.call('HINCRBY', k, 'attempts', 1)
+    return id
+  end
+end
+return false
+"""
+
+# KEYS: job hash, queue, running, deadlines. ARGV: id, allowed from-states (comma list),
+# then field/value pairs to set.
+_TRANSITION = """
+local s = redis.call('HGET', KEYS[1], 'state')
+if not s or not string.find(',' .. ARGV[2] .. ',', ',' .. s .. ',', 1, true) then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 1
+"""
+
+_FIELDS_JSON = ("input", "result")
+
+
+class RedisJobStore:
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "flashhead:"):
+        self.r = redis_lib.Redis.from_url(url, decode_responses=True)
+        self.p = prefix
+        self._claim = self.r.register_script(_CLAIM)
+        self._transition = self.r.register_script(_TRANSITION)
+
+    def _k(self, *parts: str) -> str:
+        return self.p + ":".join(parts)
+
+    def _job_keys(self, job_id: str) -> list[str]:
+        return [self._k("job", job_id), self._k("queue"), self._k("running"), self._k("deadlines")]
+
+    def submit(self, new: NewJob) -> Job:
+        seq = int(self.r.incr(self._k("seq")))
+        fields = {"id": new.id, "endpoint": new.endpoint, "input": json.dumps(new.input),
+                  "state": JobState.IN_QUEUE.value, "priority": int(new.priority), "seq": seq,
+                  "created_at": now(), "attempts": 0, "cancel_requested": 0,
+                  "base_url": new.base_url}
+        for name in ("deadline", "webhook_url", "key_id"):
+            if getattr(new, name) is not None:
+                fields[name] = getattr(new, name)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self._k("job", new.id), mapping=fields)
+        pipe.zadd(self._k("queue"), {new.id: int(new.priority) * _SEQ_SPAN + seq})
+        if new.deadline is not None:
+            pipe.zadd(self._k("deadlines"), {new.id: new.deadline})
+        pipe.execute()
+        return self.get(new.id)
+
+    def get(self, job_id: str) -> Job | None:
+        h = self.r.hgetall(self._k("job", job_id))
+        return _hash_to_job(h) if h else None
+
+    def queue_position(self, job_id: str) -> int:
+        rank = self.r.zrank(self._k("queue"), job_id)
+        return int(rank) if rank is not None else 0
+
+    def queue_depth(self) -> int:
+        return int(self.r.zcard(self._k("queue")))
+
+    def running_count(self) -> int:
+        return int(self.r.scard(self._k("running")))
+
+    def claim(self, now_s: float | None = None) -> Job | None:
+        t = now() if now_s is None else now_s
+        job_id = self._claim(keys=[self._k("queue"), self._k("running"), self._k("deadlines")],
+                             args=[repr(t), self._k("job", "")])
+        return self.get(job_id) if job_id else None
+
+    def _move(self, job_id: str, from_states: tuple[JobState, ...], **fields) -> Job | None:
+        args: list = [job_id, ",".join(s.value for s in from_states)]
+        for k, v in fields.items():
+            if v is not None:
+                args += [k, json.dumps(v) if k in _FIELDS_JSON else v]
+        ok = self._transition(keys=self._job_keys(job_id), args=args)
+        return self.get(job_id) if ok else None
+
+    def finish(self, job_id: str, state: JobState, *, result: dict | None = None,
+               error: str | None = None, error_type: str | None = None) -> Job | None:
+        assert state.is_terminal(), state
+        return self._move(job_id, (JobState.IN_QUEUE, JobState.IN_PROGRESS), state=state.value,
+                          finished_at=now(), result=result, error=error, error_type=error_type)
+
+    def request_cancel(self, job_id: str) -> tuple[str, Job | None]:
+        job = self.get(job_id)
+        if job is None:
+            return CancelOutcome.NOT_FOUND, None
+        if job.state is JobState.IN_QUEUE:
+            done = self._move(job_id, (JobState.IN_QUEUE,), state=JobState.CANCELLED.value,
+                              finished_at=now(), cancel_requested=1,
+                              error="the request was cancelled", error_type="cancelled")
+            if done is not None:
+                return CancelOutcome.CANCELLED, done
+            job = self.get(job_id)   # claimed meanwhile: fall through to the running case
+        if job.state is JobState.IN_PROGRESS:
+            self.r.hset(self._k("job", job_id), "cancel_requested", 1)
+            return CancelOutcome.REQUESTED, None
+        return CancelOutcome.ALREADY_COMPLETED, None
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        return self.r.hget(self._k("job", job_id), "cancel_requested") == "1"
+
+    def append_log(self, job_id: str, message: str, level: str = "INFO") -> None:
+        self.r.rpush(self._k("logs", job_id), json.dumps([message, level, now()]))
+
+    def logs(self, job_id: str) -> list[LogEntry]:
+        return [LogEntry(*json.loads(x)) for x in self.r.lrange(self._k("logs", job_id), 0, -1)]
+
+    def expire_overdue(self, now_s: float | None = None) -> list[Job]:
+        t = now() if now_s is None else now_s
+        out = []
+        for job_id in self.r.zrangebyscore(self._k("deadlines"), "-inf", t):
+            job = self._move(job_id, (JobState.IN_QUEUE,), state=JobState.TIMED_OUT.value,
+                             finished_at=t, error="the request did not start before its deadline",
+                             error_type=TIMEOUT_TYPE)
+            if job is not None:
+                out.append(job)
+            else:
+                self.r.zrem(self._k("deadlines"), job_id)
+        return out
+
+    def recover(self) -> tuple[list[Job], list[Job]]:
+        requeued, failed = [], []
+        for job_id in self.r.smembers(self._k("running")):
+            job = self.get(job_id)
+            if job is None:
+                self.r.srem(self._k("running"), job_id)
+            elif job.cancel_requested:
+                failed.append(self.finish(job_id, JobState.CANCELLED, error="the request was cancelled",
+                                          error_type="cancelled"))
+            elif job.attempts < MAX_ATTEMPTS:
+                self._requeue(job)
+                requeued.append(self.get(job_id))
+            else:
+                failed.append(self.finish(job_id, JobState.FAILED, error_type=WORKER_CRASHED,
+                                          error="the server stopped while this request was running"))
+        return requeued, [j for j in failed if j is not None]
+
+    def _requeue(self, job: Job) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self._k("job", job.id), "state", JobState.IN_QUEUE.value)
+        # it already met its start deadline once, so the deadline is dropped
+        pipe.hdel(self._k("job", job.id), "started_at", "deadline")
+        pipe.srem(self._k("running"), job.id)
+        pipe.zadd(self._k("queue"), {job.id: int(job.priority) * _SEQ_SPAN + job.seq})
+        pipe.execute()
+
+    def close(self) -> None:
+        self.r.close()
+
+
+def _hash_to_job(h: dict) -> Job:
+    f = lambda k: float(h[k]) if k in h else None  # noqa: E731
+    return Job(
+        id=h["id"], endpoint=h["endpoint"], input=json.loads(h["input"]), state=JobState(h["state"]),
+        priority=Priority(int(h["priority"])), seq=int(h["seq"]), created_at=float(h["created_at"]),
+        deadline=f("deadline"), started_at=f("started_at"), finished_at=f("finished_at"),
+        attempts=int(h.get("attempts", 0)), cancel_requested=h.get("cancel_requested") == "1",
+        result=json.loads(h["result"]) if "result" in h else None, error=h.get("error"),
+        error_type=h.get("error_type"), webhook_url=h.get("webhook_url"),
+        base_url=h.get("base_url", ""), key_id=h.get("key_id"))

@@ -1,0 +1,187 @@
+"""SQLite job store: one WAL-mode file under the data dir, one connection per thread."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+from flashhead.jobs.state import JobState, Priority
+from flashhead.jobs.store import (MAX_ATTEMPTS, TIMEOUT_TYPE, WORKER_CRASHED, CancelOutcome, Job, LogEntry,
+                                  NewJob, now)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT UNIQUE NOT NULL, endpoint TEXT NOT NULL, input TEXT NOT NULL,
+  state TEXT NOT NULL, priority INTEGER NOT NULL, created_at REAL NOT NULL,
+  deadline REAL, started_at REAL, finished_at REAL, attempts INTEGER NOT NULL DEFAULT 0,
+  cancel_requested INTEGER NOT NULL DEFAULT 0, result TEXT, error TEXT, error_type TEXT,
+  webhook_url TEXT, base_url TEXT NOT NULL DEFAULT '', key_id TEXT);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority, seq);
+CREATE TABLE IF NOT EXISTS logs (
+  job_id TEXT NOT NULL, ts REAL NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, ts);
+"""
+_Q, _P = JobState.IN_QUEUE.value, JobState.IN_PROGRESS.value
+_TERMINAL = tuple(s.value for s in JobState if s.is_terminal())
+
+
+def _row_to_job(r: sqlite3.Row) -> Job:
+    return Job(
+        id=r["id"], endpoint=r["endpoint"], input=json.loads(r["input"]), state=JobState(r["state"]),
+        priority=Priority(r["priority"]), seq=r["seq"], created_at=r["created_at"],
+        deadline=r["deadline"], started_at=r["started_at"], finished_at=r["finished_at"],
+        attempts=r["attempts"], cancel_requested=bool(r["cancel_requested"]),
+        result=json.loads(r["result"]) if r["result"] else None, error=r["error"],
+        error_type=r["error_type"], webhook_url=r["webhook_url"], base_url=r["base_url"],
+        key_id=r["key_id"])
+
+
+class SqliteJobStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._db().executescript(SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: durable across process kills
+            self._local.db = db
+        return db
+
+    def _tx(self):
+        return _Tx(self._db())
+
+    def submit(self, new: NewJob) -> Job:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO jobs (id, endpoint, input, state, priority, created_at, deadline,"
+                " webhook_url, base_url, key_id) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (new.id, new.endpoint, json.dumps(new.input), _Q, int(new.priority), now(),
+                 new.deadline, new.webhook_url, new.base_url, new.key_id))
+        return self.get(new.id)
+
+    def get(self, job_id: str) -> Job | None:
+        r = self._db().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _row_to_job(r) if r else None
+
+    def queue_position(self, job_id: str) -> int:
+        r = self._db().execute(
+            "SELECT COUNT(*) FROM jobs a, jobs j WHERE j.id = ? AND a.state = ? AND "
+            "(a.priority < j.priority OR (a.priority = j.priority AND a.seq < j.seq))",
+            (job_id, _Q)).fetchone()
+        return int(r[0])
+
+    def queue_depth(self) -> int:
+        return int(self._db().execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (_Q,)).fetchone()[0])
+
+    def running_count(self) -> int:
+        return int(self._db().execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (_P,)).fetchone()[0])
+
+    def claim(self, now_s: float | None = None) -> Job | None:
+        t = now() if now_s is None else now_s
+        with self._tx() as db:
+            r = db.execute(
+                "UPDATE jobs SET state = ?, started_at = ?, attempts = attempts + 1 WHERE id = ("
+                " SELECT id FROM jobs WHERE state = ? AND cancel_requested = 0"
+                " AND (deadline IS NULL OR deadline > ?) ORDER BY priority, seq LIMIT 1)"
+                " RETURNING *", (_P, t, _Q, t)).fetchone()
+        return _row_to_job(r) if r else None
+
+    def finish(self, job_id: str, state: JobState, *, result: dict | None = None,
+               error: str | None = None, error_type: str | None = None) -> Job | None:
+        assert state.is_terminal(), state
+        with self._tx() as db:
+            r = db.execute(
+                f"UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ?, error_type = ?"
+                f" WHERE id = ? AND state NOT IN ({','.join('?' * len(_TERMINAL))}) RETURNING *",
+                (state.value, now(), json.dumps(result) if result is not None else None, error,
+                 error_type, job_id, *_TERMINAL)).fetchone()
+        return _row_to_job(r) if r else None
+
+    def request_cancel(self, job_id: str) -> tuple[str, Job | None]:
+        with self._tx() as db:
+            r = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if r is None:
+                return CancelOutcome.NOT_FOUND, None
+            if r["state"] == _Q:
+                r = db.execute(
+                    "UPDATE jobs SET state = ?, finished_at = ?, cancel_requested = 1, error = ?,"
+                    " error_type = ? WHERE id = ? RETURNING *",
+                    (JobState.CANCELLED.value, now(), "the request was cancelled", "cancelled",
+                     job_id)).fetchone()
+                return CancelOutcome.CANCELLED, _row_to_job(r)
+            if r["state"] == _P:
+                db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+                return CancelOutcome.REQUESTED, None
+        return CancelOutcome.ALREADY_COMPLETED, None
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        r = self._db().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return bool(r and r[0])
+
+    def append_log(self, job_id: str, message: str, level: str = "INFO") -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO logs (job_id, ts, level, message) VALUES (?,?,?,?)",
+                       (job_id, now(), level, message))
+
+    def logs(self, job_id: str) -> list[LogEntry]:
+        rows = self._db().execute(
+            "SELECT message, level, ts FROM logs WHERE job_id = ? ORDER BY ts, rowid", (job_id,))
+        return [LogEntry(r[0], r[1], r[2]) for r in rows]
+
+    def expire_overdue(self, now_s: float | None = None) -> list[Job]:
+        t = now() if now_s is None else now_s
+        with self._tx() as db:
+            rows = db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_type = ?"
+                " WHERE state = ? AND deadline IS NOT NULL AND deadline <= ? RETURNING *",
+                (JobState.TIMED_OUT.value, t, "the request did not start before its deadline",
+                 TIMEOUT_TYPE, _Q, t)).fetchall()
+        return [_row_to_job(r) for r in rows]
+
+    def recover(self) -> tuple[list[Job], list[Job]]:
+        # A re-queued job already met its start deadline once, so the deadline is dropped.
+        with self._tx() as db:
+            cancelled = db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_type = ?"
+                " WHERE state = ? AND cancel_requested = 1 RETURNING *",
+                (JobState.CANCELLED.value, now(), "the request was cancelled", "cancelled",
+                 _P)).fetchall()
+            requeued = db.execute(
+                "UPDATE jobs SET state = ?, started_at = NULL, deadline = NULL"
+                " WHERE state = ? AND attempts < ?"
+                " AND cancel_requested = 0 RETURNING *", (_Q, _P, MAX_ATTEMPTS)).fetchall()
+            failed = db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_type = ?"
+                " WHERE state = ? RETURNING *",
+                (JobState.FAILED.value, now(),
+                 "the server stopped while this request was running", WORKER_CRASHED, _P)).fetchall()
+        return ([_row_to_job(r) for r in requeued],
+                [_row_to_job(r) for r in (*cancelled, *failed)])
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT: one writer at a time, readers never blocked (WAL)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,107 @@
+"""The job record and the store protocol every backend (sqlite, redis) implements."""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Protocol
+
+from flashhead.errors import Cancelled, Timeout
+from flashhead.jobs.state import JobState, Priority
+
+# A job found IN_PROGRESS at start-up was interrupted by a crash. It is re-queued while
+# attempts < MAX_ATTEMPTS, otherwise failed with this error_type (see JobStore.recover).
+MAX_ATTEMPTS = 2
+WORKER_CRASHED = "worker_crashed"
+TIMEOUT_TYPE = Timeout.error_type          # start deadline missed
+CANCELLED_TYPE = Cancelled.error_type
+LOG_LEVELS = ("STDERR", "STDOUT", "ERROR", "INFO", "WARN", "DEBUG")
+
+
+@dataclass
+class NewJob:
+    """What a submit knows about a job."""
+
+    endpoint: str                       # "fal-ai/flashhead" | "fal-ai/flashhead/audio"
+    input: dict
+    priority: Priority = Priority.NORMAL
+    deadline: float | None = None       # unix time by which it must have started
+    webhook_url: str | None = None
+    base_url: str = ""                  # where the client reached us: output URLs are built on it
+    key_id: str | None = None           # the API key that submitted it (None: auth off)
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass
+class Job:
+    id: str
+    endpoint: str
+    input: dict
+    state: JobState
+    priority: Priority
+    seq: int
+    created_at: float
+    deadline: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    result: dict | None = None
+    error: str | None = None
+    error_type: str | None = None
+    webhook_url: str | None = None
+    base_url: str = ""
+    key_id: str | None = None
+
+    @property
+    def inference_time(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+
+@dataclass
+class LogEntry:
+    message: str
+    level: str
+    timestamp: float
+
+    def wire(self) -> dict:
+        ts = datetime.fromtimestamp(self.timestamp, timezone.utc).isoformat().replace("+00:00", "Z")
+        return {"message": self.message, "level": self.level, "source": "USER", "timestamp": ts}
+
+
+class CancelOutcome:
+    CANCELLED = "cancelled"              # was queued: now terminal
+    REQUESTED = "requested"              # is running: stops at the next chunk
+    ALREADY_COMPLETED = "already_completed"
+    NOT_FOUND = "not_found"
+
+
+class JobStore(Protocol):
+    """Durable job storage. Every method is safe to call from many threads."""
+
+    def submit(self, new: NewJob) -> Job: ...
+    def get(self, job_id: str) -> Job | None: ...
+    def queue_position(self, job_id: str) -> int: ...
+    def queue_depth(self) -> int: ...
+    def running_count(self) -> int: ...
+    def claim(self, now: float | None = None) -> Job | None:
+        """Atomically move the next runnable job (priority, then submit order) to IN_PROGRESS."""
+    def finish(self, job_id: str, state: JobState, *, result: dict | None = None,
+               error: str | None = None, error_type: str | None = None) -> Job | None:
+        """Move a job to a terminal state; returns None if it was already terminal."""
+    def request_cancel(self, job_id: str) -> tuple[str, Job | None]: ...
+    def is_cancel_requested(self, job_id: str) -> bool: ...
+    def append_log(self, job_id: str, message: str, level: str = "INFO") -> None: ...
+    def logs(self, job_id: str) -> list[LogEntry]: ...
+    def expire_overdue(self, now: float | None = None) -> list[Job]:
+        """Queued jobs whose start deadline passed -> TIMED_OUT; returns them."""
+    def recover(self) -> tuple[list[Job], list[Job]]:
+        """At start-up: jobs left IN_PROGRESS by a crash -> (re-queued, failed)."""
+    def close(self) -> None: ...
+
+
+def now() -> float:
+    return time.time()

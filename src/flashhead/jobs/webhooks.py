@@ -1,0 +1,228 @@
+"""Webhooks: the documented payload, Ed25519 signatures, a JWKS, and a durable outbox.
+
+Signature (fal's scheme): Ed25519 over the UTF-8 of
+    request_id "\\n" user_id "\\n" timestamp "\\n" sha256_hex(raw body)
+sent as X-Fal-Webhook-Request-Id / -User-Id / -Timestamp / -Signature (hex).
+Deliveries live in an SQLite outbox, so a receiver that is down when the job ends still gets
+the result later, also across server restarts. Retries back off exponentially; by default
+10 tries spread over 2 hours.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import httpx
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+log = logging.getLogger("flashhead.webhooks")
+
+TIMESTAMP_TOLERANCE_S = 300
+H_REQUEST_ID, H_USER_ID = "X-Fal-Webhook-Request-Id", "X-Fal-Webhook-User-Id"
+H_TIMESTAMP, H_SIGNATURE = "X-Fal-Webhook-Timestamp", "X-Fal-Webhook-Signature"
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:
+    return "\n".join([request_id, user_id, timestamp, hashlib.sha256(body).hexdigest()]).encode()
+
+
+class WebhookSigner:
+    """An Ed25519 key pair persisted (mode 0600) in the data dir."""
+
+    def __init__(self, key_path: str | Path):
+        path = Path(key_path)
+        if path.exists():
+            seed = path.read_bytes()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            seed = bytes(SigningKey.generate())
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(seed)
+        self._key = SigningKey(seed)
+        public = bytes(self._key.verify_key)
+        self.kid = hashlib.sha256(public).hexdigest()[:16]
+        self.public_key = public
+
+    def jwks(self) -> dict:
+        return {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": _b64url(self.public_key),
+                          "kid": self.kid, "use": "sig", "alg": "EdDSA"}]}
+
+    def headers(self, request_id: str, user_id: str, body: bytes, timestamp: int | None = None) -> dict:
+        ts = str(int(time.time()) if timestamp is None else timestamp)
+        sig = self._key.sign(signed_message(request_id, user_id, ts, body)).signature
+        return {H_REQUEST_ID: request_id, H_USER_ID: user_id, H_TIMESTAMP: ts,
+                H_SIGNATURE: sig.hex(), "Content-Type": "application/json"}
+
+
+def verify_webhook(headers: Mapping[str, str], body: bytes, jwks: dict, *,
+                   tolerance_s: int = TIMESTAMP_TOLERANCE_S, now: float | None = None) -> bool:
+    """For receivers: True if `body` was signed by a key in `jwks` less than 5 minutes ago."""
+    h = {k.lower(): v for k, v in headers.items()}
+    try:
+        request_id, user_id = h[H_REQUEST_ID.lower()], h[H_USER_ID.lower()]
+        timestamp, signature = h[H_TIMESTAMP.lower()], bytes.fromhex(h[H_SIGNATURE.lower()])
+        if abs((time.time() if now is None else now) - int(timestamp)) > tolerance_s:
+            return False
+    except (KeyError, ValueError):
+        return False
+    message = signed_message(request_id, user_id, timestamp, body)
+    for key in jwks.get("keys", []):
+        if key.get("kty") != "OKP" or key.get("crv") != "Ed25519":
+            continue
+        try:
+            VerifyKey(_unb64url(key["x"])).verify(message, signature)
+            return True
+        except (BadSignatureError, ValueError, KeyError):
+            continue
+    return False
+
+
+def webhook_payload(request_id: str, result: dict | None, error: str | None = None,
+                    error_type: str | None = None) -> dict:
+    """The documented body: status OK with the output, or ERROR with the error text."""
+    if error is None:
+        return {"request_id": request_id, "gateway_request_id": request_id, "status": "OK",
+                "payload": result}
+    body = {"request_id": request_id, "gateway_request_id": request_id, "status": "ERROR",
+            "payload": result, "error": error}
+    if error_type:
+        body["error_type"] = error_type
+    return body
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """`max_tries` attempts; the gaps double and add up to `window_s`."""
+
+    max_tries: int = 10
+    window_s: float = 2 * 3600.0
+    timeout_s: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        gaps = max(1, self.max_tries - 1)
+        first = self.window_s / (2 ** gaps - 1)
+        return first * 2 ** (attempt - 1)
+
+
+_OUTBOX = """
+CREATE TABLE IF NOT EXISTS deliveries (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, user_id TEXT NOT NULL,
+  url TEXT NOT NULL, body BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+  next_at REAL NOT NULL, state TEXT NOT NULL DEFAULT 'pending', last_error TEXT,
+  created_at REAL NOT NULL, UNIQUE (request_id, url));
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at);
+"""
+
+
+class WebhookOutbox:
+    """Persisted deliveries plus one thread that sends the due ones."""
+
+    def __init__(self, db_path: str | Path, signer: WebhookSigner, policy: RetryPolicy = RetryPolicy(),
+                 on_result=None, check_url=None):
+        self.path, self.signer, self.policy = Path(db_path), signer, policy
+        self._on_result = on_result or (lambda ok: None)
+        self._check_url = check_url or (lambda url: None)   # SSRF guard: raises to refuse
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_OUTBOX)
+
+    def enqueue(self, url: str, request_id: str, user_id: str, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO deliveries (request_id, user_id, url, body, next_at, created_at)"
+                " VALUES (?,?,?,?,?,?)", (request_id, user_id, url, body, time.time(), time.time()))
+        self._wake.set()
+
+    def deliveries(self, request_id: str) -> list[dict]:
+        with self._lock:
+            cur = self._db.execute("SELECT url, attempts, state, last_error FROM deliveries"
+                                   " WHERE request_id = ?", (request_id,))
+            return [dict(zip(("url", "attempts", "state", "last_error"), r)) for r in cur]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=self.policy.timeout_s, follow_redirects=False) as client:
+            while not self._stop.is_set():
+                due = self._due()
+                for row in due:
+                    self._attempt(client, *row)
+                if not due:
+                    self._wake.wait(self._sleep_s())
+                    self._wake.clear()
+
+    def _due(self) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT id, request_id, user_id, url, body, attempts FROM deliveries"
+                " WHERE state = 'pending' AND next_at <= ? ORDER BY next_at LIMIT 16",
+                (time.time(),)).fetchall()
+
+    def _sleep_s(self) -> float:
+        with self._lock:
+            r = self._db.execute("SELECT MIN(next_at) FROM deliveries WHERE state = 'pending'").fetchone()
+        return 5.0 if r[0] is None else min(5.0, max(0.05, r[0] - time.time()))
+
+    def _attempt(self, client: httpx.Client, row_id, request_id, user_id, url, body, attempts) -> None:
+        error = None
+        try:
+            self._check_url(url)
+        except Exception as exc:   # refused for good: no retry can make it safe
+            self._record(row_id, request_id, attempts + 1, "failed", f"refused: {exc}")
+            return
+        try:
+            resp = client.post(url, content=body, headers=self.signer.headers(request_id, user_id, body))
+            if not 200 <= resp.status_code < 300:
+                error = f"HTTP {resp.status_code}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        attempts += 1
+        if error is None:
+            state, next_at = "delivered", time.time()
+        elif attempts >= self.policy.max_tries:
+            state, next_at = "failed", time.time()
+        else:
+            state, next_at = "pending", time.time() + self.policy.delay(attempts)
+        self._on_result(error is None)
+        self._record(row_id, request_id, attempts, state, error, next_at)
+
+    def _record(self, row_id, request_id, attempts, state, error, next_at=None) -> None:
+        log.info("webhook", extra={"request_id": request_id, "attempt": attempts, "state": state,
+                                   "error": error})
+        next_at = time.time() if next_at is None else next_at
+        with self._lock:
+            self._db.execute("UPDATE deliveries SET attempts = ?, state = ?, next_at = ?, last_error = ?"
+                             " WHERE id = ?", (attempts, state, next_at, error, row_id))

@@ -1,0 +1,160 @@
+"""Worker threads: claim a job, run flashhead.pipeline.generate, store the video, finish.
+
+Cancellation is cooperative: generate() asks should_cancel() before every chunk, which reads
+the store's cancel flag, so a running job stops at the next chunk.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from flashhead.errors import Cancelled, FlashheadError, InputError
+from flashhead.jobs.queue import JobQueue
+from flashhead.jobs.state import JobState
+from flashhead.jobs.store import CANCELLED_TYPE, Job
+from flashhead.storage.base import FILES_PREFIX, Storage
+
+log = logging.getLogger("flashhead.worker")
+PROGRESS_LOG_EVERY_S = 1.0
+OUTPUT_NAME = "flashhead.mp4"
+
+
+def _generate(*args, **kwargs):
+    from flashhead.pipeline import generate
+    return generate(*args, **kwargs)
+
+
+def _result_json(*args, **kwargs):
+    from flashhead.pipeline import result_json
+    return result_json(*args, **kwargs)
+
+
+class WorkerPool:
+    def __init__(self, queue: JobQueue, storage: Storage, engines, work_dir: Path, *,
+                 threads: int = 1, own_hosts: Callable[[], set[str]] = set,
+                 generate: Callable | None = None, poll_s: float = 0.5):
+        self.queue, self.store, self.storage, self.engines = queue, queue.store, storage, engines
+        self.work_dir = Path(work_dir)
+        self.n_threads, self.poll_s = threads, poll_s
+        self.own_hosts = own_hosts
+        self.generate = generate or _generate
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for i in range(self.n_threads):
+            t = threading.Thread(target=self._loop, name=f"worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.queue.wake.set()
+        for t in self._threads:
+            t.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            job = self.store.claim()
+            if job is None:
+                self.queue.wake.wait(self.poll_s)
+                self.queue.wake.clear()
+                continue
+            self.run_job(job)
+
+    def run_job(self, job: Job) -> None:
+        job_dir = self.work_dir / job.id
+        say = lambda msg, level="INFO": self.store.append_log(job.id, msg, level)  # noqa: E731
+        say(f"started (attempt {job.attempts})")
+        try:
+            state, fields = JobState.COMPLETED, {"result": self._render(job, job_dir, say)}
+            say("completed")
+        except Cancelled as exc:
+            state, fields = JobState.CANCELLED, {"error": str(exc), "error_type": CANCELLED_TYPE}
+        except ValidationError as exc:
+            state, fields = JobState.FAILED, {"error": _validation_text(exc), "error_type": InputError.error_type,
+                                              "result": {"detail": _validation_detail(exc)}}
+        except FlashheadError as exc:
+            state, fields = JobState.FAILED, _error_fields(exc)
+        except Exception as exc:  # a bug: the job fails with a clear type, the worker lives on
+            log.exception("job crashed", extra={"job": job.id})
+            state, fields = JobState.FAILED, {"error": f"internal error: {type(exc).__name__}: {exc}",
+                                              "error_type": "internal_error"}
+        finally:
+            shutil.rmtree(job_dir, ignore_errors=True)
+        if state is not JobState.COMPLETED:
+            say(f"{state.value.lower()}: {fields.get('error')}", "ERROR")
+        self.queue.finish(job.id, state, **fields)
+
+    def _render(self, job: Job, job_dir: Path, say) -> dict:
+        from flashhead.pipeline import request_from_input
+
+        job_dir.mkdir(parents=True, exist_ok=True)
+        payload, local = self._localize(job, job_dir)
+        request = request_from_input(payload, job.endpoint)
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            if time.monotonic() - last[0] >= PROGRESS_LOG_EVERY_S or done == total:
+                last[0] = time.monotonic()
+                say(f"rendered {done}/{total} frames")
+
+        out = job_dir / OUTPUT_NAME
+        result = self.generate(request, self.engines, out, allow_paths=local,
+                               should_cancel=lambda: self.store.is_cancel_requested(job.id),
+                               log=say, progress=progress)
+        stored = self.storage.put_file(out, "video/mp4", OUTPUT_NAME)
+        return _result_json(result, self.storage.url(stored.key, job.base_url), stored.file_name)
+
+    def _localize(self, job: Job, job_dir: Path) -> tuple[dict, bool]:
+        """Inputs that point at this server's own /files/ are read from storage, not over HTTP
+        (the SSRF guard would rightly refuse a loopback fetch). Only these become paths."""
+        payload, local = dict(job.input), False
+        hosts = self.own_hosts() | {urlsplit(job.base_url).netloc}
+        for name, value in job.input.items():
+            key = own_file_key(value, hosts) if name.endswith("_url") else None
+            if key is None:
+                continue
+            path = self.storage.local_path(key)
+            if path is None:
+                path = job_dir / f"in-{name}"
+                with open(path, "wb") as fh:
+                    size = self.storage.stat(key).size
+                    for block in self.storage.open_range(key, 0, max(0, size - 1)):
+                        fh.write(block)
+            payload[name], local = str(path), True
+        return payload, local
+
+
+def own_file_key(value, hosts: set[str]) -> str | None:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        return None
+    parts = urlsplit(value)
+    prefix = FILES_PREFIX + "/"
+    if parts.netloc not in hosts or not parts.path.startswith(prefix):
+        return None
+    key = parts.path[len(prefix):]
+    return key if key and "/" not in key else None
+
+
+def _error_fields(exc: FlashheadError) -> dict:
+    fields = {"error": str(exc), "error_type": exc.error_type}
+    if isinstance(exc, InputError):
+        loc = ["body", exc.field] if exc.field else ["body"]
+        fields["result"] = {"detail": [{"loc": loc, "msg": exc.message, "type": exc.error_type}]}
+    return fields
+
+
+def _validation_detail(exc: ValidationError) -> list[dict]:
+    return [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+
+
+def _validation_text(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -1,0 +1,146 @@
+"""Head motion field (fades out away from the face) and the per-session life generator.
+
+Everything here is a deterministic function of (seed, global frame index, features seen so
+far): the generator advances one frame at a time, so any split of a timeline into spans gives
+the same sequence.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from flashhead import constants as C
+
+from . import landmarks as L
+from .warp import Box, grid
+
+LOW = 4                                   # head field resolution divisor
+TX, TY, ROLL, YAW, PITCH = range(5)
+BLINK_SHAPE = (0.4, 0.9, 1.0, 0.75, 0.4, 0.12)   # per-frame lid closure of one blink (~160 ms)
+
+
+class HeadRig:
+    """Backward displacement bases for a small head motion, weighted by a face-oval falloff."""
+
+    def __init__(self, image: np.ndarray, lm: np.ndarray):
+        H, W = image.shape[:2]
+        oval = lm[list(L.FACE_OVAL)]
+        fw = float(np.ptp(oval[:, 0]))
+        self.margin = margin = 0.28 * fw
+        box = Box.around(oval, (H, W), pad=int(margin) + 2)
+        h, w = box.shape   # trim to multiples of LOW so upsampling is exact
+        self.box = Box(box.y0, box.y0 + h // LOW * LOW, box.x0, box.x0 + w // LOW * LOW)
+        h, w = self.box.shape
+        mask = np.ones((h, w), np.uint8)
+        cv2.fillPoly(mask, [np.round(oval - (self.box.x0, self.box.y0)).astype(np.int32)], 0)
+        dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+        t = np.clip(dist / margin, 0, 1)
+        weight = 1.0 - t * t * (3 - 2 * t)
+        weight = cv2.resize(weight, (w // LOW, h // LOW), interpolation=cv2.INTER_AREA)
+        ys = self.box.y0 + (np.arange(h // LOW) + 0.5) * LOW - 0.5
+        xs = self.box.x0 + (np.arange(w // LOW) + 0.5) * LOW - 0.5
+        gx, gy = np.meshgrid(xs.astype(np.float32), ys.astype(np.float32))
+        px, py = lm[L.CHIN] + (lm[L.CHIN] - lm[L.FOREHEAD]) * 0.25    # pivot in the neck
+        nose = lm[L.NOSE_TIP]
+        depth = 0.35 + 0.65 * np.exp(-((gx - nose[0]) ** 2 + (gy - nose[1]) ** 2) / (2 * (0.45 * fw) ** 2))
+        zero = np.zeros_like(weight)
+        fwd = [(weight, zero), (zero, weight),
+               (-(gy - py) * weight * math.pi / 180, (gx - px) * weight * math.pi / 180),
+               (weight * depth, zero), (zero, weight * depth)]
+        self.bases = np.stack([np.stack([-fx, -fy], -1) for fx, fy in fwd]).astype(np.float32)
+        self.low_shape = weight.shape
+        self.k = len(fwd)
+        self.bases = self.bases.reshape(self.k, -1)
+        ix, iy = grid(self.box)
+        self.identity = np.stack([ix, iy], -1)
+
+    def map(self, coeffs: np.ndarray) -> np.ndarray:
+        h, w = self.box.shape
+        low = (np.asarray(coeffs, np.float32) @ self.bases).reshape(*self.low_shape, 2)
+        return self.identity + cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+@dataclass
+class Life:
+    """Per-frame animation values besides the mouth."""
+    blink: float
+    gaze_x: float
+    gaze_y: float
+    head: np.ndarray    # (5,) TX px, TY px, ROLL deg, YAW px, PITCH px
+
+
+class MotionState:
+    """Blinks, gaze, head sway, nods and breathing for one session."""
+
+    def __init__(self, seed: int, amount: float = 1.0, blinks: bool = True, gaze: bool = True):
+        self.amount, self.blinks_on, self.gaze_on = amount, blinks, gaze
+        seq = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x5EED])
+        self._blink_rng, self._gaze_rng, sway_rng = (np.random.default_rng(s) for s in seq.spawn(3))
+        self.sway = [(sway_rng.uniform(0.05, 0.32, 3), sway_rng.uniform(0, 2 * np.pi, 3))
+                     for _ in range(5)]
+        self.breath_phase = float(sway_rng.uniform(0, 2 * np.pi))
+        self.breath_hz = float(sway_rng.uniform(0.22, 0.28))
+        self.frame = 0
+        self.next_blink = int(self._blink_rng.uniform(0.6, 2.5) * C.FPS)
+        self.blink_start = -100
+        self.next_gaze = int(self._gaze_rng.uniform(0.8, 2.5) * C.FPS)
+        self.gaze_target = np.zeros(2)
+        self.gaze = np.zeros(2)
+        self.activity = 0.0
+        self.e_fast = self.e_slow = 0.0
+        self.nod = self.nod_v = 0.0
+
+    def _blink(self, f: int) -> float:
+        if f >= self.next_blink:
+            self.blink_start = f
+            gap = self._blink_rng.uniform(2.0, 6.0)
+            if self._blink_rng.random() < 0.12:
+                gap = 0.45                   # occasional double blink
+            self.next_blink = f + int(gap * C.FPS)
+        k = f - self.blink_start
+        return BLINK_SHAPE[k] if 0 <= k < len(BLINK_SHAPE) else 0.0
+
+    def _gaze(self, f: int) -> None:
+        if f >= self.next_gaze:
+            r = self._gaze_rng
+            if r.random() < 0.45:
+                self.gaze_target = np.zeros(2)
+            else:
+                self.gaze_target = np.clip(r.normal(0, [0.28, 0.12]), [-0.45, -0.2], [0.45, 0.2])
+            self.next_gaze = f + int(r.uniform(1.0, 4.0) * C.FPS)
+        self.gaze += (self.gaze_target - self.gaze) * 0.55
+
+    def _sway(self, i: int, t: float) -> float:
+        freqs, phases = self.sway[i]
+        return float(np.sin(2 * np.pi * freqs * t + phases).sum() / 1.8)
+
+    def step(self, f: int, energy: float, voiced: float) -> Life:
+        """Advance to global frame f (must be called for every frame in order)."""
+        if f != self.frame:
+            raise ValueError(f"spans must be rendered in order: expected frame {self.frame}, got {f}")
+        self.frame += 1
+        blink = self._blink(f) if self.blinks_on else 0.0
+        if self.gaze_on:
+            self._gaze(f)
+        rate = 0.12 if voiced > self.activity else 0.035
+        self.activity += (voiced - self.activity) * rate
+        self.e_fast += (energy - self.e_fast) * 0.5
+        self.e_slow += (energy - self.e_slow) * 0.06
+        onset = max(0.0, self.e_fast - self.e_slow - 0.06)
+        w, zeta, dt = 2 * np.pi * 1.4, 0.55, C.FRAME_SECONDS   # damped spring: nods on stresses
+        self.nod_v += (-w * w * self.nod - 2 * zeta * w * self.nod_v + 900.0 * onset) * dt
+        self.nod += self.nod_v * dt
+        t = f * C.FRAME_SECONDS
+        live = 0.25 + 0.75 * self.activity
+        breath = math.sin(2 * math.pi * self.breath_hz * t + self.breath_phase)
+        head = np.array([
+            0.9 * live * self._sway(0, t),
+            0.6 * breath - 0.4 * live * self._sway(1, t),
+            1.3 * live * self._sway(2, t),
+            2.2 * live * self._sway(3, t),
+            1.0 * live * self._sway(4, t) + self.nod + 1.2 * self.e_slow,
+        ], np.float32) * self.amount
+        return Life(blink, float(self.gaze[0]), float(self.gaze[1]), head)

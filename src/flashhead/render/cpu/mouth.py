@@ -1,0 +1,151 @@
+"""Mouth rig: jaw/lip blend-shape fields plus the inner-mouth layer (cavity, tongue, teeth).
+
+All geometry is in a mouth frame: u along the corner-to-corner line, v down the face,
+s = v - seam(u) the signed distance below the closed-lip seam.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import landmarks as L
+from .palette import Palette
+from .warp import BlendField, Box, local_coords, smoothstep, step, to_image
+
+# Coefficient order of the mouth fields.
+JAW, LIFT, SPREAD, LIPV, TUCK = range(5)
+ACTIVE_EPS = 0.05          # below this (px or fraction) a coefficient counts as zero
+TOOTH_EDGES = (0.0, 0.29, 0.52, 0.69, 0.83)   # tooth boundaries across the arch, in half-widths
+
+
+class MouthRig:
+    def __init__(self, image: np.ndarray, lm: np.ndarray, palette: Palette):
+        self.palette = palette
+        a, b = lm[78], lm[308]
+        if a[0] > b[0]:
+            a, b = b, a
+        self.hw = hw = float(np.linalg.norm(b - a) / 2)
+        self.eu = eu = ((b - a) / (2 * hw)).astype(np.float32)
+        self.ev = ev = np.array([-eu[1], eu[0]], np.float32)
+        self.origin = o = ((a + b) / 2).astype(np.float32)
+        proj = lambda i: ((lm[i] - o) @ eu, (lm[i] - o) @ ev)   # noqa: E731
+        mids = [((lm[i] + lm[j]) / 2 - o) for i, j in zip(L.INNER_UPPER, L.INNER_LOWER)]
+        su = np.array([m @ eu for m in mids]); sv = np.array([m @ ev for m in mids])
+        order = np.argsort(su)
+        self.seam_u, self.seam_v = su[order], sv[order]
+        self.lip_up = max(proj(13)[1] - proj(0)[1], 0.15 * hw)
+        self.lip_lo = max(proj(17)[1] - proj(14)[1], 0.15 * hw)
+        v_nose = proj(L.NOSE_BOTTOM)[1]
+        v_chin = proj(L.CHIN)[1]
+        seam0 = float(np.interp(0.0, self.seam_u, self.seam_v))
+        self.up_room = max(seam0 - v_nose - 2.0, 0.3 * hw)
+        corners = [(-2.3 * hw, v_nose - 2), (2.3 * hw, v_nose - 2),
+                   (-2.3 * hw, v_chin + 0.9 * hw), (2.3 * hw, v_chin + 0.9 * hw)]
+        pts = np.array([o + cu * eu + cv * ev for cu, cv in corners])
+        self.box = Box.around(pts, image.shape[:2])
+        u, v = local_coords(self.box, o, eu, ev)
+        self.field = BlendField(self.box, self._bases(u, v, v_chin))
+        self._init_layer(image.shape[:2], u, v)
+
+    # ---------------------------------------------------------------- fields
+    def seam(self, u):
+        return np.interp(u, self.seam_u, self.seam_v).astype(np.float32)
+
+    def _taper(self, t, power=0.6):
+        return np.clip(1.0 - t * t, 0.0, 1.0) ** power
+
+    def _bases(self, u, v, v_chin):
+        hw, eu, ev = self.hw, self.eu, self.ev
+        t, s = u / hw, v - self.seam(u)
+        below = step(s)
+        lat = 1.0 - smoothstep(1.3 * hw, 2.25 * hw, np.abs(u))
+        chin = 1.0 - smoothstep(v_chin, v_chin + 0.85 * hw, v)
+        T = self._taper(t)
+        jaw = below * (T + (1 - T) * smoothstep(0.0, 1.3 * hw, s)) * lat * chin
+        up_fade = 1.0 - smoothstep(0.0, self.up_room, -s)
+        lift = (1 - below) * T * up_fade
+        env_v = np.where(s < 0, up_fade, 1.0 - smoothstep(0.0, 1.2 * hw, s))
+        spread = (-t * np.exp(-t * t / (2 * 1.4 ** 2)) / 0.775 * env_v
+                  * (1.0 - smoothstep(1.6 * hw, 2.25 * hw, np.abs(u))))
+        thick = np.where(s < 0, self.lip_up, self.lip_lo)
+        lips = np.clip(1 - (t / 1.15) ** 2, 0, 1) * (1 - smoothstep(thick, thick + 0.4 * hw, np.abs(s)))
+        lipv = -s * lips * env_v
+        tuck = below * np.sqrt(np.clip(1 - t * t, 0, 1)) * (1 - smoothstep(0, self.lip_lo + 0.3 * hw, s))
+        zero = np.zeros_like(u)
+        return [to_image(zero, -jaw, eu, ev), to_image(zero, lift, eu, ev),
+                to_image(spread, zero, eu, ev), to_image(zero, lipv, eu, ev),
+                to_image(zero, tuck, eu, ev)]
+
+    def coefficients(self, open_, spread, round_, closure, teeth) -> np.ndarray:
+        hw = self.hw
+        o = open_ * (1.0 - 0.85 * closure)
+        shape = min(1.0, 0.35 + 3.0 * o)          # lip shaping needs some opening to show
+        spread, round_ = spread * shape, round_ * shape
+        return np.array([
+            hw * 0.62 * o,
+            hw * (0.10 * o + 0.16 * teeth),
+            hw * (0.10 * max(spread, 0.0) - 0.08 * max(-spread, 0.0) - 0.12 * round_),
+            0.14 * round_ - 0.25 * closure - 0.08 * max(spread, 0.0) - 0.08 * teeth,
+            hw * 0.12 * teeth,
+        ], np.float32)
+
+    # ----------------------------------------------------------------- layer
+    def _init_layer(self, size, u, v):
+        hw = self.hw
+        s = v - self.seam(u)
+        inside = (np.abs(u) < 1.35 * hw) & (s > -0.45 * hw) & (s < 0.85 * hw)
+        ys, xs = np.nonzero(inside)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        self.sub = (slice(y0, y1), slice(x0, x1))
+        self.sub_u, self.sub_s = u[self.sub], s[self.sub]
+        ds = np.gradient(self.seam_v) / np.maximum(np.gradient(self.seam_u), 1e-3)
+        self.sub_slope = np.interp(self.sub_u, self.seam_u, ds).astype(np.float32)
+        self.sub_below = step(self.sub_s)
+        au = np.abs(self.sub_u) / hw
+        gaps = sum(np.exp(-((au - e) * hw / 1.1) ** 2) for e in TOOTH_EDGES)
+        self.tooth_pattern = (1.0 - 0.12 * np.clip(gaps, 0, 1)) * (
+            1.0 - 0.8 * smoothstep(0.4, 0.95, au))
+
+    def composite(self, region: np.ndarray, disp: np.ndarray, c: np.ndarray) -> None:
+        """Blend cavity/tongue/teeth into `region` (the warped mouth box, uint8, in place)."""
+        hw, p = self.hw, self.palette
+        d = disp[self.sub]
+        du = d[..., 0] * self.eu[0] + d[..., 1] * self.eu[1]
+        dv = d[..., 0] * self.ev[0] + d[..., 1] * self.ev[1]
+        s_src = self.sub_s + dv - self.sub_slope * du
+        bl = self.sub_below
+        alpha = bl * np.clip(-s_src / 1.2, 0, 1) + (1 - bl) * np.clip(s_src / 1.2, 0, 1)
+        alpha *= np.clip((hw + c[SPREAD] - np.abs(self.sub_u)) / 1.5, 0, 1)   # only between corners
+        rows, cols = np.nonzero(alpha.max(1) > 0.004)[0], np.nonzero(alpha.max(0) > 0.004)[0]
+        if len(rows) == 0:
+            return
+        win = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        alpha, u, s = alpha[win], self.sub_u[win], self.sub_s[win]
+        te = u / (hw + c[SPREAD])
+        d_up = s + c[LIFT] * self._taper(te)
+        s_lo = c[JAW] * self._taper(te) - c[TUCK] * np.sqrt(np.clip(1 - te * te, 0, 1))
+        d_lo = s_lo - s
+        gap = np.maximum(d_up + d_lo, 1e-3)
+        # cavity: darkest in the middle of the opening, redder towards the lips
+        r = np.clip(np.abs(d_up - d_lo) / gap, 0, 1) * 0.6 + np.clip(np.abs(te), 0, 1) * 0.4
+        layer = p.cavity + (p.inner_lip - p.cavity) * (r ** 2)[..., None] * 0.6
+        # tongue, low in the opening
+        tongue_h = np.minimum(0.38 * gap, 0.22 * hw) * np.clip(1 - (te / 0.85) ** 2, 0, 1)
+        t_alpha = step(tongue_h - d_lo, 1.5) * np.clip(1 - (te / 0.85) ** 2, 0, 1)
+        t_shade = 0.55 + 0.45 * np.clip(1 - d_lo / np.maximum(tongue_h, 1e-3), 0, 1)
+        layer += (p.tongue * t_shade[..., None] - layer) * t_alpha[..., None]
+        pattern = self.tooth_pattern[win]
+        # lower teeth ride on the jaw, mostly hidden behind the lower lip
+        lt_h = 0.08 * hw * np.clip((c[JAW] - 0.25 * hw) / (0.3 * hw), 0, 1) * np.clip(1 - (u / (0.6 * hw)) ** 2, 0, 1)
+        lt_alpha = step(lt_h - d_lo, 1.0) * step(d_lo, 1.0) * (lt_h > 0.3)
+        layer += (p.teeth * (0.62 * pattern)[..., None] - layer) * lt_alpha[..., None]
+        # upper teeth are fixed to the skull: edge a little below the closed seam
+        edge = 0.10 * hw * (1 - 0.35 * (u / hw) ** 2)
+        ut_alpha = step(edge - s, 1.0) * (np.abs(u) < 0.95 * hw)
+        ut_shade = (0.72 + 0.28 * smoothstep(0.0, 2.5, d_up)) * pattern
+        layer += (p.teeth * ut_shade[..., None] - layer) * ut_alpha[..., None]
+        reg = region[self.sub][win]
+        a = alpha[..., None]
+        reg[...] = np.clip(reg * (1 - a) + layer * a + 0.5, 0, 255).astype(np.uint8)
+
+    def is_active(self, c: np.ndarray) -> bool:
+        return bool(np.any(np.abs(c) > ACTIVE_EPS))

@@ -1,0 +1,152 @@
+"""NeuralRenderer: SoulX-FlashHead Lite/Pro behind the shared Renderer interface.
+
+Latency: the model works in chunks of 28 (Pro) / 24 (Lite) new frames, so a span's frames
+exist only once a whole chunk of its audio has arrived. render() still returns exactly
+span.n_frames frames by keeping a frame queue that starts with `latency_frames`
+(new_frames - 1: 27 Pro, 23 Lite) still frames of the reference portrait. Frame i of the
+output therefore shows audio frame i - latency_frames: delay the audio track by
+latency_frames / 25 s, and call flush(session) after the last span to get the final
+latency_frames frames (the tail of the audio, completed with silence to a whole chunk).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from flashhead import constants as C
+from flashhead.errors import BackendUnavailable, InputError
+from flashhead.render.base import Renderer, SpeechSpan
+from flashhead.render.neural.stream import VARIANTS, ChunkEngine, Portrait, StreamState
+
+
+@dataclass
+class NeuralSession:
+    state: StreamState
+    pending: np.ndarray                              # audio not yet rendered (< one chunk)
+    queue: deque = field(default_factory=deque)      # frames ready to emit, 512 x 512 x 3 uint8
+    frames_out: int = 0
+
+
+def _resize_frames(frames: np.ndarray, size: int) -> list[np.ndarray]:
+    if frames.shape[1] == size:
+        return list(frames)
+    return [cv2.resize(f, (size, size), interpolation=cv2.INTER_LINEAR) for f in frames]
+
+
+class NeuralRenderer(Renderer):
+    """`flashhead-lite` / `flashhead-pro`. Weights load in setup(); errors are raised there."""
+
+    def __init__(self, variant: str = "lite", weights_dir: str | Path | None = None, device: str = "cuda",
+                 dtype: torch.dtype = torch.bfloat16, face_crop: bool = False,
+                 engine: ChunkEngine | None = None):
+        if variant not in VARIANTS:
+            raise InputError(f"must be one of {sorted(VARIANTS)}, got {variant!r}", field="variant")
+        self.variant = VARIANTS[variant]
+        self.name = f"flashhead-{variant}"
+        self.weights_dir = Path(weights_dir) if weights_dir else None
+        self.device, self.dtype, self.face_crop = device, dtype, face_crop
+        self.engine = engine
+
+    @classmethod
+    def tiny(cls, variant: str = "lite", size: int = 64, seed: int = 0) -> "NeuralRenderer":
+        """A CPU renderer with tiny random weights (tests, smoke runs): frames are noise-like."""
+        from flashhead.render.neural.tiny import build_tiny_engine
+        return cls(variant, device="cpu", dtype=torch.float32, engine=build_tiny_engine(variant, size, seed))
+
+    @property
+    def latency_frames(self) -> int:
+        return self.variant.new_frames - 1
+
+    # -- setup ------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        if self.engine is not None:
+            return
+        if str(self.device).startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailable(f"{self.name} needs an NVIDIA GPU with CUDA and none is available; "
+                                     "use --renderer cpu", field="renderer")
+        if self.weights_dir is None:
+            raise BackendUnavailable(f"{self.name} needs --weights-dir pointing at the SoulX-FlashHead-1_3B "
+                                     "weights (check it with `flashhead weights check DIR`)", field="weights_dir")
+        from flashhead.render.neural.weights import check_weights
+        report = check_weights(self.weights_dir, self.variant.name)
+        if not report.ok:
+            raise BackendUnavailable(report.format(), field="weights_dir")
+        self.engine = self._load()
+
+    def _load(self) -> ChunkEngine:
+        from flashhead.render.neural.audio import AudioEncoder, find_wav2vec2
+        from flashhead.render.neural.vae import LTX_VAE_DIR, WAN_VAE_FILE, load_ltx_vae, load_wan_vae
+        from flashhead.render.neural.weights import load_dit
+        root = self.weights_dir
+        dit = load_dit(root / self.variant.model_dir, self.device, self.dtype)
+        if self.variant.name == "pro":
+            vae = load_wan_vae(root / WAN_VAE_FILE, self.device, self.dtype)
+        else:
+            vae = load_ltx_vae(root / LTX_VAE_DIR, self.device, self.dtype)
+        audio = AudioEncoder.from_pretrained(find_wav2vec2(root)).to(self.device)   # fp32 like the original
+        return ChunkEngine(dit, vae, audio, self.variant, self.device, self.dtype)
+
+    def _engine(self) -> ChunkEngine:
+        if self.engine is None:
+            raise BackendUnavailable(f"{self.name}: setup() was not called", field="renderer")
+        return self.engine
+
+    # -- portraits and sessions ---------------------------------------------------------------------
+    def prepare(self, image: np.ndarray, seed: int) -> Portrait:
+        if self.face_crop:
+            image = self._crop(image)
+        return self._engine().prepare(image)
+
+    @staticmethod
+    def _crop(image: np.ndarray) -> np.ndarray:
+        try:
+            from flashhead.media.image import crop_face
+        except ImportError:
+            return image                       # the media helper's crop is optional here
+        return crop_face(image)
+
+    def new_session(self, portrait: Portrait, seed: int) -> NeuralSession:
+        state = self._engine().new_stream(portrait, seed)
+        still = _resize_frames(portrait.image[None], C.SIZE)[0]
+        return NeuralSession(state, np.zeros(0, np.float32), deque([still] * self.latency_frames))
+
+    # -- rendering ----------------------------------------------------------------------------------
+    def _run_chunks(self, session: NeuralSession) -> None:
+        need = self.variant.new_frames * C.SAMPLES_PER_FRAME
+        while len(session.pending) >= need:
+            piece, session.pending = session.pending[:need], session.pending[need:]
+            frames = self._engine().step([session.state], [piece])[0]
+            session.queue.extend(_resize_frames(frames, C.SIZE))
+
+    def render(self, session: NeuralSession, span: SpeechSpan) -> np.ndarray:
+        audio = np.asarray(span.audio, np.float32).reshape(-1)
+        if len(audio) != span.n_frames * C.SAMPLES_PER_FRAME:
+            raise InputError(f"{len(audio)} samples for {span.n_frames} frames "
+                             f"(need {C.SAMPLES_PER_FRAME} per frame)", field="audio")
+        session.pending = np.concatenate([session.pending, audio])
+        self._run_chunks(session)
+        out = [session.queue.popleft() for _ in range(span.n_frames)]
+        session.frames_out += len(out)
+        return np.stack(out) if out else np.zeros((0, C.SIZE, C.SIZE, 3), np.uint8)
+
+    def flush(self, session: NeuralSession) -> np.ndarray:
+        """The frames still held back by the latency: the audio tail padded with silence."""
+        real = len(session.queue) + len(session.pending) // C.SAMPLES_PER_FRAME
+        if len(session.pending):
+            pad = self.variant.new_frames * C.SAMPLES_PER_FRAME - len(session.pending)
+            session.pending = np.concatenate([session.pending, np.zeros(pad, np.float32)])
+            self._run_chunks(session)
+        out = [session.queue.popleft() for _ in range(real)]
+        session.queue.clear()
+        session.frames_out += len(out)
+        return np.stack(out) if out else np.zeros((0, C.SIZE, C.SIZE, 3), np.uint8)
+
+    def close(self) -> None:
+        self.engine = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

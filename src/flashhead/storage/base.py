@@ -1,0 +1,144 @@
+"""File storage for uploads and outputs: unguessable keys, content types, byte ranges.
+
+Every backend serves files through the API's /files/{key} route (range requests included),
+so returned URLs look the same whatever the backend.
+"""
+from __future__ import annotations
+
+import json
+import mimetypes
+import re
+import secrets
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from flashhead.errors import InputError, NotFound
+
+FILES_PREFIX = "/files"
+KEY_BYTES = 24                              # 192 random bits: unguessable
+READ_BLOCK = 256 * 1024
+_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{32}(\.[A-Za-z0-9]{1,10})?$")
+_EXT_RE = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
+
+
+@dataclass
+class StoredFile:
+    key: str
+    size: int
+    content_type: str
+    file_name: str
+
+
+def new_key(file_name: str | None, content_type: str | None) -> str:
+    """Random key keeping a short extension, so downloads get a sensible name."""
+    ext = Path(file_name or "").suffix.lower()
+    if not _EXT_RE.match(ext):
+        ext = mimetypes.guess_extension(content_type or "") or ""
+    return secrets.token_urlsafe(KEY_BYTES) + (ext if _EXT_RE.match(ext) else "")
+
+
+def check_key(key: str) -> str:
+    if not _KEY_RE.match(key):
+        raise NotFound("no such file", field="key")
+    return key
+
+
+def content_type_for(file_name: str | None, declared: str | None) -> str:
+    declared = (declared or "").split(";")[0].strip().lower()
+    if declared and declared != "application/octet-stream" and "/" in declared:
+        return declared
+    guessed, _ = mimetypes.guess_type(file_name or "")
+    return guessed or "application/octet-stream"
+
+
+def safe_name(file_name: str | None, key: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(file_name or "").name)[:120].strip("._")
+    return name or key
+
+
+class Storage(ABC):
+    """put a file -> key; stat / read ranges / delete by key; multipart staging on local disk."""
+
+    def __init__(self, staging_dir: Path):
+        self.staging = Path(staging_dir)
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    @abstractmethod
+    def put_file(self, path: Path, content_type: str | None, file_name: str | None,
+                 key: str | None = None) -> StoredFile: ...
+
+    @abstractmethod
+    def stat(self, key: str) -> StoredFile: ...
+
+    @abstractmethod
+    def open_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        """Bytes start..end inclusive."""
+
+    def local_path(self, key: str) -> Path | None:
+        """A local file holding the bytes, when the backend has one (lets jobs skip HTTP)."""
+        return None
+
+    def url(self, key: str, base_url: str) -> str:
+        return f"{base_url.rstrip('/')}{FILES_PREFIX}/{key}"
+
+    def put_bytes(self, data: bytes, content_type: str | None, file_name: str | None) -> StoredFile:
+        tmp = self.staging / f"put-{secrets.token_hex(8)}"
+        tmp.write_bytes(data)
+        try:
+            return self.put_file(tmp, content_type, file_name)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # multipart: parts are staged on local disk and joined on complete
+    def create_multipart(self, content_type: str | None, file_name: str | None) -> tuple[str, str]:
+        key, upload_id = new_key(file_name, content_type), secrets.token_urlsafe(16)
+        d = self.staging / f"mp-{upload_id}"
+        d.mkdir()
+        (d / "meta.json").write_text(json.dumps({"key": key, "content_type": content_type,
+                                                 "file_name": file_name}))
+        return key, upload_id
+
+    def _multipart_dir(self, key: str, upload_id: str) -> tuple[Path, dict]:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{16,32}", upload_id):
+            raise NotFound("no such upload", field="uploadId")
+        d = self.staging / f"mp-{upload_id}"
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+        except FileNotFoundError:
+            raise NotFound("no such upload", field="uploadId") from None
+        if meta["key"] != key:
+            raise NotFound("no such upload", field="uploadId")
+        return d, meta
+
+    def put_part(self, key: str, upload_id: str, number: int, src: Path) -> str:
+        d, _ = self._multipart_dir(key, upload_id)
+        if not 1 <= number <= 10_000:
+            raise InputError("part number must be 1..10000", field="partNumber")
+        dest = d / f"part-{number:05d}"
+        shutil.move(str(src), dest)
+        return f"{number}-{dest.stat().st_size}"
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[int] | None) -> StoredFile:
+        d, meta = self._multipart_dir(key, upload_id)
+        files = sorted(d.glob("part-*"))
+        if not files:
+            raise InputError("no parts were uploaded", field="parts")
+        if parts is not None and sorted(parts) != [int(f.name[5:]) for f in files]:
+            raise InputError("the part list does not match the uploaded parts", field="parts")
+        joined = self.staging / f"join-{upload_id}"
+        with open(joined, "wb") as out:
+            for f in files:
+                with open(f, "rb") as src:
+                    shutil.copyfileobj(src, out, READ_BLOCK)
+        try:
+            return self.put_file(joined, meta["content_type"], meta["file_name"], key=key)
+        finally:
+            joined.unlink(missing_ok=True)
+            shutil.rmtree(d, ignore_errors=True)
+
+    @staticmethod
+    def meta_json(f: StoredFile) -> str:
+        return json.dumps(asdict(f))

@@ -1,0 +1,289 @@
+"""Real servers on loopback for the API tests: TLS from a throwaway trustme CA, a flashhead
+server subprocess (killable with SIGKILL), a webhook receiver, a redis-server.
+
+`python tests/api_helpers.py --fake-generate ...` starts the server with a clearly fake
+generate (a test double that sleeps per "chunk" and writes a few bytes): only the queue
+semantics tests that need a slow, controllable job use it; end-to-end tests use the real
+pipeline.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PORTRAIT = ROOT / "examples" / "portrait_girl_512.png"
+TEXT_ENDPOINT, AUDIO_ENDPOINT = "fal-ai/flashhead", "fal-ai/flashhead/audio"
+START_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Tls:
+    ca_pem: Path
+    cert: Path
+    key: Path
+
+
+def make_tls(directory: Path) -> Tls:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
+    directory.mkdir(parents=True, exist_ok=True)
+    tls = Tls(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    ca.cert_pem.write_to_path(str(tls.ca_pem))
+    cert.cert_chain_pems[0].write_to_path(str(tls.cert))
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(str(tls.cert), append=True)
+    cert.private_key_pem.write_to_path(str(tls.key))
+    return tls
+
+
+@dataclass
+class Server:
+    """A `flashhead serve` subprocess over TLS on 127.0.0.1."""
+
+    data_dir: Path
+    tls: Tls
+    port: int = field(default_factory=free_port)
+    env: dict = field(default_factory=dict)
+    workers: int = 1
+    fake_generate: bool = False
+    proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, verify=self.ssl_context(), timeout=60, **kw)
+
+    def ssl_context(self):
+        import ssl
+        return ssl.create_default_context(cafile=str(self.tls.ca_pem))
+
+    def start(self) -> "Server":
+        env = {**os.environ, "FLASHHEAD_FETCH_ALLOW": "127.0.0.1,localhost,::1", "FLASHHEAD_TTS": "espeak",
+               "FLASHHEAD_RENDERER": "cpu", "PYTHONUNBUFFERED": "1", **self.env}
+        args = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir),
+                "--ssl-certfile", str(self.tls.cert), "--ssl-keyfile", str(self.tls.key),
+                "--workers", str(self.workers)]
+        cmd = ([sys.executable, __file__, "--fake-generate", *args] if self.fake_generate
+               else [sys.executable, "-m", "flashhead.api.server", *args])
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / f"server-{self.port}-{int(time.time() * 1000)}.log", "wb")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.log_path = Path(log.name)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        with self.client() as c:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    r = c.get("/health")
+                    if r.status_code == 200:
+                        return
+                    if r.json().get("status") == "error":
+                        raise RuntimeError(f"server start-up failed: {r.text}\n{self.log_tail()}")
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+        raise RuntimeError(f"server not ready after {START_TIMEOUT_S} s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:]
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, like a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def client_env(server: Server) -> dict:
+    """Environment for a process running an official client against `server`."""
+    return {"SSL_CERT_FILE": str(server.tls.ca_pem), "NODE_EXTRA_CA_CERTS": str(server.tls.ca_pem),
+            "FAL_RUN_HOST": f"127.0.0.1:{server.port}", "FAL_QUEUE_RUN_HOST": f"127.0.0.1:{server.port}/queue"}
+
+
+class WebhookReceiver:
+    """A plain HTTP receiver on loopback that records every POST (headers + raw body)."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.received: list[tuple[dict, bytes]] = []
+        self.event = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                outer.received.append((dict(self.headers), body))
+                outer.event.set()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def __enter__(self) -> "WebhookReceiver":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class RedisServer:
+    """redis-server on a free loopback port, no persistence, in a temp dir."""
+
+    def __init__(self, directory: Path):
+        self.port, self.dir = free_port(), directory
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def __enter__(self) -> "RedisServer":
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (Makefile target sysdeps installs it)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.dir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+        r = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                r.ping()
+                return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def wait_terminal(c: httpx.Client, request_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = c.get(f"/queue/{TEXT_ENDPOINT}/requests/{request_id}/status", params={"logs": 1})
+        if r.status_code == 200:
+            return r.json()
+        time.sleep(0.1)
+    raise AssertionError(f"{request_id} not terminal after {timeout} s")
+
+
+# ---- test double: a slow, controllable generate (queue-semantics tests only) --------------
+
+FAKE_CHUNK_S = float(os.environ.get("FLASHHEAD_TEST_FAKE_CHUNK_S", "0.2"))
+FAKE_CHUNKS = int(os.environ.get("FLASHHEAD_TEST_FAKE_CHUNKS", "10"))
+
+
+def fake_generate(request, engines, output_path, *, allow_paths=False, should_cancel=None, log=None,
+                  progress=None):
+    """NOT the pipeline: sleeps FAKE_CHUNKS x FAKE_CHUNK_S, checking should_cancel per chunk."""
+    from flashhead.errors import Cancelled
+    from flashhead.pipeline import GenerationResult
+
+    for i in range(FAKE_CHUNKS):
+        if should_cancel and should_cancel():
+            raise Cancelled("the request was cancelled")
+        time.sleep(FAKE_CHUNK_S)
+        if progress:
+            progress(i + 1, FAKE_CHUNKS)
+    Path(output_path).write_bytes(b"fake video: " + json.dumps(request.model_dump()).encode())
+    return GenerationResult(Path(output_path), request.seed or 0, 1.0, {"total": 0.0},
+                            Path(output_path).stat().st_size)
+
+
+def _serve_fake(argv: list[str]) -> None:
+    import uvicorn
+
+    from flashhead.api import server
+    from flashhead.api.app import create_app
+    from flashhead.config import Settings
+
+    a = dict(zip(argv[1::2], argv[2::2]))
+    app = create_app(Settings(data_dir=Path(a["--data-dir"])), engines=object(),
+                     workers=int(a["--workers"]), generate=fake_generate)
+    server.check_exposure(a["--host"], Path(a["--data-dir"]))
+    uvicorn.run(app, host=a["--host"], port=int(a["--port"]), ssl_certfile=a["--ssl-certfile"],
+                ssl_keyfile=a["--ssl-keyfile"], log_level="warning")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--fake-generate":
+        _serve_fake(sys.argv[2:])
+
+
+def data_uri(path: Path, mime: str) -> str:
+    import base64
+    return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode()}"
+
+
+def fal_sync_client(server: Server, key: str = "unused:unused"):
+    """The unmodified fal-client, pointed at `server` the documented way."""
+    import fal_client
+
+    from flashhead.api.client_helper import configure_fal_client
+
+    os.environ["SSL_CERT_FILE"] = str(server.tls.ca_pem)
+    configure_fal_client(server.base_url)
+    return fal_client.SyncClient(key=key)
+
+
+def probe_video(data: bytes) -> dict:
+    """Size, rate, frame count and audio presence of an MP4, read with PyAV."""
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(data)) as c:
+        v = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(video=0))
+        return {"width": v.codec_context.width, "height": v.codec_context.height,
+                "fps": float(v.average_rate), "frames": frames, "codec": v.codec_context.name,
+                "audio": len(c.streams.audio) > 0}

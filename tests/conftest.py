@@ -1,0 +1,35 @@
+"""Shared fixtures: repo files, a shared CPU engine set, helpers to inspect outputs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+# Tests fetch from servers they start on loopback; production refuses loopback by default.
+os.environ.setdefault("FLASHHEAD_FETCH_ALLOW", "127.0.0.1,localhost,::1")
+# Never let a test reach a real ElevenLabs account by accident.
+os.environ.pop("ELEVENLABS_API_KEY", None)
+
+
+@pytest.fixture(scope="session")
+def portrait_path() -> Path:
+    return EXAMPLES / "portrait_girl_512.png"
+
+
+@pytest.fixture(scope="session")
+def speech_path() -> Path:
+    return EXAMPLES / "speech_excerpt_10s.wav"
+
+
+@pytest.fixture(scope="session")
+def engines(tmp_path_factory):
+    """One CPU renderer + TTS for the whole session (as one server process would have)."""
+    from flashhead.config import Settings
+    from flashhead.pipeline import Engines
+
+    data_dir = tmp_path_factory.mktemp("engines")
+    return Engines.create(Settings(data_dir=data_dir, renderer="cpu", tts="espeak"))

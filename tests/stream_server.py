@@ -1,0 +1,94 @@
+"""A real flashhead server on 127.0.0.1 (uvicorn in a thread) for the streaming tests."""
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+import time
+import wave
+from contextlib import contextmanager
+from pathlib import Path
+
+import av
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PORTRAIT = ROOT / "examples" / "portrait_girl_512.png"
+SPEECH = ROOT / "examples" / "speech_excerpt_10s.wav"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(data_dir: Path, engines, *, with_key: bool = True):
+    """Yields (base_url, key or None, app). Waits until /health says the engines are loaded."""
+    import uvicorn
+
+    from flashhead.api.app import create_app
+    from flashhead.config import Settings
+
+    settings = Settings(data_dir=data_dir, renderer="cpu", tts="espeak")
+    app = create_app(settings, engines)
+    key = app.state.ctx.auth.keys.create("tests") if with_key else None
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           ws="websockets-sansio", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while not app.state.ctx.ready.is_set():
+        assert time.monotonic() < deadline, app.state.ctx.startup_error or "server did not start"
+        time.sleep(0.05)
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield base, key, app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def data_uri(path: Path, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def speech_pcm(seconds: float | None = None) -> bytes:
+    with wave.open(str(SPEECH)) as w:
+        n = w.getnframes() if seconds is None else int(seconds * w.getframerate())
+        return w.readframes(n)
+
+
+def decode_frames(data: bytes) -> tuple[int, float]:
+    """(video frames, audio seconds) decoded from MP4 / fMP4 bytes."""
+    with av.open(io.BytesIO(data)) as f:
+        frames = sum(1 for _ in f.decode(video=0))
+    with av.open(io.BytesIO(data)) as f:
+        samples = sum(fr.samples for fr in f.decode(audio=0))
+        rate = f.streams.audio[0].rate
+    return frames, samples / rate
+
+
+def fetch(url: str, key: str | None = None) -> bytes:
+    headers = {"Authorization": f"Key {key}"} if key else {}
+    r = httpx.get(url, headers=headers, timeout=30)
+    r.raise_for_status()
+    return r.content
+
+
+def segment_bytes(value) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    assert value.startswith("data:video/mp4;base64,"), value[:40]
+    return base64.b64decode(value.split(",", 1)[1])
+
+
+def tone_pcm(seconds: float, hz: float = 200.0, level: float = 0.4) -> bytes:
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (level * np.sin(2 * np.pi * hz * t) * 32767).astype("<i2").tobytes()

@@ -1,0 +1,77 @@
+"""Crash recovery: SIGKILL the server while jobs are queued and running, start it again on the
+same data dir; every job reaches a terminal state, none is lost, finished files stay.
+
+Policy: a job that was running is re-queued once; if the server dies under it again it fails
+with error_type "worker_crashed".
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from api_helpers import (PORTRAIT, TEXT_ENDPOINT, Server, WebhookReceiver, data_uri, free_port, make_tls,
+                         wait_terminal)
+from test_api_fal_client import _long_wav
+
+Q = f"/queue/{TEXT_ENDPOINT}"
+
+
+def _submit(c, endpoint, body, **params):
+    r = c.post(f"/queue/{endpoint}", json=body, params=params)
+    assert r.status_code == 200, r.text
+    return r.json()["request_id"]
+
+
+def _wait_rendering(c, rid, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = c.get(f"{Q}/requests/{rid}/status", params={"logs": 1}).json()
+        if s["status"] == "IN_PROGRESS" and any(e["message"].startswith("rendered ") for e in s["logs"]):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{rid} never started rendering")
+
+
+def test_jobs_survive_sigkill(tmp_path):
+    portrait = data_uri(PORTRAIT, "image/png")
+    text = {"image_url": portrait, "text": "Hello there."}
+    long = {"image_url": portrait, "audio_url": data_uri(_long_wav(tmp_path), "audio/wav")}
+    hook_port = free_port()
+    server = Server(tmp_path / "data", make_tls(tmp_path / "tls"),
+                    env={"FLASHHEAD_WEBHOOK_MAX_TRIES": "8", "FLASHHEAD_WEBHOOK_RETRY_WINDOW_S": "20"})
+    server.start()
+    with server.client() as c:
+        early = _submit(c, TEXT_ENDPOINT, text)
+        early_video = wait_terminal(c, early) and c.get(f"{Q}/requests/{early}").json()["video"]["url"]
+        twice = _submit(c, "fal-ai/flashhead/audio", long)         # will be killed twice
+        waiting = [_submit(c, TEXT_ENDPOINT, text, fal_webhook=f"http://127.0.0.1:{hook_port}/h")
+                   for _ in range(2)]
+        _wait_rendering(c, twice)
+    server.kill()
+
+    server.start()                                                   # restart 1: re-queued
+    with server.client() as c:
+        s = c.get(f"{Q}/requests/{twice}/status", params={"logs": 1}).json()
+        assert s["status"] in ("IN_QUEUE", "IN_PROGRESS")
+        _wait_rendering(c, twice)
+        log = [e["message"] for e in c.get(f"{Q}/requests/{twice}/status", params={"logs": 1}).json()["logs"]]
+        assert any(m.startswith("re-queued") for m in log) and "started (attempt 2)" in log
+    server.kill()
+
+    with WebhookReceiver(hook_port) as receiver:                     # the receiver was down until now
+        server.start()                                               # restart 2: fails for good
+        with server.client() as c:
+            crashed = wait_terminal(c, twice)
+            assert crashed["status"] == "COMPLETED" and crashed["error_type"] == "worker_crashed"
+            assert c.get(f"{Q}/requests/{twice}").json()["error_type"] == "worker_crashed"
+            for rid in waiting:
+                assert wait_terminal(c, rid).get("error") is None
+                assert c.get(c.get(f"{Q}/requests/{rid}").json()["video"]["url"]).status_code == 200
+            r = c.get(early_video, headers={"Range": "bytes=0-99"})        # files from before the crashes
+            assert r.status_code == 206 and len(r.content) == 100
+        deadline = time.monotonic() + 60
+        while len({json.loads(b)["request_id"] for _, b in receiver.received}) < 2:
+            assert time.monotonic() < deadline, "webhooks not delivered"
+            time.sleep(0.1)
+    server.stop()
+    assert {json.loads(b)["request_id"] for _, b in receiver.received} == set(waiting)

@@ -1,0 +1,130 @@
+"""The JobStore contract, run against both backends: a real SQLite file and a real redis-server."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from api_helpers import RedisServer
+from flashhead.jobs.sqlite import SqliteJobStore
+from flashhead.jobs.state import JobState, Priority
+from flashhead.jobs.store import MAX_ATTEMPTS, WORKER_CRASHED, CancelOutcome, NewJob
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    with RedisServer(tmp_path_factory.mktemp("redis")) as r:
+        yield r.url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request, tmp_path):
+    """A factory, so a test can 'restart' by opening the same store again."""
+    if request.param == "sqlite":
+        yield lambda: SqliteJobStore(tmp_path / "jobs.db")
+    else:
+        from flashhead.jobs.redis import RedisJobStore
+        url = request.getfixturevalue("redis_url")
+        prefix = f"t{time.monotonic_ns()}:"
+        yield lambda: RedisJobStore(url, prefix=prefix)
+
+
+def _new(priority=Priority.NORMAL, deadline=None, n=0):
+    return NewJob(endpoint="fal-ai/flashhead", input={"text": f"job {n}", "image_url": "data:,x"},
+                  priority=priority, deadline=deadline, base_url="https://h")
+
+
+def test_low_priority_runs_after_normal_and_positions_follow(make_store):
+    s = make_store()
+    low = s.submit(_new(Priority.LOW, n=0))
+    a = s.submit(_new(n=1))
+    b = s.submit(_new(n=2))
+    assert [s.queue_position(j.id) for j in (a, b, low)] == [0, 1, 2]
+    assert s.queue_depth() == 3
+    assert [s.claim().id for _ in range(3)] == [a.id, b.id, low.id]
+    assert s.claim() is None
+    assert s.running_count() == 3
+
+
+def test_submitted_job_round_trips(make_store):
+    s = make_store()
+    job = s.submit(_new(n=7))
+    got = s.get(job.id)
+    assert got.input == {"text": "job 7", "image_url": "data:,x"}
+    assert got.state is JobState.IN_QUEUE and got.attempts == 0 and got.base_url == "https://h"
+    assert s.get("no-such-id") is None
+
+
+def test_finish_is_once_only(make_store):
+    s = make_store()
+    job = s.submit(_new())
+    assert s.claim().id == job.id
+    done = s.finish(job.id, JobState.COMPLETED, result={"video": {"url": "u"}})
+    assert done.state is JobState.COMPLETED and done.result == {"video": {"url": "u"}}
+    assert done.inference_time is not None and done.inference_time >= 0
+    assert s.finish(job.id, JobState.FAILED, error="late", error_type="x") is None
+    assert s.get(job.id).state is JobState.COMPLETED
+
+
+def test_cancel_outcomes(make_store):
+    s = make_store()
+    queued, running = s.submit(_new(n=1)), s.submit(_new(n=2))
+    s.claim()   # claims `queued` (first in order) ...
+    outcome, _ = s.request_cancel(queued.id)
+    assert outcome == CancelOutcome.REQUESTED and s.is_cancel_requested(queued.id)
+    outcome, job = s.request_cancel(running.id)     # ... so this one was still waiting
+    assert outcome == CancelOutcome.CANCELLED and job.state is JobState.CANCELLED
+    assert s.claim() is None
+    assert s.request_cancel(running.id)[0] == CancelOutcome.ALREADY_COMPLETED
+    assert s.request_cancel("nope")[0] == CancelOutcome.NOT_FOUND
+
+
+def test_overdue_jobs_time_out_instead_of_starting(make_store):
+    s = make_store()
+    late = s.submit(_new(deadline=time.time() - 1))
+    ok = s.submit(_new(deadline=time.time() + 60))
+    assert s.claim().id == ok.id
+    expired = s.expire_overdue()
+    assert [j.id for j in expired] == [late.id]
+    assert s.get(late.id).state is JobState.TIMED_OUT and s.get(late.id).error_type == "timeout"
+    assert s.expire_overdue() == []
+
+
+def test_logs_keep_order_and_timestamps(make_store):
+    s = make_store()
+    job = s.submit(_new())
+    for i in range(5):
+        s.append_log(job.id, f"line {i}", "INFO" if i else "WARN")
+    logs = s.logs(job.id)
+    assert [e.message for e in logs] == [f"line {i}" for i in range(5)]
+    assert logs[0].level == "WARN" and logs[0].wire()["timestamp"].endswith("Z")
+    assert all(a.timestamp <= b.timestamp for a, b in zip(logs, logs[1:]))
+
+
+def test_recover_requeues_once_then_fails_with_worker_crashed(make_store):
+    s = make_store()
+    job = s.submit(_new(deadline=time.time() + 0.5))
+    waiting = s.submit(_new(n=1))
+    s.claim()
+    s = make_store()                      # a restart: same file / same redis keys
+    requeued, failed = s.recover()
+    assert [j.id for j in requeued] == [job.id] and failed == []
+    assert s.get(job.id).state is JobState.IN_QUEUE and s.get(job.id).deadline is None
+    assert s.queue_position(job.id) == 0 and s.queue_position(waiting.id) == 1
+    time.sleep(0.6)                       # its old start deadline is gone: it still runs
+    for _ in range(MAX_ATTEMPTS - 1):
+        assert s.claim().id == job.id
+        s = make_store()
+        requeued, failed = s.recover()
+    assert [j.id for j in failed] == [job.id]
+    assert s.get(job.id).state is JobState.FAILED and s.get(job.id).error_type == WORKER_CRASHED
+    assert s.get(waiting.id).state is JobState.IN_QUEUE
+
+
+def test_recover_honours_a_cancel_requested_before_the_crash(make_store):
+    s = make_store()
+    job = s.submit(_new())
+    s.claim()
+    s.request_cancel(job.id)
+    requeued, failed = make_store().recover()
+    assert requeued == [] and [j.state for j in failed] == [JobState.CANCELLED]

@@ -1,0 +1,167 @@
+"""FlashHeadDiT: official names/shapes at full size (meta device), tiny-config numerics on CPU."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flashhead.errors import BackendUnavailable
+from flashhead.render.neural.dit import FlashHeadDiT, tiny_config
+from flashhead.render.neural.layers import DiTBlock, apply_rope, rope_split, rope_table
+from flashhead.render.neural.weights import load_dit, manifest
+
+
+def official_keys(num_layers: int = 30) -> set[str]:
+    """The key list of the model facts, spelled out independently of the model code."""
+    keys = {"patch_embedding.weight", "patch_embedding.bias", "time_projection.1.weight",
+            "time_projection.1.bias", "head.head.weight", "head.head.bias", "head.modulation"}
+    for mod in ("text_embedding.0", "text_embedding.2", "time_embedding.0", "time_embedding.2",
+                "audio_emb.proj.0", "audio_emb.proj.1", "audio_emb.proj.3", "audio_emb.proj.4",
+                "audio_proj.proj1", "audio_proj.proj1_vf", "audio_proj.proj2", "audio_proj.proj3",
+                "audio_proj.norm"):
+        keys |= {f"{mod}.weight", f"{mod}.bias"}
+    for i in range(num_layers):
+        b = f"blocks.{i}"
+        for attn in ("self_attn", "cross_attn"):
+            for lin in "qkvo":
+                keys |= {f"{b}.{attn}.{lin}.weight", f"{b}.{attn}.{lin}.bias"}
+            keys |= {f"{b}.{attn}.norm_q.weight", f"{b}.{attn}.norm_k.weight"}
+        keys |= {f"{b}.norm3.weight", f"{b}.norm3.bias", f"{b}.ffn.0.weight", f"{b}.ffn.0.bias",
+                 f"{b}.ffn.2.weight", f"{b}.ffn.2.bias", f"{b}.modulation"}
+    return keys
+
+
+@pytest.mark.parametrize("variant,params", [("pro", 1_507_694_912), ("lite", 1_526_864_256)])
+def test_full_size_manifest_counts(variant, params):
+    shapes = manifest(variant)
+    assert len(shapes) == 843
+    assert sum(math.prod(s) for s in shapes.values()) == params
+    assert set(shapes) == official_keys()
+
+
+@pytest.mark.parametrize("variant,documented", [
+    ("pro", {"patch_embedding.weight": (1536, 32, 1, 2, 2), "head.head.weight": (64, 1536),
+             "audio_proj.proj1_vf.weight": (512, 73728)}),
+    ("lite", {"patch_embedding.weight": (1536, 256, 1, 1, 1), "head.head.weight": (128, 1536),
+              "audio_proj.proj1_vf.weight": (512, 110592)}),
+])
+def test_full_size_documented_shapes(variant, documented):
+    shapes = manifest(variant)
+    common = {"text_embedding.0.weight": (1536, 4096), "text_embedding.2.weight": (1536, 1536),
+              "time_embedding.0.weight": (1536, 256), "time_embedding.2.weight": (1536, 1536),
+              "time_projection.1.weight": (9216, 1536), "blocks.29.ffn.0.weight": (8960, 1536),
+              "blocks.0.ffn.2.weight": (1536, 8960), "blocks.7.modulation": (1, 6, 1536),
+              "head.modulation": (1, 2, 1536), "audio_proj.proj1.weight": (512, 46080),
+              "audio_proj.proj2.weight": (512, 512), "audio_proj.proj3.weight": (49152, 512),
+              "audio_proj.norm.weight": (1536,), "audio_emb.proj.1.weight": (768, 768),
+              "audio_emb.proj.3.weight": (1536, 768)}
+    for key, shape in {**common, **documented}.items():
+        assert shapes[key] == shape, key
+
+
+def tiny_inputs(variant: str, batch: int = 1, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    f, hw = (9, 8) if variant == "pro" else (5, 4)
+    x = torch.randn(batch, 4, f, hw, hw, generator=g)
+    y = torch.randn(batch, 4, f, hw, hw, generator=g)
+    ctx = torch.randn(batch, 33, 5, 2, 16, generator=g)
+    return x, y, ctx
+
+
+def tiny_model(variant: str, seed: int = 0) -> FlashHeadDiT:
+    torch.manual_seed(seed)
+    return FlashHeadDiT(**tiny_config(variant)).eval()
+
+
+@pytest.mark.parametrize("variant", ["pro", "lite"])
+def test_forward_shapes_and_determinism(variant):
+    model = tiny_model(variant)
+    x, y, ctx = tiny_inputs(variant, batch=2)
+    with torch.no_grad():
+        a = model(x, torch.tensor([1000.0, 625.0]), ctx, y)
+        b = model(x, torch.tensor([1000.0, 625.0]), ctx, y)
+    assert a.shape == x.shape
+    assert torch.equal(a, b)
+    assert model.audio_context(ctx).shape == (2, x.shape[2], 4, 32)
+
+
+def test_expected_slice_regression():
+    model = tiny_model("pro")
+    x, y, ctx = tiny_inputs("pro")
+    with torch.no_grad():
+        out = model(x, 937.5, ctx, y)
+    got = out[0, :2, 3, 2, :4].flatten()
+    expected = torch.tensor(EXPECTED_SLICE)
+    assert torch.allclose(got, expected, atol=1e-4), got.tolist()
+
+
+# Recorded once from this implementation (seed 0 weights, seed 1 inputs, timestep 937.5).
+EXPECTED_SLICE = [0.205953, 0.194539, -0.094381, -0.16122, -1.074613, 0.405808, -0.214096, 0.083233]
+
+
+def test_batch_elements_are_independent():
+    model = tiny_model("lite")
+    x, y, ctx = tiny_inputs("lite", batch=2)
+    with torch.no_grad():
+        both = model(x, 500.0, ctx, y)
+        one = model(x[1:], 500.0, ctx[1:], y[1:])
+    assert torch.allclose(both[1:], one, atol=1e-5)
+
+
+def test_cross_attention_is_block_diagonal_per_latent_frame():
+    torch.manual_seed(0)
+    block = DiTBlock(dim=16, ffn_dim=32, num_heads=2).eval()
+    frames, per_frame, n_audio = 3, 4, 5
+    x = torch.randn(1, frames * per_frame, 16)
+    audio = torch.randn(1, frames, n_audio, 16)
+    with torch.no_grad():
+        got = block.cross_attn(block.norm3(x).reshape(frames, per_frame, 16), audio[0]).reshape(1, -1, 16)
+        # reference: one dense attention over all audio tokens with a block-diagonal mask
+        ca = block.cross_attn
+        q = ca.norm_q(ca.q(block.norm3(x))).view(1, -1, 2, 8).transpose(1, 2)
+        ctx = audio.reshape(1, -1, 16)
+        k = ca.norm_k(ca.k(ctx)).view(1, -1, 2, 8).transpose(1, 2)
+        v = ca.v(ctx).view(1, -1, 2, 8).transpose(1, 2)
+        mask = torch.arange(frames).repeat_interleave(per_frame)[:, None] == \
+            torch.arange(frames).repeat_interleave(n_audio)[None, :]
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        ref = ca.o(ref.transpose(1, 2).reshape(1, -1, 16))
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_rope_split_table_and_rotation():
+    assert rope_split(128) == (22, 21, 21)
+    table = rope_table((2, 3, 4), head_dim=128)
+    assert table.dtype == torch.complex128 and table.shape == (24, 1, 64)
+    assert torch.allclose(table[0], torch.ones_like(table[0]))          # positions start at 0
+    # token (f=1, h=0, w=0): only the 22 time frequencies rotate; their first one by 1 radian
+    t1 = table[12, 0]
+    assert torch.allclose(t1[:22].angle()[0], torch.tensor(1.0, dtype=torch.float64))
+    assert torch.allclose(t1[22:], torch.ones(42, dtype=torch.complex128))
+    x = torch.randn(1, 24, 2, 128)
+    rotated = apply_rope(x, table)
+    assert torch.allclose(rotated.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+
+
+def test_strict_load_round_trip_and_clear_failure(tmp_path):
+    from safetensors.torch import save_file
+    model = tiny_model("lite", seed=3)
+    model.save_pretrained(tmp_path / "Model_Lite")
+    loaded = load_dit(tmp_path / "Model_Lite", "cpu", torch.float32)
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    # diffusers' own loader reads the same folder
+    assert isinstance(FlashHeadDiT.from_pretrained(tmp_path / "Model_Lite"), FlashHeadDiT)
+    state = model.state_dict()
+    state.pop("blocks.1.cross_attn.norm_k.weight")
+    state["blocks.1.cross_attn.k_img.weight"] = torch.zeros(2)
+    state["head.head.weight"] = torch.zeros(3, 32)
+    save_file(state, str(tmp_path / "Model_Lite" / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(BackendUnavailable) as err:
+        load_dit(tmp_path / "Model_Lite", "cpu", torch.float32)
+    text = str(err.value)
+    assert "1 missing key(s): blocks.1.cross_attn.norm_k.weight" in text
+    assert "1 unexpected key(s): blocks.1.cross_attn.k_img.weight" in text
+    assert "head.head.weight expected [4, 32] found [3, 32]" in text

@@ -1,0 +1,160 @@
+"""Chunk loop and NeuralRenderer on tiny CPU engines; weights check and CLI on tiny folders."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from flashhead import constants as C
+from flashhead.errors import BackendUnavailable, InputError
+from flashhead.render.base import SpeechSpan
+from flashhead.render.neural import sampler as sampler_mod
+from flashhead.render.neural.cli import add_cli
+from flashhead.render.neural.dit import FlashHeadDiT, tiny_config
+from flashhead.render.neural.renderer import NeuralRenderer
+from flashhead.render.neural.stream import VARIANTS
+from flashhead.render.neural.tiny import build_tiny_engine
+from flashhead.render.neural.weights import check_weights
+from flashhead.visemes.base import FrameFeatures
+
+RNG = np.random.default_rng(0)
+PORTRAIT = RNG.integers(0, 255, (80, 96, 3), dtype=np.uint8)
+
+
+def speech(n_frames: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(n_frames * C.SAMPLES_PER_FRAME) * 0.1).astype(np.float32)
+
+
+def span(start: int, n: int, seed: int = 0) -> SpeechSpan:
+    return SpeechSpan(start, FrameFeatures.zeros(n), speech(n, seed))
+
+
+def test_variant_geometry():
+    pro, lite = VARIANTS["pro"], VARIANTS["lite"]
+    assert (pro.motion_frames, pro.new_frames, pro.latent_frames) == (5, 28, 9)
+    assert (lite.motion_frames, lite.new_frames, lite.latent_frames) == (9, 24, 5)
+
+
+@pytest.mark.parametrize("variant", ["pro", "lite"])
+def test_chunk_k_plus_1_starts_from_chunk_k_motion(variant, monkeypatch):
+    engine = build_tiny_engine(variant)
+    portrait = engine.prepare(PORTRAIT)
+    assert portrait.latent.shape[2] == VARIANTS[variant].latent_frames
+    state = engine.new_stream(portrait, seed=5)
+    seen = []
+    real = sampler_mod.sample
+
+    def spy(velocity, shape, motion, generators, sigmas, dtype):
+        seen.append(motion.clone())
+        out = real(velocity, shape, motion, generators, sigmas, dtype)
+        seen.append(out.clone())
+        return out
+
+    monkeypatch.setattr("flashhead.render.neural.stream.sample", spy)
+    v = VARIANTS[variant]
+    frames = engine.step([state], [speech(v.new_frames)])
+    assert frames.shape == (1, v.new_frames, 64, 64, 3) and frames.dtype == np.uint8
+    assert torch.equal(seen[0], portrait.latent[:, :, :1])           # chunk 0: reference frame 0
+    assert torch.equal(seen[1][:, :, :1], portrait.latent[:, :, :1])  # written once more before decoding
+    motion_after_0 = state.motion.clone()
+    assert motion_after_0.shape[2] == 2
+    engine.step([state], [speech(v.new_frames, 1)])
+    assert torch.equal(seen[2], motion_after_0)                      # chunk 1 starts from chunk 0's motion
+    assert torch.equal(seen[3][:, :, :2], motion_after_0)
+    assert state.chunks == 2
+
+
+def test_batched_sessions_match_single_sessions():
+    engine = build_tiny_engine("lite")
+    portrait = engine.prepare(PORTRAIT)
+    a, b = engine.new_stream(portrait, 1), engine.new_stream(portrait, 2)
+    both = engine.step([a, b], [speech(24, 0), speech(24, 1)])
+    c = engine.new_stream(portrait, 2)
+    alone = engine.step([c], [speech(24, 1)])
+    assert np.abs(both[1].astype(int) - alone[0].astype(int)).max() <= 1
+    assert not np.array_equal(both[0], both[1])
+
+
+def run_renderer(seed: int, sizes=(8, 8, 8, 8, 20)) -> tuple[np.ndarray, NeuralRenderer]:
+    r = NeuralRenderer.tiny("lite")
+    r.setup()
+    session = r.new_session(r.prepare(PORTRAIT, 0), seed)
+    outs, start = [], 0
+    for i, n in enumerate(sizes):
+        out = r.render(session, span(start, n, i))
+        assert out.shape == (n, C.SIZE, C.SIZE, 3)
+        outs.append(out)
+        start += n
+    outs.append(r.flush(session))
+    assert session.frames_out == start + r.latency_frames
+    return np.concatenate(outs), r
+
+
+def test_renderer_frames_latency_and_determinism():
+    a, r = run_renderer(7)
+    b, _ = run_renderer(7)
+    c, _ = run_renderer(8)
+    lat = r.latency_frames
+    assert r.name == "flashhead-lite" and lat == 23
+    assert len(a) == 52 + lat
+    assert np.array_equal(a, b) and not np.array_equal(a[lat:], c[lat:])
+    assert np.array_equal(a[0], a[lat - 1])                   # still lead-in frames
+    with pytest.raises(InputError):
+        r.render(r.new_session(r.prepare(PORTRAIT, 0), 0), SpeechSpan(0, FrameFeatures.zeros(2), np.zeros(5)))
+
+
+def test_setup_fails_clearly_at_start_up(tmp_path):
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailable, match="CUDA"):
+            NeuralRenderer("pro", weights_dir=tmp_path, device="cuda").setup()
+    with pytest.raises(BackendUnavailable, match="weights-dir"):
+        NeuralRenderer("lite", device="cpu").setup()
+    with pytest.raises(BackendUnavailable, match="Model_Lite/config.json"):
+        NeuralRenderer("lite", weights_dir=tmp_path, device="cpu").setup()
+    with pytest.raises(InputError):
+        NeuralRenderer("ultra")
+
+
+def test_weights_check_reports_wrong_keys(tmp_path):
+    from safetensors.torch import save_file
+    config = tiny_config("lite")
+    torch.manual_seed(0)
+    model = FlashHeadDiT(**config)
+    model.save_pretrained(tmp_path / "Model_Lite")
+    assert check_weights(tmp_path, "lite", dit_config=config).files[1].ok
+    state = model.state_dict()
+    state.pop("blocks.0.self_attn.q.weight")
+    state["blocks.0.self_attn.rope"] = torch.zeros(1)
+    state["audio_proj.norm.weight"] = torch.zeros(5)
+    save_file(state, str(tmp_path / "Model_Lite" / "diffusion_pytorch_model.safetensors"))
+    report = check_weights(tmp_path, "lite", dit_config=config)
+    dit = report.files[1]
+    assert not report.ok and dit.present
+    assert dit.keys.missing == ["blocks.0.self_attn.q.weight"]
+    assert dit.keys.unexpected == ["blocks.0.self_attn.rope"]
+    assert dit.keys.mismatched == [("audio_proj.norm.weight", (32,), (5,))]
+    text = report.format()
+    assert "VAE_LTX/config.json" in text and "wav2vec2" in text and "blocks.0.self_attn.rope" in text
+    # truncated file: size disagrees with the header
+    path = tmp_path / "Model_Lite" / "diffusion_pytorch_model.safetensors"
+    path.write_bytes(path.read_bytes()[:-10])
+    assert any("truncated" in p for p in check_weights(tmp_path, "lite", config).files[1].problems)
+    # against the released model every tiny tensor is wrong, and the config is flagged
+    full = check_weights(tmp_path, "lite")
+    assert "config differs" in full.format() and len(full.files[1].keys.missing) > 700
+
+
+def test_cli_manifest_and_check(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["weights", "manifest", "--variant", "pro"])
+    assert args.func(args) == 0
+    shapes = json.loads(capsys.readouterr().out)
+    assert len(shapes) == 843 and shapes["patch_embedding.weight"] == [1536, 32, 1, 2, 2]
+    args = parser.parse_args(["weights", "check", str(tmp_path), "--variant", "lite", "--json"])
+    assert args.func(args) == 1
+    report = json.loads(capsys.readouterr().out)[0]
+    assert report["ok"] is False and report["files"][0]["path"] == "Model_Lite/config.json"

@@ -1,0 +1,54 @@
+"""The playground in Debian's chromium (Playwright, headless, no browser download)."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from stream_server import running_server
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"]
+TEXT = ("This sentence is long enough to need many chunks, so the video starts playing while "
+        "the rest of it is still being rendered on the server, one chunk at a time.")
+SHOT = Path(__file__).resolve().parents[1] / "out" / "playground.png"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, engines):
+    with running_server(tmp_path_factory.mktemp("pg"), engines) as s:
+        yield s
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian chromium is not installed (make sysdeps)")
+def test_playground_plays_while_generating_and_offers_the_mp4(server):
+    from playwright.sync_api import sync_playwright
+
+    base, key, _ = server
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.goto(base + "/")
+        page.wait_for_function("window.playground && window.playground.ready")
+        page.fill("#key", key)
+        page.fill("#text", TEXT)
+        page.click("#generate")
+        played_while_generating, deadline = False, time.monotonic() + 180
+        while time.monotonic() < deadline:
+            st = page.evaluate("({t: document.querySelector('video').currentTime, done: window.playground.done})")
+            if st["done"]:
+                break
+            played_while_generating |= st["t"] > 0.1
+            time.sleep(0.05)
+        result = page.evaluate("window.playground")
+        assert result["error"] is None and result["result"]["video"]["content_type"] == "video/mp4"
+        assert played_while_generating, "the video only started after generation finished"
+        href = page.get_attribute("#download", "href")
+        assert page.is_visible("#download") and href == result["result"]["video"]["url"]
+        page.wait_for_function("document.querySelector('video').currentTime > 1.0")
+        SHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SHOT))
+        browser.close()

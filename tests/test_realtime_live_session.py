@@ -1,0 +1,147 @@
+"""The live-session engine on its own (no HTTP): clock, idle, interrupt, A/V alignment, pacing."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from flashhead import constants as C
+from flashhead.errors import InputError, LimitExceeded
+from flashhead.live import LiveSession
+from live_doubles import EnergyExtractor, LedgerRenderer, engines_with, pcm16, tone
+
+N = C.LIVE_CHUNK_FRAMES
+FRAME = C.SAMPLES_PER_FRAME
+
+
+def session(renderer=None, **kw) -> LiveSession:
+    kw.setdefault("pace", False)
+    return LiveSession(engines_with(renderer or LedgerRenderer()), object(), 7,
+                       make_extractor=EnergyExtractor, **kw)
+
+
+def push_packets(s: LiveSession, audio: np.ndarray, rng, lo_ms=20, hi_ms=100) -> None:
+    """Push `audio` as PCM16 packets of random 20-100 ms, sometimes split mid-sample."""
+    data, i = pcm16(audio), 0
+    while i < len(data):
+        n = int(rng.integers(lo_ms, hi_ms + 1)) * 32 + int(rng.integers(0, 2))
+        s.push_audio(data[i:i + n])
+        i += n
+
+
+def drain(s: LiveSession, stop=lambda c: False, limit=10_000):
+    out = []
+    while len(out) < limit:
+        c = s.next_chunk(timeout=2.0)
+        assert c is not None, "the session stalled"
+        out.append(c)
+        if stop(c):
+            return out
+    raise AssertionError("never reached the stop condition")
+
+
+def test_starved_session_renders_idle_chunks_without_spinning():
+    s = session()
+    chunks = [s.next_chunk(timeout=2.0) for _ in range(3)]
+    assert [c.start_frame for c in chunks] == [0, N, 2 * N]
+    for c in chunks:
+        assert not c.speaking and not c.features.open.any() and not c.audio.any()
+        assert len(c.frames) == N and len(c.audio) == N * FRAME
+    # Unpaced idle follows the real-time rate: nothing is due a few ms after the last chunk.
+    assert s.next_chunk(timeout=0.01) is None
+
+
+def test_speech_chunk_appears_once_enough_audio_arrived():
+    s = session()
+    assert not s.next_chunk(timeout=2.0).speaking
+    s.push_audio(pcm16(tone(0.2)))                 # 5 frames: less than one chunk
+    assert s.next_chunk(timeout=0.05) is None      # not enough speech, idle not yet due
+    s.push_audio(pcm16(tone(0.3)))                 # now 12 frames, lookahead 2 -> 10 ready
+    c = s.next_chunk(timeout=0.05)
+    assert c is not None and c.speaking and (c.features.open > 0.5).all()
+
+
+def test_end_of_speech_flushes_the_tail_padded_to_whole_frames():
+    s = session()
+    s.push_audio(pcm16(tone(0.5)))                 # 12.5 frames
+    s.end_of_speech()
+    chunks = drain(s, stop=lambda c: not c.speaking)
+    spoken = np.concatenate([c.features.voiced for c in chunks])
+    assert spoken.sum() == 13                      # 12 whole frames + the padded half frame
+    assert chunks[-2].speaking and not chunks[-2].features.voiced[-1]  # tail padded with idle
+
+
+def test_audio_and_frames_stay_on_one_clock():
+    rng = np.random.default_rng(3)
+    s = session()
+    pieces = []
+    for _ in range(6):                             # bursts of tone with silences between
+        pieces += [tone(rng.uniform(0.2, 0.7)), np.zeros(int(rng.uniform(0.1, 0.6) * C.SAMPLE_RATE), np.float32)]
+    audio = np.concatenate(pieces)
+    push_packets(s, audio, rng)
+    s.end_of_speech()
+    chunks = drain(s, stop=lambda c: s.frames_out * FRAME >= len(audio) and not c.speaking)
+    out_audio = np.concatenate([c.audio for c in chunks])
+    feats = np.concatenate([c.features.open for c in chunks])
+    pixels = np.concatenate([c.frames[:, 0, 0, 0] for c in chunks])
+    assert len(out_audio) == len(feats) * FRAME == s.samples_out == s.frames_out * FRAME
+    # The session's audio track is exactly what was pushed (the first chunk may be idle).
+    lead = np.flatnonzero(np.abs(out_audio) > 0)[0] // FRAME * FRAME
+    np.testing.assert_allclose(out_audio[lead:lead + len(audio)], audio, atol=2 / 32768)
+    # Each frame's mouth was driven by that same frame's audio: offset 0 frames (< 40 ms).
+    loud = np.sqrt((out_audio.reshape(-1, FRAME) ** 2).mean(1)) > 0.05
+    assert ((feats > 0.1) == loud).mean() > 0.98
+    np.testing.assert_array_equal(pixels, np.clip(feats * 255, 0, 255).astype(np.uint8))
+
+
+def test_interrupt_drops_queued_audio_and_idles_within_bound():
+    s = session(LedgerRenderer(seconds_per_frame=0.003))
+    s.push_audio(pcm16(tone(20.0)))
+    first = s.next_chunk(timeout=2.0)
+    assert first.speaking
+    marks = {}
+
+    def interrupt_later():
+        time.sleep(0.1)
+        marks["t"] = time.monotonic()
+        s.interrupt()
+
+    threading.Thread(target=interrupt_later).start()
+    chunks = drain(s, stop=lambda c: c.interrupted)
+    latency = chunks[-1].released_at - marks["t"]
+    assert latency <= C.LIVE_INTERRUPT_S, f"interrupt took {latency * 1000:.0f} ms"
+    assert not chunks[-1].speaking and not chunks[-1].audio.any()
+    after = [s.next_chunk(timeout=2.0) for _ in range(3)]
+    assert not any(c.speaking for c in after), "queued audio survived the interrupt"
+    # Audio pushed after the interrupt is spoken again.
+    s.push_audio(pcm16(tone(0.6)))
+    assert drain(s, stop=lambda c: c.speaking)[-1].speaking
+
+
+def test_paced_chunks_never_leave_before_their_media_time_minus_lead():
+    lead = 0.05
+    s = session(pace=True, lead_s=lead)
+    s.push_audio(pcm16(tone(1.0)))
+    chunks = [s.next_chunk(timeout=2.0) for _ in range(5)]
+    assert any(c.speaking for c in chunks)
+    for c in chunks:
+        assert c.released_at >= c.media_time - lead - 1e-3
+        assert c.media_time == pytest.approx(chunks[0].media_time + c.start_frame / C.FPS)
+    span = chunks[-1].released_at - chunks[0].released_at
+    assert span >= (chunks[-1].start_frame - chunks[0].start_frame) / C.FPS - 1e-3
+
+
+def test_bad_input_and_closed_session_raise_named_errors():
+    s = session(max_queue_s=1.0)
+    with pytest.raises(InputError) as e:
+        s.push_audio("not bytes")
+    assert e.value.field == "pcm"
+    with pytest.raises(LimitExceeded) as e:
+        s.push_audio(pcm16(tone(1.5)))
+    assert e.value.field == "pcm"
+    s.close()
+    assert s.next_chunk(timeout=1.0) is None
+    with pytest.raises(InputError):
+        s.push_audio(pcm16(tone(0.1)))

@@ -1,0 +1,131 @@
+"""/realtime against the real server: official fal_client (Python) and @fal-ai/client (Node)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import fal_client
+import pytest
+from fal_client.client import RealtimeError
+
+from flashhead import constants as C
+from flashhead.api.client_helper import configure_fal_client
+from stream_server import PORTRAIT, SPEECH, data_uri, decode_frames, fetch, running_server, speech_pcm
+
+JS_DIR = Path(__file__).parent / "js"
+PACKET = 1280  # 40 ms of PCM16 at 16 kHz
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, engines):
+    with running_server(tmp_path_factory.mktemp("rt"), engines) as (base, key, app):
+        configure_fal_client(base)
+        yield base, key, app
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return fal_client.SyncClient(key=server[1])
+
+
+def image() -> str:
+    return data_uri(PORTRAIT, "image/png")
+
+
+def recv_until(conn, stop, limit=2000) -> list[dict]:
+    out = []
+    for _ in range(limit):
+        msg = conn.recv()
+        assert msg is not None, "socket closed early"
+        out.append(msg)
+        if stop(msg):
+            return out
+    raise AssertionError("condition never met")
+
+
+def test_unary_request_gets_chunks_then_the_final_output(server, client):
+    with client.realtime(C.TEXT_ENDPOINT) as conn:              # JWT from /rest/tokens/
+        conn.send({"image_url": image(), "text": "Hello over the socket.", "seed": 4})
+        msgs = recv_until(conn, lambda m: "video" in m)
+    *chunks, final = msgs
+    assert len(chunks) >= 2 and final["seed"] == 4
+    fmp4 = chunks[0]["init_segment"] + b"".join(c["segment"] for c in chunks)
+    frames, _ = decode_frames(fmp4)
+    assert frames == round(final["duration"] * C.FPS) == decode_frames(fetch(final["video"]["url"], server[1]))[0]
+
+
+def test_live_session_idles_speaks_interrupts_and_stops(server, client):
+    with client.realtime(C.TEXT_ENDPOINT, use_jwt=False) as conn:   # Key header on the upgrade
+        conn.send({"type": "start", "image_url": image(), "pace": False})
+        started = recv_until(conn, lambda m: m.get("type") == "started")[-1]
+        assert started["mime"].startswith("video/mp4") and started["init_segment"][4:8] == b"ftyp"
+        idle = recv_until(conn, lambda m: m.get("type") == "chunk")[-1]
+        assert not idle["speaking"]
+        pcm = speech_pcm(3.0)
+        for i in range(0, len(pcm), PACKET):
+            conn.send({"type": "audio", "pcm": pcm[i:i + PACKET]})
+        conn.send({"type": "end_of_speech"})
+        chunks = recv_until(conn, lambda m: m.get("speaking") is False and m["index"] > idle["index"] + 3)
+        spoken = [c for c in chunks if c.get("speaking")]
+        assert len(spoken) * C.LIVE_CHUNK_FRAMES >= 3.0 * C.FPS
+        starts = [c["start"] for c in chunks if c.get("type") == "chunk"]
+        assert all(b - a == pytest.approx(C.LIVE_CHUNK_FRAMES / C.FPS, abs=1e-3) for a, b in zip(starts, starts[1:]))
+        frames, _ = decode_frames(started["init_segment"] + b"".join(c["segment"] for c in chunks if "segment" in c))
+        assert frames == len([c for c in chunks if "segment" in c]) * C.LIVE_CHUNK_FRAMES
+        # interrupt: queue 20 s of speech, then cut it
+        pcm = speech_pcm(10.0) * 2
+        for i in range(0, len(pcm), PACKET * 2):
+            conn.send({"type": "audio", "pcm": pcm[i:i + PACKET * 2]})
+        recv_until(conn, lambda m: m.get("speaking") is True)
+        t = time.monotonic()
+        conn.send({"type": "interrupt"})
+        cut = recv_until(conn, lambda m: m.get("interrupted") is True)[-1]
+        assert time.monotonic() - t < 1.0 and not cut["speaking"]
+        after = recv_until(conn, lambda m: m.get("type") == "chunk" and m["index"] >= cut["index"] + 2)
+        assert not any(m.get("speaking") for m in after)
+        conn.send({"type": "stop"})
+        stopped = recv_until(conn, lambda m: m.get("type") == "stopped")[-1]
+        assert stopped["frames"] % C.LIVE_CHUNK_FRAMES == 0 and stopped["frames"] > 0
+
+
+def test_errors_arrive_as_x_fal_error_frames(server, client):
+    with client.realtime(C.TEXT_ENDPOINT) as conn:
+        conn.send({"type": "audio", "pcm": b"\0\0"})
+        with pytest.raises(RealtimeError) as e:
+            conn.recv()
+        assert e.value.error == "INVALID_INPUT" and "start" in e.value.reason
+        conn.send({"image_url": image()})                       # text missing: socket stays open
+        with pytest.raises(RealtimeError) as e:
+            conn.recv()
+        assert e.value.error == "INVALID_INPUT" and "text" in e.value.reason
+        conn.send({"type": "start", "image_url": image(), "idle_timeout": 0.5})
+        with pytest.raises(RealtimeError) as e:
+            recv_until(conn, lambda m: False)
+        assert e.value.error == "TIMEOUT"
+
+
+def test_bad_token_is_refused(server):
+    configure_fal_client(server[0])
+    import fal_client.client as fc
+    from websockets.sync.client import connect
+
+    url = f"{fc.REALTIME_URL_FORMAT}{C.TEXT_ENDPOINT}/realtime?fal_jwt_token=not-a-token"
+    with connect(url) as ws:
+        err = json.loads(ws.recv())
+    assert err["type"] == "x-fal-error" and err["error"] == "UNAUTHORIZED"
+
+
+def test_js_realtime_connect_with_global_websocket_override(server):
+    base, key, _ = server
+    out = subprocess.run(["node", "--experimental-websocket", str(JS_DIR / "realtime_connect.mjs")],
+                         cwd=JS_DIR, capture_output=True, text=True, timeout=240,
+                         env={"PATH": "/usr/bin:/usr/local/bin", "FLASHHEAD_URL": base, "FAL_KEY": key,
+                              "PORTRAIT": str(PORTRAIT), "SPEECH": str(SPEECH)})
+    assert out.returncode == 0, out.stderr + out.stdout
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["unary_chunks"] >= 2 and seen["final"]["video"]["content_type"] == "video/mp4"
+    assert seen["started"]["mime"].startswith("video/mp4") and seen["started"]["init"] > 0
+    assert seen["speaking"] * C.LIVE_CHUNK_FRAMES >= 2 * C.FPS and seen["stopped"]["frames"] > 0
+    assert seen["errors"] == []

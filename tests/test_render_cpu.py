@@ -1,0 +1,223 @@
+"""CPU renderer behaviour on the sample portrait (shape, mouth, blinks, motion, determinism)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from flashhead import constants as C
+from flashhead.errors import BackendUnavailable, InputError, NoFaceError
+from flashhead.render import get_renderer
+from flashhead.render.base import SpeechSpan
+from flashhead.render.cpu import CpuRenderer
+from flashhead.render.cpu import landmarks as L
+from flashhead.visemes.base import FrameFeatures
+
+
+@pytest.fixture(scope="module")
+def image(portrait_path):
+    return cv2.cvtColor(cv2.imread(str(portrait_path)), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def still():
+    """No head motion, blinks or gaze: only the mouth moves."""
+    r = CpuRenderer(head_motion=0.0, blinks=False, gaze=False)
+    r.setup()
+    return r
+
+
+@pytest.fixture(scope="module")
+def portrait(still, image):
+    return still.prepare(image, seed=3)
+
+
+def span(features: FrameFeatures, start: int = 0) -> SpeechSpan:
+    return SpeechSpan(start, features, np.zeros(len(features) * C.SAMPLES_PER_FRAME, np.float32))
+
+
+def speechy(n: int, seed: int = 0) -> FrameFeatures:
+    rng = np.random.default_rng(seed)
+    f = FrameFeatures.zeros(n)
+    t = np.arange(n)
+    f.open[:] = np.clip(0.5 + 0.5 * np.sin(t / 2.3), 0, 1) * (t % 60 < 45)
+    f.spread[:] = np.sin(t / 5.0)
+    f.round[:] = np.clip(np.cos(t / 7.0), 0, 1)
+    f.closure[:] = (t % 17 == 0)
+    f.teeth[:] = (t % 23 == 0)
+    f.energy[:] = f.open * rng.uniform(0.5, 1.0, n)
+    f.voiced[:] = (f.open > 0.05)
+    return f
+
+
+def mouth_box(lm):
+    pts = lm[list(L.OUTER_UPPER) + list(L.OUTER_LOWER)]
+    x0, y0 = pts.min(0).astype(int) - 6
+    x1, y1 = pts.max(0).astype(int) + 6
+    return slice(y0, y1), slice(x0, x1)
+
+
+def test_frames_have_the_right_shape_and_type(still, portrait):
+    out = still.render(still.new_session(portrait, 0), span(speechy(5)))
+    assert out.shape == (5, C.SIZE, C.SIZE, 3) and out.dtype == np.uint8
+
+
+def test_zero_features_leave_the_mouth_untouched(still, portrait, image):
+    out = still.render(still.new_session(portrait, 0), span(FrameFeatures.zeros(10)))
+    ys, xs = mouth_box(portrait.landmarks)
+    assert np.array_equal(out[:, ys, xs], np.broadcast_to(image[ys, xs], out[:, ys, xs].shape))
+    assert np.array_equal(out, np.broadcast_to(image, out.shape))
+
+
+def test_open_mouth_changes_the_mouth_and_darkens_it(still, portrait, image):
+    f = FrameFeatures.zeros(3)
+    f.open[:] = [0.0, 0.5, 1.0]
+    out = still.render(still.new_session(portrait, 0), span(f)).astype(np.float32)
+    ys, xs = mouth_box(portrait.landmarks)
+    diff = [np.abs(o[ys, xs] - image[ys, xs]).mean() for o in out]
+    assert diff[0] == 0 and diff[1] > 2.0 and diff[2] > diff[1]
+    # the opening is dark: the darkest pixels of the wide-open mouth are far darker than the lips
+    gray = out[2, ys, xs].mean(-1)
+    assert np.percentile(gray, 3) < 0.6 * np.percentile(image[ys, xs].mean(-1), 3)
+    # and mediapipe sees the lips apart
+    gap = [np.linalg.norm(L.detect_landmarks(o.astype(np.uint8))[13] - L.detect_landmarks(o.astype(np.uint8))[14])
+           for o in out[[0, 2]]]
+    assert gap[1] > gap[0] + 8
+
+
+def test_lip_shapes_differ(still, portrait):
+    f = FrameFeatures.zeros(4)
+    f.open[:] = 0.4
+    f.spread[1], f.round[2], f.teeth[3] = 1.0, 1.0, 1.0
+    out = still.render(still.new_session(portrait, 0), span(f)).astype(np.int16)
+    ys, xs = mouth_box(portrait.landmarks)
+    for k in (1, 2, 3):
+        assert np.abs(out[k, ys, xs] - out[0, ys, xs]).mean() > 1.0
+
+
+def test_same_seed_same_frames_and_chunking_does_not_matter(image):
+    r = CpuRenderer()
+    p = r.prepare(image, seed=7)
+    feats = speechy(120, seed=1)
+    whole = r.render(r.new_session(p, 7), span(feats))
+    again = r.render(r.new_session(p, 7), span(feats))
+    assert np.array_equal(whole, again)
+    s = r.new_session(p, 7)
+    parts, a = [], 0
+    for n in (1, 7, 30, 2, 80):
+        parts.append(r.render(s, span(feats.slice(a, a + n), a)))
+        a += n
+    assert np.array_equal(np.concatenate(parts), whole)
+    other = r.render(r.new_session(p, 8), span(feats))
+    assert not np.array_equal(other, whole)
+
+
+def test_spans_must_come_in_order(still, portrait):
+    s = still.new_session(portrait, 0)
+    still.render(s, span(FrameFeatures.zeros(3)))
+    with pytest.raises(ValueError):
+        still.render(s, span(FrameFeatures.zeros(3), start=10))
+
+
+def test_idle_blinks_and_moves_without_freezing(image):
+    r = CpuRenderer()
+    p = r.prepare(image, seed=11)
+    n = 8 * C.FPS
+    out = r.render(r.new_session(p, 11), span(FrameFeatures.zeros(n)))
+    lm = p.landmarks
+    eye = lm[list(L.RIGHT_EYE["upper"]) + list(L.RIGHT_EYE["lower"])]
+    (x0, y0), (x1, y1) = eye.min(0).astype(int), eye.max(0).astype(int)
+    lum = out[:, y0:y1, x0:x1].astype(np.float32).mean((1, 2, 3))
+    base = np.median(lum)
+    closed = np.abs(lum - base) > 4.0          # lids cover iris and sclera
+    assert 2 <= closed.sum() <= 40
+    starts = np.nonzero(closed[1:] & ~closed[:-1])[0]
+    assert 1 <= len(starts) <= 6               # a blink every ~2-6 s
+    ys, xs = mouth_box(lm)
+    # idle still breathes: consecutive seconds differ a little, but the mouth stays closed
+    assert np.abs(out[::25].astype(np.int16) - out[0]).max() > 0
+    gap = np.linalg.norm(L.detect_landmarks(out[n // 2])[13] - L.detect_landmarks(out[n // 2])[14])
+    assert gap < 0.05 * L.face_size(lm) + np.linalg.norm(lm[13] - lm[14])
+
+
+def test_background_stays_put_under_head_motion(image):
+    r = CpuRenderer(head_motion=2.0)
+    p = r.prepare(image, seed=5)
+    out = r.render(r.new_session(p, 5), span(speechy(100)))
+    corners = [(slice(0, 40), slice(0, 40)), (slice(0, 40), slice(-40, None)),
+               (slice(-40, None), slice(0, 40)), (slice(-40, None), slice(-40, None))]
+    for ys, xs in corners:
+        assert np.array_equal(out[:, ys, xs], np.broadcast_to(image[ys, xs], out[:, ys, xs].shape))
+    # while the face itself moves
+    nose = p.landmarks[L.NOSE_TIP].astype(int)
+    patch = out[:, nose[1] - 20:nose[1] + 20, nose[0] - 20:nose[0] + 20].astype(np.int16)
+    assert np.abs(patch - patch[0]).mean(axis=(1, 2, 3)).max() > 1.0
+
+
+def test_blank_image_has_no_face(still):
+    with pytest.raises(NoFaceError):
+        still.prepare(np.full((512, 512, 3), 127, np.uint8), 0)
+
+
+def test_wrong_image_shape_is_an_input_error(still):
+    with pytest.raises(InputError) as e:
+        still.prepare(np.zeros((100, 100, 3), np.uint8), 0)
+    assert e.value.field == "image"
+
+
+def cartoon_face() -> np.ndarray:
+    img = np.full((512, 512, 3), (90, 160, 220), np.uint8)
+    cv2.ellipse(img, (256, 270), (130, 165), 0, 0, 360, (250, 210, 170), -1)
+    for x in (205, 307):
+        cv2.ellipse(img, (x, 230), (28, 18), 0, 0, 360, (255, 255, 255), -1)
+        cv2.circle(img, (x, 232), 12, (60, 40, 20), -1)
+        cv2.line(img, (x - 35, 190), (x + 30, 185), (80, 50, 30), 8)
+    cv2.line(img, (256, 250), (246, 310), (200, 150, 120), 4)
+    cv2.ellipse(img, (256, 350), (45, 14), 0, 0, 360, (190, 80, 80), -1)
+    cv2.line(img, (212, 350), (300, 350), (110, 40, 40), 2)
+    return img
+
+
+def test_cartoon_face_renders_or_is_refused_cleanly():
+    r = CpuRenderer()
+    try:
+        p = r.prepare(cartoon_face(), 0)
+    except NoFaceError:
+        return
+    out = r.render(r.new_session(p, 0), span(speechy(30)))
+    assert out.shape == (30, 512, 512, 3)
+
+
+@pytest.mark.parametrize("variant", ["grayscale", "sunglasses", "dark", "mirrored"])
+def test_portrait_variants_render(image, variant):
+    img = image.copy()
+    if variant == "grayscale":
+        img = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None], 3, -1)
+    elif variant == "sunglasses":
+        lm = L.detect_landmarks(image)
+        for eye in L.EYES:
+            c = lm[list(eye["upper"]) + list(eye["lower"])].mean(0).astype(int)
+            cv2.ellipse(img, tuple(int(v) for v in c), (36, 24), 0, 0, 360, (15, 15, 20), -1)
+        cv2.line(img, tuple(lm[133].astype(int)), tuple(lm[362].astype(int)), (15, 15, 20), 4)
+    elif variant == "dark":
+        img = (img * 0.35).astype(np.uint8)
+    else:
+        img = np.ascontiguousarray(img[:, ::-1])
+    r = CpuRenderer()
+    p = r.prepare(img, 1)
+    out = r.render(r.new_session(p, 1), span(speechy(60)))
+    assert out.shape == (60, 512, 512, 3)
+    assert np.isfinite(p.palette.teeth).all()
+    ys, xs = mouth_box(p.landmarks)
+    assert np.abs(out[:, ys, xs].astype(np.int16) - img[ys, xs]).max() > 10
+
+
+def test_get_renderer():
+    assert isinstance(get_renderer("cpu", weights_dir="/nowhere"), CpuRenderer)
+    with pytest.raises(InputError):
+        get_renderer("nope")
+    try:
+        r = get_renderer("flashhead-lite")
+    except BackendUnavailable:
+        return
+    assert r.name == "flashhead-lite"

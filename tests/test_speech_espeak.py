@@ -1,0 +1,176 @@
+"""espeak-ng TTS: audio, phoneme timeline, the 20 voices, input errors, stability, determinism."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from flashhead import constants as C
+from flashhead.errors import InputError, LimitExceeded
+from flashhead.speech.espeak import PAD_SECONDS, EspeakEngine
+from flashhead.speech.voices import VOICES, resolve_voice
+
+SENTENCE = "The rainbow is a division of white light into many beautiful colors."
+
+
+@pytest.fixture(scope="module")
+def tts() -> EspeakEngine:
+    return EspeakEngine()
+
+
+def f0_median(audio: np.ndarray) -> float:
+    """Median autocorrelation pitch over loud 40 ms frames (60-400 Hz)."""
+    n, sr, pitches = 640, C.SAMPLE_RATE, []
+    for i in range(0, len(audio) - n, n // 2):
+        x = audio[i:i + n] - audio[i:i + n].mean()
+        if np.sqrt(np.mean(x ** 2)) < 0.03:
+            continue
+        r = np.correlate(x, x, "full")[n - 1:]
+        lo, hi = sr // 400, sr // 60
+        k = lo + int(np.argmax(r[lo:hi]))
+        if r[k] > 0.4 * r[0]:
+            pitches.append(sr / k)
+    return float(np.median(pitches)) if pitches else float("nan")
+
+
+def test_sentence_audio_and_timeline(tts):
+    s = tts.synthesize(SENTENCE, "Aria", 0.5, 0)
+    assert s.audio.dtype == np.float32 and s.audio.ndim == 1
+    assert 2.0 < s.duration < 8.0
+    assert 0.05 < np.abs(s.audio).max() <= 1.0
+    starts = [p.start for p in s.phonemes]
+    assert starts == sorted(starts)
+    assert all(p.end >= p.start for p in s.phonemes)
+    assert s.phonemes[0].start == 0.0
+    assert s.phonemes[-1].end == pytest.approx(s.duration, abs=1e-6)
+    symbols = {p.symbol.strip("',") for p in s.phonemes}
+    assert {"r", "b", "w", "v", "l", "m"} <= symbols          # rainbow, division, light, many
+
+
+def test_leading_and_trailing_silence(tts):
+    s = tts.synthesize("Hello there.", "Roger")
+    pad = int(0.9 * PAD_SECONDS * C.SAMPLE_RATE)
+    assert np.abs(s.audio[:pad]).max() < 1e-3
+    assert np.abs(s.audio[-pad:]).max() < 1e-3
+    speechy = [p for p in s.phonemes if not p.symbol.startswith("_")]
+    assert speechy[0].start >= PAD_SECONDS and speechy[-1].end <= s.duration - PAD_SECONDS + 0.05
+
+
+def test_phoneme_times_follow_the_sound(tts):
+    """Where espeak says /s/ the audio is hissy; where it says a vowel it is loud and low."""
+    s = tts.synthesize("sassy sea", "Sarah")
+    def band_ratio(p):
+        x = s.audio[int(p.start * C.SAMPLE_RATE):int(p.end * C.SAMPLE_RATE)]
+        spec = np.abs(np.fft.rfft(x)) ** 2
+        f = np.fft.rfftfreq(len(x), 1 / C.SAMPLE_RATE)
+        return spec[f > 3500].sum() / (spec.sum() + 1e-12)
+    fric = [band_ratio(p) for p in s.phonemes if p.symbol == "s" and p.end - p.start > 0.03]
+    vowel = [band_ratio(p) for p in s.phonemes if p.symbol.strip("',") in ("a", "i:", "i")]
+    assert fric and vowel and min(fric) > max(vowel)
+
+
+def test_every_voice_is_distinct_and_gendered(tts):
+    pitch, audios = {}, {}
+    for name, v in VOICES.items():
+        s = tts.synthesize(SENTENCE, name, 1.0, 0)
+        pitch[name], audios[name] = f0_median(s.audio), s.audio
+    specs = {(v.espeak, v.pitch, v.rate) for v in VOICES.values()}
+    assert len(specs) == 20
+    names = list(audios)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            same_len = len(audios[a]) == len(audios[b])
+            assert not (same_len and np.allclose(audios[a], audios[b], atol=1e-3)), (a, b)
+    female = [pitch[n] for n, v in VOICES.items() if v.gender == "female"]
+    male = [pitch[n] for n, v in VOICES.items() if v.gender == "male"]
+    assert min(female) > max(male), pitch
+    assert max(male) < pitch["River"] < min(female), pitch
+
+
+def test_voice_metadata():
+    assert resolve_voice("George").voice_id == "JBFqnCBsd6RMkjVDRZzb"
+    assert resolve_voice("aria").name == "Aria"
+    assert {v.gender for v in VOICES.values()} == {"female", "male", "neutral"}
+    assert len({v.voice_id for v in VOICES.values()}) == 20
+
+
+def test_unknown_voice_lists_valid_names(tts):
+    with pytest.raises(InputError) as e:
+        tts.synthesize("hi", "Nobody")
+    assert e.value.field == "voice"
+    assert all(name in e.value.message for name in C.VOICES)
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t ", "\x00\x01\u200b"])
+def test_empty_text(tts, text):
+    with pytest.raises(InputError) as e:
+        tts.synthesize(text)
+    assert e.value.field == "text" and not isinstance(e.value, LimitExceeded)
+
+
+def test_text_limit(tts):
+    with pytest.raises(LimitExceeded) as e:
+        tts.synthesize("a" * (C.MAX_TEXT_CHARS + 1))
+    assert e.value.field == "text"
+
+
+@pytest.mark.parametrize("stability", [-0.1, 1.5, float("nan"), "high"])
+def test_bad_stability(tts, stability):
+    with pytest.raises(InputError) as e:
+        tts.synthesize("hello", "Aria", stability)
+    assert e.value.field == "stability"
+
+
+@pytest.mark.parametrize("text", [
+    "Hello 😀 world 👩‍👩‍👧", "你好，世界。", "مرحبا بالعالم", "שלום עולם", "bell\x07 tab\t nul\x00 end",
+    "\u202eright to left override\u202c", "combining e\u0301\u0301\u0301", "\ud800 lone surrogate",
+    "<speak>not ssml</speak> & 5 < 6", "..." * 50,
+])
+def test_any_unicode_is_spoken_or_silent_without_crashing(tts, text):
+    s = tts.synthesize(text, "Brian")
+    assert s.audio.dtype == np.float32 and np.isfinite(s.audio).all()
+    assert s.phonemes[-1].end == pytest.approx(s.duration, abs=1e-6)
+
+
+def test_deterministic(tts):
+    text = "First sentence here. And a second one! Is there a third?"
+    a = tts.synthesize(text, "Liam", 0.2, seed=7)
+    b = tts.synthesize(text, "Liam", 0.2, seed=7)
+    assert np.array_equal(a.audio, b.audio) and a.phonemes == b.phonemes
+    c = tts.synthesize(text, "Liam", 0.2, seed=8)
+    assert not (len(a.audio) == len(c.audio) and np.array_equal(a.audio, c.audio))
+
+
+def pitch_track(audio: np.ndarray) -> np.ndarray:
+    out = []
+    for i in range(0, len(audio) - 640, 320):
+        loud = np.sqrt(np.mean(audio[i:i + 640] ** 2)) > 0.03
+        out.append(f0_median(audio[i:i + 640 * 2]) if loud else np.nan)
+    return np.array(out)
+
+
+def test_stability_controls_prosody(tts):
+    text = "We walked along the river. The sun was setting slowly. Birds were singing everywhere."
+    takes = [tts.synthesize(text, "Eric", st, 3) for st in (1.0, 0.5, 0.0)]
+    spread = []
+    for s in takes:      # interquartile range of log2 pitch, in octaves (robust to octave errors)
+        p = np.log2(pitch_track(s.audio))
+        p = p[np.isfinite(p)]
+        spread.append(np.percentile(p, 75) - np.percentile(p, 25))
+    assert spread[0] < 0.1 < spread[1] < spread[2], spread
+    steady = takes[0]
+    # at stability 1 the seed no longer matters: no random per-sentence jitter
+    assert np.array_equal(steady.audio, tts.synthesize(text, "Eric", 1.0, 99).audio)
+
+
+def test_concurrent_synthesis_is_serialised(tts):
+    ref = tts.synthesize("Thread safety matters.", "Lily").audio
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        tts.synthesize("Thread safety matters.", "Lily").audio)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and all(np.array_equal(r, ref) for r in results)
