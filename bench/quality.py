@@ -16,6 +16,7 @@ Metrics (our own definitions, not SyncNet scores):
 Usage:
   python bench/quality.py VIDEO.mp4 [--audio AUDIO]          # audio defaults to the MP4's track
   python bench/quality.py --render PORTRAIT.png AUDIO [--seconds S] [--seed N]
+  python bench/quality.py --speed PORTRAIT.png AUDIO            # render ms/frame, 250 frames
 """
 from __future__ import annotations
 
@@ -281,6 +282,32 @@ def render_frames(portrait: str, audio: np.ndarray, seed: int = 0, chunk: int = 
         yield from r.render(s, SpeechSpan(a, feats.slice(a, b), seg))
 
 
+def render_speed(portrait: str, audio: np.ndarray, frames: int = 250, threads: int = 1) -> dict:
+    """Render ms/frame of the CPU renderer for `frames` frames of speech (features precomputed)."""
+    import time
+
+    from flashhead.render.base import SpeechSpan
+    from flashhead.render.cpu import CpuRenderer
+    from flashhead.visemes.audio import features_from_audio
+
+    img = cv2.cvtColor(cv2.imread(portrait, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    audio = np.resize(audio, frames * C.SAMPLES_PER_FRAME).astype(np.float32)
+    feats = features_from_audio(audio)
+    r = CpuRenderer(threads=threads)
+    r.setup()
+    t0 = time.perf_counter()
+    p = r.prepare(img, 0)
+    prep = time.perf_counter() - t0
+    s = r.new_session(p, 0)
+    t0 = time.perf_counter()
+    for a in range(0, frames, C.CHUNK_FRAMES):
+        b = min(frames, a + C.CHUNK_FRAMES)
+        r.render(s, SpeechSpan(a, feats.slice(a, b), audio[a * C.SAMPLES_PER_FRAME:b * C.SAMPLES_PER_FRAME]))
+    dt = time.perf_counter() - t0
+    return {"threads": threads, "frames": frames, "prepare_s": round(prep, 3),
+            "render_ms_per_frame": round(dt / frames * 1000, 3), "render_fps": round(frames / dt, 1)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("video", nargs="?")
@@ -288,8 +315,13 @@ def main(argv=None) -> int:
     ap.add_argument("--render", nargs=2, metavar=("PORTRAIT", "AUDIO"))
     ap.add_argument("--seconds", type=float, default=0.0, help="with --render: loop/cut audio to this length")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--speed", nargs=2, metavar=("PORTRAIT", "AUDIO"),
+                    help="print CPU render ms/frame for 250 frames (1 and 2 OpenCV threads)")
     args = ap.parse_args(argv)
-    if args.render:
+    if args.speed:
+        audio = read_audio(args.speed[1])
+        report = {"speed": [render_speed(args.speed[0], audio, threads=t) for t in (1, 2, 1)]}
+    elif args.render:
         audio = read_audio(args.render[1])
         if args.seconds:
             n = int(args.seconds * C.SAMPLE_RATE)

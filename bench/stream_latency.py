@@ -82,6 +82,7 @@ def ttfc_ws(base: str, image: str) -> float:
 
 def live_capacity(engines, portrait, n: int, seconds: float) -> dict:
     """n paced sessions fed real-time speech; lateness = ready time - media time, per chunk."""
+    from flashhead.errors import InputError
     from flashhead.live import LiveSession
     from flashhead.video.encode import FragmentedMp4Encoder
 
@@ -95,7 +96,10 @@ def live_capacity(engines, portrait, n: int, seconds: float) -> dict:
             if stop.is_set():
                 return
             time.sleep(max(0.0, t0 + k * 0.04 - time.monotonic()))
-            s.push_audio(pcm[i:i + packet])
+            try:
+                s.push_audio(pcm[i:i + packet])
+            except InputError:      # closed at the end of the run
+                return
         s.end_of_speech()
 
     def consume(s: LiveSession):

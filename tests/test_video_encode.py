@@ -123,6 +123,18 @@ def test_mp4_lengths_are_evened_out(tmp_path, portrait, n_frames, seconds, expec
     assert abs(info["audio_duration"] - expected_frames * C.FRAME_SECONDS) <= C.FRAME_SECONDS
 
 
+def test_mp4_in_the_photos_own_framing(tmp_path, portrait):
+    """Paste-back output: (width, height) instead of a square side."""
+    frames = np.ascontiguousarray(moving_frames(portrait, 12)[:, 40:480, :])  # 512 wide, 440 high
+    with Mp4Writer(tmp_path / "wide.mp4", size=(512, 440)) as writer:
+        writer.write(frames, tone(12 * C.FRAME_SECONDS))
+    info = probe(tmp_path / "wide.mp4")
+    assert (info["width"], info["height"], info["n_frames"]) == (512, 440, 12)
+    assert psnr(next(read_frames(tmp_path / "wide.mp4")), frames[0]) > 32
+    with pytest.raises(ValueError, match="even"):
+        Mp4Writer(tmp_path / "odd.mp4", size=(511, 440))
+
+
 def test_mp4_rejects_wrong_frames(tmp_path):
     writer = Mp4Writer(tmp_path / "bad.mp4")
     with pytest.raises(ValueError, match="512"):

@@ -26,11 +26,21 @@ AUDIO_CODEC = "mp4a.40.2"   # AAC-LC, what FFmpeg's native 'aac' encoder writes
 AAC_PRIMING = 1024          # samples FFmpeg's AAC encoder puts before the first input sample
 
 
-def _video_stream(container, *, fps: int, size: int, threads: int, crf: int, options: dict[str, str]):
+Size = int | tuple[int, int]  # a square side, or (width, height), both even
+
+
+def _dimensions(size: Size) -> tuple[int, int]:
+    width, height = (size, size) if isinstance(size, int) else size
+    if width % 2 or height % 2 or width <= 0 or height <= 0:
+        raise ValueError(f"video size must be positive and even for yuv420p, not {width}x{height}")
+    return width, height
+
+
+def _video_stream(container, *, fps: int, size: Size, threads: int, crf: int, options: dict[str, str]):
     stream = container.add_stream(
         "libx264", rate=fps, options={"crf": str(crf), "x264-params": COLOUR, **options}
     )
-    stream.width = stream.height = size
+    stream.width, stream.height = _dimensions(size)
     stream.pix_fmt = "yuv420p"
     stream.codec_context.time_base = Fraction(1, fps)
     stream.codec_context.thread_count = threads
@@ -44,12 +54,13 @@ def _audio_stream(container, *, sample_rate: int):
     return stream
 
 
-def _check_frames(frames: np.ndarray, size: int) -> np.ndarray:
+def _check_frames(frames: np.ndarray, size: Size) -> np.ndarray:
+    width, height = _dimensions(size)
     frames = np.asarray(frames)
     if frames.ndim == 3:
         frames = frames[None]
-    if frames.shape[1:] != (size, size, 3) or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be N x {size} x {size} x 3 uint8, not {frames.shape} {frames.dtype}")
+    if frames.shape[1:] != (height, width, 3) or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be N x {height} x {width} x 3 uint8, not {frames.shape} {frames.dtype}")
     return frames
 
 
@@ -112,12 +123,15 @@ class Mp4Writer:
     """Write an H.264/AAC MP4 file with the index at the front (faststart).
 
     with Mp4Writer(path) as writer:
-        writer.write(frames, audio)   # any number of times; frames N x size x size x 3 RGB
+        writer.write(frames, audio)   # any number of times; frames N x H x W x 3 RGB
+
+    size: the square side, or (width, height) for a video in the photo's own framing.
     """
 
-    def __init__(self, path: str | Path, *, fps: int = C.FPS, size: int = C.SIZE,
+    def __init__(self, path: str | Path, *, fps: int = C.FPS, size: Size = C.SIZE,
                  sample_rate: int = C.SAMPLE_RATE, crf: int = 20, preset: str = "veryfast",
                  threads: int = 1):
+        _dimensions(size)  # check before a file is created
         self.size = size
         self._timeline = _Timeline(fps, sample_rate)
         self._container = av.open(str(path), "w", format="mp4", container_options={"movflags": "+faststart"})
@@ -149,7 +163,7 @@ class Mp4Writer:
             if self._last is not None and self._timeline.missing_frames():
                 self.write(np.repeat(self._last[None], self._timeline.missing_frames(), axis=0))
             if self._timeline.missing_samples():
-                self.write(np.zeros((0, self.size, self.size, 3), np.uint8),
+                self.write(np.zeros((0, *_dimensions(self.size)[::-1], 3), np.uint8),
                            np.zeros(self._timeline.missing_samples(), np.float32))
             for frame in self._framer.flush():
                 self._mux(self._audio.encode(frame))
@@ -179,9 +193,10 @@ class FragmentedMp4Encoder:
 
     mime_type = f'video/mp4; codecs="avc1.42C01E, {AUDIO_CODEC}"'  # replaced from the real SPS
 
-    def __init__(self, *, fps: int = C.FPS, size: int = C.SIZE, sample_rate: int = C.SAMPLE_RATE,
+    def __init__(self, *, fps: int = C.FPS, size: Size = C.SIZE, sample_rate: int = C.SAMPLE_RATE,
                  crf: int = 23, preset: str = "veryfast", threads: int = 1):
         self._finished = False
+        _dimensions(size)
         self.size, self.fps, self.sample_rate = size, fps, sample_rate
         self._timeline = _Timeline(fps, sample_rate)
         self._sink = io.BytesIO()
