@@ -20,7 +20,7 @@ sysdeps:
 	bash scripts/sysdeps.sh
 
 jsdeps: sysdeps
-	@if [ -f tests/js/package.json ]; then npm --prefix tests/js install --no-audit --no-fund --loglevel=error; fi
+	@if [ -f tests/js/package.json ]; then npm --prefix tests/js ci --no-audit --no-fund --loglevel=error; fi
 
 demo: install
 	$(BIN)/flashhead generate --image examples/portrait_girl_512.png \

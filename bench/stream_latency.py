@@ -142,7 +142,7 @@ def main() -> int:
            "ttfc_sse": pct([ttfc_sse(base, image) for _ in range(args.runs)]),
            "ttfc_websocket": pct([ttfc_ws(base, image) for _ in range(args.runs)])}
     portrait = engines.portraits.get(load_portrait(str(ROOT / "examples/portrait_girl_512.png"), engines,
-                                                   allow_paths=True))
+                                                   allow_paths=True)[0])
     runs, sustained = [], 0
     for n in range(1, args.max_sessions + 1):
         r = live_capacity(engines, portrait, n, args.seconds)

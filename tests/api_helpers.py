@@ -87,7 +87,7 @@ class Server:
                 "--ssl-certfile", str(self.tls.cert), "--ssl-keyfile", str(self.tls.key),
                 "--workers", str(self.workers)]
         cmd = ([sys.executable, __file__, "--fake-generate", *args] if self.fake_generate
-               else [sys.executable, "-m", "flashhead.api.server", *args])
+               else [sys.executable, "-m", "flashhead", *args])
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / f"server-{self.port}-{int(time.time() * 1000)}.log", "wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -251,7 +251,7 @@ def _serve_fake(argv: list[str]) -> None:
                      workers=int(a["--workers"]), generate=fake_generate)
     server.check_exposure(a["--host"], Path(a["--data-dir"]))
     uvicorn.run(app, host=a["--host"], port=int(a["--port"]), ssl_certfile=a["--ssl-certfile"],
-                ssl_keyfile=a["--ssl-keyfile"], log_level="warning")
+                ssl_keyfile=a["--ssl-keyfile"], log_level="warning", timeout_graceful_shutdown=3)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ INPUT = {"image_url": "data:image/png;base64,AAAA", "text": "hi"}
 
 
 def keys_cli(data_dir, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flashhead.api.server", "keys", *args, "--data-dir", str(data_dir)],
+    return subprocess.run([sys.executable, "-m", "flashhead", "keys", *args, "--data-dir", str(data_dir)],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -111,6 +111,6 @@ def test_python_upload_flow_with_keys(setup):
 
 
 def test_refuses_to_serve_beyond_loopback_without_keys(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "flashhead.api.server", "serve", "--host", "0.0.0.0",
+    proc = subprocess.run([sys.executable, "-m", "flashhead", "serve", "--host", "0.0.0.0",
                            "--port", "1", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "no API keys" in proc.stderr and "keys create" in proc.stderr

@@ -128,3 +128,11 @@ def test_recover_honours_a_cancel_requested_before_the_crash(make_store):
     s.request_cancel(job.id)
     requeued, failed = make_store().recover()
     assert requeued == [] and [j.state for j in failed] == [JobState.CANCELLED]
+
+
+def test_get_without_input_for_status_polls(make_store):
+    s = make_store()
+    job = s.submit(_new(n=3))
+    light = s.get(job.id, with_input=False)
+    assert light.input == {} and light.state is JobState.IN_QUEUE and light.seq == job.seq
+    assert s.get("missing", with_input=False) is None

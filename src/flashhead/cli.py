@@ -105,28 +105,19 @@ def cmd_serve(args) -> int:
 
 
 def _add_keys(sub) -> None:
-    p = sub.add_parser("keys", help="manage API keys")
-    ks = p.add_subparsers(dest="keys_cmd", required=True)
-    for name in ("create", "list", "revoke"):
-        kp = ks.add_parser(name)
-        kp.add_argument("--data-dir", default="./flashhead-data")
-        if name == "revoke":
-            kp.add_argument("key_id")
-        if name == "create":
-            kp.add_argument("--name", default="")
+    p = sub.add_parser("keys", help="manage API keys: create (prints KEY_ID:KEY_SECRET once) | list | revoke")
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("key_id", nargs="?", help="the key to revoke")
+    p.add_argument("--data-dir", default="./flashhead-data")
+    p.add_argument("--alias", default=None, help="a label for a new key")
     p.set_defaults(func=cmd_keys)
 
 
 def cmd_keys(args) -> int:
     from flashhead.api import server
 
-    fn = getattr(server, f"keys_{args.keys_cmd}")
-    kwargs = {"data_dir": args.data_dir}
-    if args.keys_cmd == "revoke":
-        kwargs["key_id"] = args.key_id
-    if args.keys_cmd == "create" and args.name:
-        kwargs["name"] = args.name
-    return fn(**kwargs) or 0
+    argv = ["keys", args.action, *([args.key_id] if args.key_id else []), "--data-dir", args.data_dir]
+    return server.main(argv + (["--alias", args.alias] if args.alias else []))
 
 
 def _add_bench(sub) -> None:

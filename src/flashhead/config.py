@@ -27,6 +27,17 @@ class Settings(BaseSettings):
     max_audio_bytes: int = Field(C.MAX_AUDIO_BYTES, gt=0)
     max_audio_seconds: float = Field(C.MAX_AUDIO_SECONDS, gt=0)
     public_url: str | None = Field(None, description="base URL used in returned file URLs")
+    # Service (flashhead serve)
+    workers: int = Field(1, ge=1, description="render workers")
+    job_store: str = Field("sqlite", description="sqlite (file in data_dir) or a redis:// URL")
+    redis_prefix: str = Field("flashhead:", description="key prefix in a shared redis")
+    storage: str = Field("local", description="local (data_dir/files) | s3")
+    s3_bucket: str = Field("flashhead", description="S3 bucket (storage=s3)")
+    s3_prefix: str = Field("files/", description="key prefix in the bucket")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, R2...)")
+    s3_region: str | None = Field(None, description="S3 region")
+    webhook_max_tries: int = Field(10, ge=1, description="webhook deliveries before giving up")
+    webhook_retry_window_s: float = Field(7200.0, gt=0, description="span of the retries (backoff)")
 
 
 @lru_cache(maxsize=1)

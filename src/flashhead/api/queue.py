@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from functools import partial
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -116,7 +117,7 @@ def job_response(job: Job) -> JSONResponse:
 
 
 def _own_job(ctx: AppContext, job_id: str, key_id: str | None) -> Job:
-    job = ctx.jobs.store.get(job_id)
+    job = ctx.jobs.store.get(job_id, with_input=False)
     if job is None or (key_id is not None and job.key_id not in (None, key_id)):
         raise NotFound(f"request {job_id} not found", field="request_id")
     return job
@@ -169,7 +170,7 @@ async def _status_events(ctx: AppContext, job_id: str, logs: bool):
     """An event whenever the status, position or logs change; only new log lines each time."""
     sent_logs, last, last_sent = 0, None, time.monotonic()
     while True:
-        job = await run_in_threadpool(ctx.jobs.store.get, job_id)
+        job = await run_in_threadpool(partial(ctx.jobs.store.get, job_id, with_input=False))
         body = await run_in_threadpool(status_body, ctx, job, logs=logs, since=sent_logs)
         key = (body["status"], body.get("queue_position"), bool(body["logs"]))
         if key != last or body["logs"]:

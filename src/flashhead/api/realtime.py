@@ -130,7 +130,9 @@ class Connection:
             if handler is None:
                 raise InputError(f"unknown message type {kind!r}", field="type")
             await handler(msg)
-        except (FlashheadError, ValidationError) as exc:
+        except WebSocketDisconnect:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is reported as an x-fal-error frame
             await self.send(error_frame(exc))
 
     # -- unary -------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ class Connection:
                                                  base_url, work_dir)
         engines = self.ctx.engines
         portrait = await self.run_blocking(
-            lambda: engines.portraits.get(load_portrait(payload["image_url"], engines, allow_paths=local)))
+            lambda: engines.portraits.get(load_portrait(payload["image_url"], engines, allow_paths=local)[0]))
         self.session = LiveSession(engines, portrait, seed, pace=bool(msg.get("pace", True)))
         encoder = new_fmp4_encoder()
         await self.send({"type": "started", "init_segment": encoder.init_segment(),

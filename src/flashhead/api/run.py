@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -29,7 +30,7 @@ def _run_route(endpoint: str, model):
             delay = min(POLL_MAX_S, delay * 1.5)
             if await request.is_disconnected():
                 await run_in_threadpool(ctx.jobs.cancel, job.id)
-            job = await run_in_threadpool(ctx.jobs.store.get, job.id)
+            job = await run_in_threadpool(partial(ctx.jobs.store.get, job.id, with_input=False))
         return job_response(job)
     run.__annotations__["body"] = model   # a real class, not the string 'model'
     run.__name__ = f"run_{endpoint.replace('/', '_').replace('-', '_')}"

@@ -47,6 +47,9 @@ return 1
 """
 
 _FIELDS_JSON = ("input", "result")
+_FIELDS = ("id", "endpoint", "state", "priority", "seq", "created_at", "deadline", "started_at",
+           "finished_at", "attempts", "cancel_requested", "result", "error", "error_type",
+           "webhook_url", "base_url", "key_id")
 
 
 class RedisJobStore:
@@ -79,8 +82,14 @@ class RedisJobStore:
         pipe.execute()
         return self.get(new.id)
 
-    def get(self, job_id: str) -> Job | None:
-        h = self.r.hgetall(self._k("job", job_id))
+    def get(self, job_id: str, *, with_input: bool = True) -> Job | None:
+        if with_input:
+            h = self.r.hgetall(self._k("job", job_id))
+        else:   # status polls skip the input: it can hold megabytes of data: URIs
+            values = self.r.hmget(self._k("job", job_id), _FIELDS)
+            h = {k: v for k, v in zip(_FIELDS, values) if v is not None}
+            if h:
+                h["input"] = "{}"
         return _hash_to_job(h) if h else None
 
     def queue_position(self, job_id: str) -> int:

@@ -24,6 +24,10 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, ts);
 """
 _Q, _P = JobState.IN_QUEUE.value, JobState.IN_PROGRESS.value
+# status polls skip the input column: it can hold megabytes of data: URIs
+_NO_INPUT = ("seq, id, endpoint, '{}' AS input, state, priority, created_at, deadline, started_at,"
+             " finished_at, attempts, cancel_requested, result, error, error_type, webhook_url,"
+             " base_url, key_id")
 _TERMINAL = tuple(s.value for s in JobState if s.is_terminal())
 
 
@@ -67,8 +71,9 @@ class SqliteJobStore:
                  new.deadline, new.webhook_url, new.base_url, new.key_id))
         return self.get(new.id)
 
-    def get(self, job_id: str) -> Job | None:
-        r = self._db().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    def get(self, job_id: str, *, with_input: bool = True) -> Job | None:
+        cols = "*" if with_input else _NO_INPUT
+        r = self._db().execute(f"SELECT {cols} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _row_to_job(r) if r else None
 
     def queue_position(self, job_id: str) -> int:

@@ -40,10 +40,33 @@ class EyeRig:
         iu, iv = (self.iris - o) @ eu, (self.iris - o) @ ev
         dist2 = (u - iu) ** 2 + (v - iv) ** 2
         gaze = aperture * np.exp(-dist2 / (2 * (1.3 * self.iris_r) ** 2))
+        self._init_lid(image, u, v, vu, blink, aperture)
         zero = np.zeros_like(u)
         self.field = BlendField(self.box, [to_image(zero, -blink, eu, ev),
                                            to_image(-gaze, zero, eu, ev),
                                            to_image(zero, -gaze, eu, ev)])
+
+    def _init_lid(self, image, u, v, vu, blink, aperture):
+        """Lid colour (median of the skin band above the lashes) and per-pixel cover geometry."""
+        region = image[self.box.slices].astype(np.float32)
+        band = (v < vu - 3) & (v > vu - self.fade) & (np.abs(u) < 0.6 * np.abs(u).max())
+        self.lid_rgb = (np.median(region[band], 0) if band.sum() > 8
+                        else region.reshape(-1, 3).mean(0)).astype(np.float32)
+        self.lid_v, self.lid_vu, self.lid_mag = v, vu, blink
+        self.lid_aperture = aperture
+
+    def composite(self, region: np.ndarray, c: np.ndarray) -> None:
+        """Soften the stretched lid skin over the closed part of the eye toward the lid colour."""
+        if c[BLINK] < 0.2:
+            return
+        v_src = self.lid_v - c[BLINK] * self.lid_mag
+        a = self.lid_aperture * np.clip((self.lid_vu - 2.0 - v_src) / 2.0, 0, 1) * 0.5
+        ys, xs = np.nonzero(a.max(1) > 0.01)[0], np.nonzero(a.max(0) > 0.01)[0]
+        if not len(ys):
+            return
+        win = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+        reg, a = region[win], a[win][..., None]
+        reg[...] = np.clip(reg * (1 - a) + self.lid_rgb * a + 0.5, 0, 255).astype(np.uint8)
 
     def _curve(self, lm, idx, o):
         pts = lm[list(idx)] - o

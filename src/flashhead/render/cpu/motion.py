@@ -15,11 +15,11 @@ import numpy as np
 from flashhead import constants as C
 
 from . import landmarks as L
-from .warp import Box, grid
+from .warp import Box, blend, grid
 
 LOW = 4                                   # head field resolution divisor
 TX, TY, ROLL, YAW, PITCH = range(5)
-BLINK_SHAPE = (0.4, 0.9, 1.0, 0.75, 0.4, 0.12)   # per-frame lid closure of one blink (~160 ms)
+BLINK_SHAPE = (0.5, 1.0, 0.85, 0.45, 0.15)   # per-frame lid closure of one blink (~150 ms)
 
 
 class HeadRig:
@@ -59,7 +59,7 @@ class HeadRig:
 
     def map(self, coeffs: np.ndarray) -> np.ndarray:
         h, w = self.box.shape
-        low = (np.asarray(coeffs, np.float32) @ self.bases).reshape(*self.low_shape, 2)
+        low = blend(self.bases, coeffs).reshape(*self.low_shape, 2)
         return self.identity + cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR)
 
 

@@ -77,8 +77,8 @@ class MouthRig:
 
     def coefficients(self, open_, spread, round_, closure, teeth) -> np.ndarray:
         hw = self.hw
-        o = open_ * (1.0 - 0.85 * closure)
-        shape = min(1.0, 0.35 + 3.0 * o)          # lip shaping needs some opening to show
+        o = max(open_ * (1.0 - 0.85 * closure) - 0.05, 0.0) / 0.95   # tiny openings stay closed
+        shape = min(1.0, 0.15 + 3.0 * o)          # lip shaping needs some opening to show
         spread, round_ = spread * shape, round_ * shape
         return np.array([
             hw * 0.62 * o,
@@ -101,8 +101,8 @@ class MouthRig:
         self.sub_slope = np.interp(self.sub_u, self.seam_u, ds).astype(np.float32)
         self.sub_below = step(self.sub_s)
         au = np.abs(self.sub_u) / hw
-        gaps = sum(np.exp(-((au - e) * hw / 1.1) ** 2) for e in TOOTH_EDGES)
-        self.tooth_pattern = (1.0 - 0.12 * np.clip(gaps, 0, 1)) * (
+        gaps = sum(np.exp(-((au - e) * hw / 1.4) ** 2) for e in TOOTH_EDGES)
+        self.tooth_pattern = (1.0 - 0.06 * np.clip(gaps, 0, 1)) * (
             1.0 - 0.8 * smoothstep(0.4, 0.95, au))
 
     def composite(self, region: np.ndarray, disp: np.ndarray, c: np.ndarray) -> None:
@@ -125,9 +125,11 @@ class MouthRig:
         s_lo = c[JAW] * self._taper(te) - c[TUCK] * np.sqrt(np.clip(1 - te * te, 0, 1))
         d_lo = s_lo - s
         gap = np.maximum(d_up + d_lo, 1e-3)
-        # cavity: darkest in the middle of the opening, redder towards the lips
-        r = np.clip(np.abs(d_up - d_lo) / gap, 0, 1) * 0.6 + np.clip(np.abs(te), 0, 1) * 0.4
-        layer = p.cavity + (p.inner_lip - p.cavity) * (r ** 2)[..., None] * 0.6
+        # cavity: darkest high up in the shadow of the upper teeth, warmer towards the lower lip
+        low = np.clip(1 - d_lo / np.maximum(0.5 * gap, 1.0), 0, 1)
+        side = np.clip(np.abs(te), 0, 1)
+        r = np.clip(0.55 * low ** 2 + 0.35 * side ** 2, 0, 1)
+        layer = p.cavity + (p.inner_lip - p.cavity) * r[..., None]
         # tongue, low in the opening
         tongue_h = np.minimum(0.38 * gap, 0.22 * hw) * np.clip(1 - (te / 0.85) ** 2, 0, 1)
         t_alpha = step(tongue_h - d_lo, 1.5) * np.clip(1 - (te / 0.85) ** 2, 0, 1)
@@ -141,7 +143,7 @@ class MouthRig:
         # upper teeth are fixed to the skull: edge a little below the closed seam
         edge = 0.10 * hw * (1 - 0.35 * (u / hw) ** 2)
         ut_alpha = step(edge - s, 1.0) * (np.abs(u) < 0.95 * hw)
-        ut_shade = (0.72 + 0.28 * smoothstep(0.0, 2.5, d_up)) * pattern
+        ut_shade = (0.7 + 0.25 * smoothstep(0.0, 3.0, d_up) - 0.12 * smoothstep(-3.0, 0.0, s - edge)) * pattern
         layer += (p.teeth * ut_shade[..., None] - layer) * ut_alpha[..., None]
         reg = region[self.sub][win]
         a = alpha[..., None]

@@ -103,4 +103,6 @@ class CpuRenderer(Renderer):
         rig.field.remap_into(s.portrait.image, s.work, disp)
         if key == "mouth":
             rig.composite(s.work[ys, xs], disp, c)
+        else:
+            rig.composite(s.work[ys, xs], c)
         s.dirty[key] = True

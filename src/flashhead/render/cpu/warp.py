@@ -64,6 +64,24 @@ def to_image(du, dv, eu, ev) -> np.ndarray:
     return np.stack([du * eu[0] + dv * ev[0], du * eu[1] + dv * ev[1]], -1).astype(np.float32)
 
 
+def blend(bases: np.ndarray, coeffs) -> np.ndarray:
+    """sum_k c_k * bases[k] without BLAS (whose thread pool stalls on a busy shared machine)."""
+    out = np.zeros(bases.shape[1], np.float32)
+    tmp = np.empty_like(out)
+    for c, b in zip(coeffs, bases):
+        if c != 0.0:
+            np.multiply(b, np.float32(c), out=tmp)
+            out += tmp
+    return out
+
+
+def box_window(h: int, w: int, ramp: float = 3.0) -> np.ndarray:
+    """1 inside, easing to 0 on the outermost pixels of an (h, w) box."""
+    dy = np.minimum(np.arange(h), np.arange(h)[::-1]).astype(np.float32)
+    dx = np.minimum(np.arange(w), np.arange(w)[::-1]).astype(np.float32)
+    return smoothstep(0.0, ramp, np.minimum(dy[:, None], dx[None, :]))
+
+
 class BlendField:
     """A box with K basis displacement fields; evaluates identity + sum c_k basis_k."""
 
@@ -71,13 +89,14 @@ class BlendField:
         self.box = box
         h, w = box.shape
         self.k = len(bases)
-        self.bases = np.stack(bases).reshape(self.k, h * w * 2).astype(np.float32)
+        win = box_window(h, w)[..., None]       # fields end exactly at the box edge
+        self.bases = np.stack([b * win for b in bases]).reshape(self.k, h * w * 2).astype(np.float32)
         gx, gy = grid(box)
         self.identity = np.stack([gx, gy], -1)
 
     def displacement(self, coeffs: np.ndarray) -> np.ndarray:
         h, w = self.box.shape
-        return (np.asarray(coeffs, np.float32) @ self.bases).reshape(h, w, 2)
+        return blend(self.bases, coeffs).reshape(h, w, 2)
 
     def remap_into(self, src: np.ndarray, dst: np.ndarray, disp: np.ndarray) -> None:
         """dst[box] = src sampled at box + disp (bilinear, reflected borders)."""
