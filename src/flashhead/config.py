@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, R2...)")
     s3_region: str | None = Field(None, description="S3 region")
     webhook_max_tries: int = Field(10, ge=1, description="webhook deliveries before giving up")
+    realtime_idle_timeout_s: float = Field(60.0, gt=0, description="close a silent realtime socket after")
     webhook_retry_window_s: float = Field(7200.0, gt=0, description="span of the retries (backoff)")
 
 

@@ -21,6 +21,7 @@ from flashhead.api.auth import Auth
 from flashhead.api.deps import AppContext, option
 from flashhead.api.observability import Metrics, RequestContextMiddleware, setup_logging
 from flashhead.config import Settings
+from flashhead.jobs.backends import make_storage, make_store
 from flashhead.jobs.queue import JobQueue
 from flashhead.jobs.state import JobState
 from flashhead.jobs.store import Job
@@ -31,27 +32,6 @@ log = logging.getLogger("flashhead.api")
 EXPOSED_HEADERS = ["x-fal-request-id", "x-request-id", "x-fal-error-type", "x-fal-request-timeout-type",
                    "content-range", "accept-ranges", "etag"]
 EXTENSIONS = ("flashhead.api.stream", "flashhead.api.realtime")   # written by the streaming helper
-
-
-def make_store(settings: Settings):
-    spec = option(settings, "job_store", "sqlite")
-    if spec.startswith(("redis://", "rediss://", "unix://")):
-        from flashhead.jobs.redis import RedisJobStore
-        return RedisJobStore(spec, prefix=option(settings, "redis_prefix", "flashhead:"))
-    from flashhead.jobs.sqlite import SqliteJobStore
-    return SqliteJobStore(Path(settings.data_dir) / "jobs.db")
-
-
-def make_storage(settings: Settings):
-    data_dir = Path(settings.data_dir)
-    if option(settings, "storage", "local") == "s3":
-        from flashhead.storage.s3 import S3Storage
-        return S3Storage(option(settings, "s3_bucket", "flashhead"), data_dir / "staging",
-                         prefix=option(settings, "s3_prefix", "files/"),
-                         endpoint_url=option(settings, "s3_endpoint_url", None),
-                         region=option(settings, "s3_region", None))
-    from flashhead.storage.local import LocalStorage
-    return LocalStorage(data_dir / "files")
 
 
 def build_context(settings: Settings, engines=None) -> AppContext:

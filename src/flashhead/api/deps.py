@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ from fastapi import Request
 from flashhead.api.auth import Auth
 from flashhead.api.observability import Metrics
 from flashhead.config import Settings
+from flashhead.jobs.backends import option  # noqa: F401  (re-exported)
 from flashhead.jobs.queue import JobQueue
 from flashhead.jobs.webhooks import WebhookOutbox, WebhookSigner
 from flashhead.storage.base import Storage
@@ -45,14 +45,6 @@ class AppContext:
     def base_url(self, request: Request) -> str:
         """Where clients reach us: FLASHHEAD_PUBLIC_URL, else the URL this request came in on."""
         return (self.settings.public_url or str(request.base_url)).rstrip("/")
-
-
-def option(settings: Settings, name: str, default, cast=str):
-    """A service option: a Settings field when the lead has added it, else FLASHHEAD_<NAME>."""
-    value = getattr(settings, name, None)
-    if value is None:
-        value = os.environ.get(f"FLASHHEAD_{name.upper()}")
-    return default if value in (None, "") else cast(value)
 
 
 def get_ctx(request: Request) -> AppContext:

@@ -1,6 +1,10 @@
 """The job service: submit, cancel, finish, deadlines, crash recovery, terminal-state hooks.
 
-Every terminal transition goes through here, so webhooks and metrics see each job once.
+Terminal hooks (webhook, metrics) run in the API process only, exactly once per job: the store
+marks each terminal job when it hands it out (JobStore.take_terminal), so it does not matter
+which process made the job terminal (a render worker process, the deadline sweep, a cancel).
+Transitions made in this process dispatch at once; the maintenance thread picks up the rest
+(worker processes) every DISPATCH_INTERVAL_S, and so does every /metrics scrape.
 Restart policy (see recover): a job found IN_PROGRESS at start-up was running when the
 process died. It is re-queued once (attempts < MAX_ATTEMPTS, its start deadline dropped);
 a job that was already re-run is failed with error_type "worker_crashed", so a request that
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from flashhead.errors import QueueFull
@@ -18,12 +23,15 @@ from flashhead.jobs.store import CancelOutcome, Job, JobStore, NewJob
 
 log = logging.getLogger("flashhead.jobs")
 TerminalHook = Callable[[Job], None]
-MAINTENANCE_INTERVAL_S = 0.25
+MAINTENANCE_INTERVAL_S = 0.25      # deadline sweep
+DISPATCH_INTERVAL_S = 0.1          # terminal hooks of jobs finished by other processes
 
 
 class JobQueue:
-    def __init__(self, store: JobStore):
+    def __init__(self, store: JobStore, *, dispatch: bool = True):
+        """dispatch=False in render worker processes: the API process runs the hooks."""
         self.store = store
+        self.dispatch = dispatch
         self.wake = threading.Event()          # set on submit: idle workers look at once
         self._hooks: list[TerminalHook] = []
         self._stop = threading.Event()
@@ -33,13 +41,22 @@ class JobQueue:
         self._hooks.append(hook)
 
     def _terminal(self, job: Job | None) -> Job | None:
-        if job is not None:
-            for hook in self._hooks:
-                try:
-                    hook(job)
-                except Exception:  # a failing hook must not lose the job's state change
-                    log.exception("terminal hook failed", extra={"job": job.id})
+        if job is not None and self.dispatch:
+            self.dispatch_terminal()
         return job
+
+    def dispatch_terminal(self) -> int:
+        """Run the hooks of every job that became terminal since the last call; returns how many."""
+        done = 0
+        while batch := self.store.take_terminal():
+            for job in batch:
+                for hook in self._hooks:
+                    try:
+                        hook(job)
+                    except Exception:  # a failing hook must not stop the others
+                        log.exception("terminal hook failed", extra={"job": job.id})
+            done += len(batch)
+        return done
 
     def submit(self, new: NewJob, *, max_queue_length: int | None = None) -> Job:
         if max_queue_length is not None and self.store.queue_depth() >= max_queue_length:
@@ -83,8 +100,12 @@ class JobQueue:
             self._thread.join(timeout=5)
 
     def _maintain(self) -> None:
-        while not self._stop.wait(MAINTENANCE_INTERVAL_S):
+        last_sweep = 0.0
+        while not self._stop.wait(DISPATCH_INTERVAL_S):
             try:
-                self.expire_overdue()
+                if time.monotonic() - last_sweep >= MAINTENANCE_INTERVAL_S:
+                    last_sweep = time.monotonic()
+                    self.expire_overdue()
+                self.dispatch_terminal()
             except Exception:
-                log.exception("deadline sweep failed")
+                log.exception("job maintenance failed")

@@ -1,7 +1,8 @@
 """Redis job store (redis-py): for several API processes sharing one queue.
 
 Layout under a key prefix: `job:{id}` hash, `queue` sorted set (score = priority, then
-submit order), `deadlines` sorted set, `running` set, `logs:{id}` list, `seq` counter.
+submit order), `deadlines` sorted set, `running` set, `logs:{id}` list, `seq` counter,
+`terminal` list (jobs whose terminal hooks have not run yet; see take_terminal).
 Every state change is one Lua script, so it is atomic.
 """
 from __future__ import annotations
@@ -34,8 +35,8 @@ end
 return false
 """
 
-# KEYS: job hash, queue, running, deadlines. ARGV: id, allowed from-states (comma list),
-# then field/value pairs to set.
+# KEYS: job hash, queue, running, deadlines, terminal. ARGV: id, allowed from-states
+# (comma list), then field/value pairs to set (every transition here is to a terminal state).
 _TRANSITION = """
 local s = redis.call('HGET', KEYS[1], 'state')
 if not s or not string.find(',' .. ARGV[2] .. ',', ',' .. s .. ',', 1, true) then return 0 end
@@ -43,7 +44,14 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('RPUSH', KEYS[5], ARGV[1])
 return 1
+"""
+
+_TAKE = """
+local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+redis.call('LTRIM', KEYS[1], #ids, -1)
+return ids
 """
 
 _FIELDS_JSON = ("input", "result")
@@ -58,12 +66,14 @@ class RedisJobStore:
         self.p = prefix
         self._claim = self.r.register_script(_CLAIM)
         self._transition = self.r.register_script(_TRANSITION)
+        self._take = self.r.register_script(_TAKE)
 
     def _k(self, *parts: str) -> str:
         return self.p + ":".join(parts)
 
     def _job_keys(self, job_id: str) -> list[str]:
-        return [self._k("job", job_id), self._k("queue"), self._k("running"), self._k("deadlines")]
+        return [self._k("job", job_id), self._k("queue"), self._k("running"), self._k("deadlines"),
+                self._k("terminal")]
 
     def submit(self, new: NewJob) -> Job:
         seq = int(self.r.incr(self._k("seq")))
@@ -121,6 +131,12 @@ class RedisJobStore:
         assert state.is_terminal(), state
         return self._move(job_id, (JobState.IN_QUEUE, JobState.IN_PROGRESS), state=state.value,
                           finished_at=now(), result=result, error=error, error_type=error_type)
+
+    def take_terminal(self, limit: int = 64) -> list[Job]:
+        """Terminal jobs whose hooks have not run, removed from the list (each is returned once,
+        also with several API processes sharing this redis)."""
+        ids = self._take(keys=[self._k("terminal")], args=[limit])
+        return [j for j in (self.get(i, with_input=False) for i in ids) if j is not None]
 
     def request_cancel(self, job_id: str) -> tuple[str, Job | None]:
         job = self.get(job_id)

@@ -1,4 +1,10 @@
-"""SQLite job store: one WAL-mode file under the data dir, one connection per thread."""
+"""SQLite job store: one WAL-mode file under the data dir, one connection per thread.
+
+Several processes share the file (the API process and its render worker processes): every
+write is one BEGIN IMMEDIATE transaction, connections wait up to BUSY_TIMEOUT_S for the lock,
+and claim() is a single UPDATE ... WHERE id = (SELECT ...) RETURNING, so two workers never
+claim the same job.
+"""
 from __future__ import annotations
 
 import json
@@ -17,12 +23,16 @@ CREATE TABLE IF NOT EXISTS jobs (
   state TEXT NOT NULL, priority INTEGER NOT NULL, created_at REAL NOT NULL,
   deadline REAL, started_at REAL, finished_at REAL, attempts INTEGER NOT NULL DEFAULT 0,
   cancel_requested INTEGER NOT NULL DEFAULT 0, result TEXT, error TEXT, error_type TEXT,
-  webhook_url TEXT, base_url TEXT NOT NULL DEFAULT '', key_id TEXT);
+  webhook_url TEXT, base_url TEXT NOT NULL DEFAULT '', key_id TEXT,
+  hooked INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority, seq);
 CREATE TABLE IF NOT EXISTS logs (
   job_id TEXT NOT NULL, ts REAL NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, ts);
 """
+# terminal jobs whose hooks (webhook, metrics) have not run yet; created after _migrate
+_HOOK_INDEX = "CREATE INDEX IF NOT EXISTS jobs_unhooked ON jobs (seq) WHERE hooked = 0"
+BUSY_TIMEOUT_S = 30
 _Q, _P = JobState.IN_QUEUE.value, JobState.IN_PROGRESS.value
 # status polls skip the input column: it can hold megabytes of data: URIs
 _NO_INPUT = ("seq, id, endpoint, '{}' AS input, state, priority, created_at, deadline, started_at,"
@@ -48,11 +58,22 @@ class SqliteJobStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._db().executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Files made before the `hooked` column: their terminal jobs had their hooks run."""
+        with self._tx() as db:
+            if "hooked" not in {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}:
+                db.execute("ALTER TABLE jobs ADD COLUMN hooked INTEGER NOT NULL DEFAULT 0")
+                db.execute(f"UPDATE jobs SET hooked = 1 WHERE state IN ({','.join('?' * len(_TERMINAL))})",
+                           _TERMINAL)
+            db.execute(_HOOK_INDEX)
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                 check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: durable across process kills
@@ -109,6 +130,15 @@ class SqliteJobStore:
                 (state.value, now(), json.dumps(result) if result is not None else None, error,
                  error_type, job_id, *_TERMINAL)).fetchone()
         return _row_to_job(r) if r else None
+
+    def take_terminal(self, limit: int = 64) -> list[Job]:
+        """Terminal jobs whose hooks have not run, marked as run (each is returned once)."""
+        with self._tx() as db:
+            rows = db.execute(
+                f"UPDATE jobs SET hooked = 1 WHERE seq IN (SELECT seq FROM jobs WHERE hooked = 0"
+                f" AND state IN ({','.join('?' * len(_TERMINAL))}) ORDER BY seq LIMIT ?)"
+                f" RETURNING {_NO_INPUT}", (*_TERMINAL, limit)).fetchall()
+        return sorted((_row_to_job(r) for r in rows), key=lambda j: j.seq)
 
     def request_cancel(self, job_id: str) -> tuple[str, Job | None]:
         with self._tx() as db:

@@ -93,6 +93,9 @@ class JobStore(Protocol):
     def finish(self, job_id: str, state: JobState, *, result: dict | None = None,
                error: str | None = None, error_type: str | None = None) -> Job | None:
         """Move a job to a terminal state; returns None if it was already terminal."""
+    def take_terminal(self, limit: int = 64) -> list[Job]:
+        """Jobs that became terminal and whose hooks (webhook, metrics) have not run yet, each
+        returned once, whichever process made it terminal (input left empty)."""
     def request_cancel(self, job_id: str) -> tuple[str, Job | None]: ...
     def is_cancel_requested(self, job_id: str) -> bool: ...
     def append_log(self, job_id: str, message: str, level: str = "INFO") -> None: ...

@@ -1,4 +1,8 @@
-"""Worker threads: claim a job, run flashhead.pipeline.generate, store the video, finish.
+"""Workers: claim a job, run flashhead.pipeline.generate, store the video, finish.
+
+WorkerPool runs them as threads of the calling process (tests that inject a fake generate);
+flashhead.jobs.processes runs the same loop (WorkerPool.serve) in worker processes, so that
+rendering does not hold the API process's GIL.
 
 Cancellation is cooperative: generate() asks should_cancel() before every chunk, which reads
 the store's cancel flag, so a running job stops at the next chunk.
@@ -61,13 +65,21 @@ class WorkerPool:
             t.join(timeout=10)
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        self.serve(self._stop, self.queue.wake)
+
+    def serve(self, stop: threading.Event, wake: threading.Event,
+              on_claim: Callable[[str | None], None] = lambda job_id: None) -> None:
+        """Claim and run jobs until `stop`; idle, wait for `wake` or poll_s. on_claim(job id) before
+        each job and on_claim(None) after it (a worker process tells its parent)."""
+        while not stop.is_set():
             job = self.store.claim()
             if job is None:
-                self.queue.wake.wait(self.poll_s)
-                self.queue.wake.clear()
+                wake.wait(self.poll_s)
+                wake.clear()
                 continue
+            on_claim(job.id)
             self.run_job(job)
+            on_claim(None)
 
     def run_job(self, job: Job) -> None:
         job_dir = self.work_dir / job.id

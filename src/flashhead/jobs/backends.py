@@ -1,0 +1,37 @@
+"""Build the job store and file storage a Settings names (shared by the API process and the
+render worker processes, which must open the same ones)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flashhead.config import Settings
+
+
+def option(settings: Settings, name: str, default, cast=str):
+    """A service option: a Settings field when the lead has added it, else FLASHHEAD_<NAME>."""
+    value = getattr(settings, name, None)
+    if value is None:
+        value = os.environ.get(f"FLASHHEAD_{name.upper()}")
+    return default if value in (None, "") else cast(value)
+
+
+def make_store(settings: Settings):
+    spec = option(settings, "job_store", "sqlite")
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        from flashhead.jobs.redis import RedisJobStore
+        return RedisJobStore(spec, prefix=option(settings, "redis_prefix", "flashhead:"))
+    from flashhead.jobs.sqlite import SqliteJobStore
+    return SqliteJobStore(Path(settings.data_dir) / "jobs.db")
+
+
+def make_storage(settings: Settings):
+    data_dir = Path(settings.data_dir)
+    if option(settings, "storage", "local") == "s3":
+        from flashhead.storage.s3 import S3Storage
+        return S3Storage(option(settings, "s3_bucket", "flashhead"), data_dir / "staging",
+                         prefix=option(settings, "s3_prefix", "files/"),
+                         endpoint_url=option(settings, "s3_endpoint_url", None),
+                         region=option(settings, "s3_region", None))
+    from flashhead.storage.local import LocalStorage
+    return LocalStorage(data_dir / "files")
