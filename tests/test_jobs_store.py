@@ -136,3 +136,36 @@ def test_get_without_input_for_status_polls(make_store):
     light = s.get(job.id, with_input=False)
     assert light.input == {} and light.state is JobState.IN_QUEUE and light.seq == job.seq
     assert s.get("missing", with_input=False) is None
+
+
+def test_terminal_jobs_are_handed_out_once_across_store_instances(make_store):
+    """Hooks run exactly once, whichever process (store connection) made the job terminal."""
+    worker, api = make_store(), make_store()     # e.g. a worker process and the API process
+    done, failed, queued = (worker.submit(_new(n=i)) for i in range(3))
+    worker.claim()
+    worker.finish(done.id, JobState.COMPLETED, result={"seed": 1})
+    assert [j.id for j in api.take_terminal()] == [done.id]
+    assert api.take_terminal() == [] and worker.take_terminal() == []
+    api.finish(failed.id, JobState.FAILED, error="boom", error_type="x")
+    outcome, _ = api.request_cancel(queued.id)
+    taken = worker.take_terminal(limit=1) + make_store().take_terminal()
+    assert outcome == CancelOutcome.CANCELLED
+    assert [(j.id, j.state) for j in taken] == [(failed.id, JobState.FAILED), (queued.id, JobState.CANCELLED)]
+    assert taken[0].error_type == "x" and taken[0].input == {} and api.take_terminal() == []
+
+
+def test_an_older_sqlite_file_gains_the_hook_marker_without_rerunning_hooks(tmp_path):
+    import sqlite3
+
+    s = SqliteJobStore(tmp_path / "jobs.db")
+    old, pending = s.submit(_new()), s.submit(_new(n=1))
+    s.claim()
+    s.finish(old.id, JobState.COMPLETED, result={})
+    s.close()
+    db = sqlite3.connect(tmp_path / "jobs.db")   # as the file was before the `hooked` column
+    db.executescript("DROP INDEX jobs_unhooked; ALTER TABLE jobs DROP COLUMN hooked;")
+    db.close()
+    s = SqliteJobStore(tmp_path / "jobs.db")
+    assert s.take_terminal() == []                 # its hooks ran when it finished
+    s.request_cancel(pending.id)
+    assert [j.id for j in s.take_terminal()] == [pending.id]

@@ -145,3 +145,33 @@ def test_evaluate_file_reads_an_mp4(Q, tmp_path):
     frames, audio, fps = Q.read_video(str(path))
     assert fps == C.FPS and audio is not None and len(audio) > C.SAMPLE_RATE // 4
     assert sum(1 for _ in frames) == 10
+
+
+TTS_TEXT = ("Hello there, how are you today? My name is Anna, and I will be reading the morning news "
+            "for you. Maybe we can meet by the sea.")
+
+
+@pytest.fixture(scope="module")
+def tts_report(Q, engines, portrait_path):
+    """A short espeak render through the real pipeline (prepare + iter_chunks), measured."""
+    from flashhead.pipeline import iter_chunks, prepare, request_from_input
+
+    req = request_from_input({"image_url": str(portrait_path), "text": TTS_TEXT, "seed": 1},
+                             C.TEXT_ENDPOINT)
+    prep = prepare(req, engines, allow_paths=True)
+    assert prep.speech.phonemes, "the TTS path must drive the mouth from phonemes"
+    chunks = list(iter_chunks(prep, engines))
+    frames = [f for ch in chunks for f in ch.frames]
+    audio = np.concatenate([ch.audio for ch in chunks])
+    return Q.evaluate(frames, audio)
+
+
+def test_tts_render_meets_the_bounds(tts_report):
+    rep = tts_report
+    assert rep["seconds"] > 5 and rep["face_found_share"] == 1.0
+    assert abs(rep["av_sync"]["lag_frames"]) <= 1
+    assert rep["av_sync"]["correlation"] >= 0.6
+    assert rep["silence"]["silent_frames"] >= 10
+    assert rep["silence"]["closed_share"] >= 0.95
+    assert rep["identity"]["ssim_non_mouth"]["last_minute"] >= 0.95
+    assert rep["identity"]["landmark_drift"]["last_minute"] < 0.05

@@ -27,6 +27,7 @@ from flashhead.visemes.base import FrameFeatures
 Request = FlashHeadRequest | FlashHeadAudioRequest
 CancelCheck = Callable[[], bool]
 LogFn = Callable[[str], None]
+CACHE_MAX_PIXELS = 4_000_000   # decoded originals larger than this are not kept in the cache
 
 
 @dataclass
@@ -90,25 +91,44 @@ class GenerationResult:
     original_path: Path | None = None   # the paste-back video at the original resolution
 
 
-class PortraitCache:
-    """Prepared portraits keyed by image content: many requests and sessions share one."""
+class _LRU:
+    """A small thread-safe LRU map."""
 
-    def __init__(self, renderer: Renderer, size: int = 16):
-        self._renderer, self._size = renderer, size
-        self._items: OrderedDict[str, object] = OrderedDict()
-        self._lock = threading.Lock()
+    def __init__(self, size: int):
+        self._size, self._items, self._lock = size, OrderedDict(), threading.Lock()
 
-    def get(self, crop: np.ndarray) -> object:
-        key = hashlib.sha256(crop.tobytes()).hexdigest()
+    def get(self, key: str):
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        portrait = self._renderer.prepare(crop, 0)
+        return None
+
+    def put(self, key: str, value) -> None:
         with self._lock:
-            self._items[key] = portrait
+            self._items[key] = value
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
+
+
+class PortraitCache:
+    """Portrait work done once per distinct picture, shared by all requests and sessions.
+
+    crops: fetched image bytes -> (512 crop, framing), skipping decode and face detection;
+    get:   crop -> the renderer's prepared portrait.
+    """
+
+    def __init__(self, renderer: Renderer, size: int = 16):
+        self._renderer = renderer
+        self.crops = _LRU(size)
+        self._prepared = _LRU(size)
+
+    def get(self, crop: np.ndarray) -> object:
+        key = hashlib.sha256(crop.tobytes()).hexdigest()
+        portrait = self._prepared.get(key)
+        if portrait is None:
+            portrait = self._renderer.prepare(crop, 0)
+            self._prepared.put(key, portrait)
         return portrait
 
 
@@ -147,10 +167,16 @@ def load_portrait(image_ref: str, engines: Engines, *, allow_paths: bool = False
     s = engines.settings
     data, _ = fetch(image_ref, field="image_url", max_bytes=s.max_image_bytes,
                     timeout=s.fetch_timeout_s, allow=s.fetch_allow, allow_paths=allow_paths)
-    original = load_image(data, field="image_url", max_pixels=s.max_image_pixels)
-    crop, info = crop_face(original, field="image_url")
-    h, w = original.shape[:2]
-    return crop, Framing(np.ascontiguousarray(original[: h - h % 2, : w - w % 2]), info)
+    key = hashlib.sha256(data).hexdigest()
+    cached = engines.portraits.crops.get(key)
+    if cached is None:
+        original = load_image(data, field="image_url", max_pixels=s.max_image_pixels)
+        crop, info = crop_face(original, field="image_url")
+        h, w = original.shape[:2]
+        cached = (crop, Framing(np.ascontiguousarray(original[: h - h % 2, : w - w % 2]), info))
+        if h * w <= CACHE_MAX_PIXELS:   # huge originals are not worth their memory
+            engines.portraits.crops.put(key, cached)
+    return cached
 
 
 def load_speech(request: Request, engines: Engines, seed: int, *,

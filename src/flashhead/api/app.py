@@ -22,6 +22,7 @@ from flashhead.api.deps import AppContext, option
 from flashhead.api.observability import Metrics, RequestContextMiddleware, setup_logging
 from flashhead.config import Settings
 from flashhead.jobs.backends import make_storage, make_store
+from flashhead.jobs.processes import ProcessWorkerPool
 from flashhead.jobs.queue import JobQueue
 from flashhead.jobs.state import JobState
 from flashhead.jobs.store import Job
@@ -76,36 +77,60 @@ def _enqueue_webhook(ctx: AppContext, job: Job) -> None:
 
 
 def _start_workers(ctx: AppContext, generate) -> None:
-    """Load the engines (slow: renderer setup) off the event loop, then start the workers."""
+    """Load the engines (slow: renderer setup) off the event loop, start thread workers or wait
+    for the worker processes (which load their own engines meanwhile)."""
     try:
-        if ctx.engines is None:
+        if ctx.engines is None:      # the /stream and /realtime routes render in this process
             from flashhead.pipeline import Engines
             ctx.engines = Engines.create(ctx.settings)
-        ctx.workers = WorkerPool(ctx.jobs, ctx.storage, ctx.engines, Path(ctx.settings.data_dir) / "work",
-                                 threads=ctx.n_workers, generate=generate)
-        ctx.workers.start()
+        if ctx.worker_mode == "thread":
+            ctx.workers = WorkerPool(ctx.jobs, ctx.storage, ctx.engines,
+                                     Path(ctx.settings.data_dir) / "work", threads=ctx.n_workers,
+                                     generate=generate)
+            ctx.workers.start()
+        else:
+            ctx.workers.wait_ready()
         ctx.ready.set()
-        log.info("ready", extra={"renderer": ctx.settings.renderer})
+        log.info("ready", extra={"renderer": ctx.settings.renderer, "workers": ctx.n_workers,
+                                 "worker_mode": ctx.worker_mode})
     except Exception as exc:
         ctx.startup_error = f"{type(exc).__name__}: {exc}"
         log.exception("start-up failed")
 
 
+def _worker_mode(settings: Settings, worker_mode: str | None, engines, generate) -> str:
+    """process (the default for `flashhead serve`): rendering in worker processes, off the API's
+    GIL. thread: in this process; the default when the caller hands in its own engines or a
+    generate (tests, embedding)."""
+    default = "thread" if engines is not None or generate is not None else "process"
+    mode = worker_mode or option(settings, "worker_mode", default)
+    if mode not in ("thread", "process"):
+        raise ValueError(f"worker_mode must be 'thread' or 'process', got {mode!r}")
+    if mode == "process" and generate is not None:
+        raise ValueError("a replacement generate runs in worker threads only (worker_mode='thread')")
+    return mode
+
+
 def create_app(settings: Settings | None = None, engines=None, *, workers: int | None = None,
-               generate=None) -> FastAPI:
-    """workers: render threads (default FLASHHEAD_WORKERS or 1).
+               generate=None, worker_mode: str | None = None) -> FastAPI:
+    """workers: render workers (default FLASHHEAD_WORKERS or 1).
+    worker_mode: "process" | "thread" (FLASHHEAD_WORKER_MODE; see _worker_mode).
     generate: replaces flashhead.pipeline.generate (a seam for tests of the queue itself)."""
     from flashhead.config import get_settings
 
     settings = settings or get_settings()
     ctx = build_context(settings, engines)
     ctx.n_workers = workers or option(settings, "workers", 1, int)
+    ctx.worker_mode = _worker_mode(settings, worker_mode, engines, generate)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        ctx.jobs.recover()
+        ctx.jobs.recover()               # before any worker runs: IN_PROGRESS means interrupted
         ctx.jobs.start()
         ctx.webhooks.start()
+        if ctx.worker_mode == "process":
+            ctx.workers = ProcessWorkerPool(ctx.jobs, ctx.settings, ctx.n_workers)
+            ctx.workers.start()
         threading.Thread(target=_start_workers, args=(ctx, generate), name="startup", daemon=True).start()
         yield
         if ctx.workers:

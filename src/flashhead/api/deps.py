@@ -9,6 +9,7 @@
     ctx.metrics    flashhead.api.observability.Metrics (prometheus registry)
     ctx.webhooks   flashhead.jobs.webhooks.WebhookOutbox
     ctx.ready      threading.Event, set once engines are loaded and workers run
+    ctx.workers    WorkerPool (worker_mode "thread") | ProcessWorkerPool ("process")
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class AppContext:
     ready: threading.Event = field(default_factory=threading.Event)
     workers: Any = None
     n_workers: int = 1
+    worker_mode: str = "process"
     startup_error: str | None = None
 
     def base_url(self, request: Request) -> str:

@@ -18,15 +18,19 @@ def health(request: Request):
     ctx = get_ctx(request)
     body = {"status": "ok" if ctx.ready.is_set() else "starting", "version": __version__,
             "renderer": ctx.settings.renderer, "queue_depth": ctx.jobs.store.queue_depth(),
-            "running": ctx.jobs.store.running_count(), "auth": ctx.auth.enabled}
-    if ctx.startup_error:
-        body.update(status="error", error=ctx.startup_error)
+            "running": ctx.jobs.store.running_count(), "auth": ctx.auth.enabled,
+            "workers": {"mode": ctx.worker_mode, "count": ctx.n_workers}}
+    error = ctx.startup_error or getattr(ctx.workers, "error", None)
+    if error:
+        body.update(status="error", error=error)
     return JSONResponse(body, 200 if body["status"] == "ok" else 503)
 
 
 @router.get("/metrics", tags=["ops"])
 def metrics(request: Request):
-    return Response(generate_latest(get_ctx(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    ctx = get_ctx(request)
+    ctx.jobs.dispatch_terminal()     # count jobs that worker processes finished a moment ago
+    return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/.well-known/jwks.json", tags=["ops"])

@@ -40,7 +40,8 @@ def check_exposure(host: str, data_dir: Path) -> None:
 
 def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = DEFAULT_DATA_DIR,
           ssl_certfile: str | None = None, ssl_keyfile: str | None = None, workers: int = 1) -> None:
-    """Run the API on uvicorn (one process; `workers` render threads)."""
+    """Run the API on uvicorn: one API process plus `workers` render worker processes
+    (FLASHHEAD_WORKER_MODE=thread renders in threads of the API process instead)."""
     import uvicorn
 
     from flashhead.api.app import create_app
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     s.add_argument("--ssl-certfile")
     s.add_argument("--ssl-keyfile")
-    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--workers", type=int, default=1, help="render worker processes")
     k = sub.add_parser("keys")
     k.add_argument("action", choices=["create", "list", "revoke"])
     k.add_argument("key_id", nargs="?")

@@ -11,7 +11,7 @@ Phoneme path, in steps:
    then a zero-phase [1 2 1]/4 smoothing of the shape columns;
 5. the sound: openness = smooth((PHONEME_W * phoneme openness + ENERGY_W * loudness) * gate),
    where the gate eases from 0 to 1 as the frame's loudness rises through ENERGY_GATE, so the
-   mouth follows the RMS envelope, frames quieter than ENERGY_GATE[0] close, and the viseme still
+   mouth follows the RMS envelope, frames quieter than ENERGY_GATE[0] close (eased), and the viseme still
    shapes each sound; bilabial closures stay sealed, and frames the audio gate calls silent are
    closed (zeros).
 """
@@ -33,8 +33,8 @@ TAU = 0.03                    # s, how far a viseme reaches into its neighbours
 ANTICIPATE_S = 0.07           # s, lips start closing this long before a bilabial
 RELEASE_S = 0.03              # s, and open again over this long after it
 BRIDGE_FRAMES = 3             # audio-silent gaps this short inside speech keep the mouth moving
-PHONEME_W, ENERGY_W = 0.6, 0.5   # openness mix with the audio (phoneme shape vs loudness)
-ENERGY_GATE = (0.06, 0.20)     # loudness (RMS / clip reference) over which the mouth may open
+PHONEME_W, ENERGY_W = 0.55, 0.45   # openness mix with the audio (phoneme shape vs loudness)
+ENERGY_GATE = (0.08, 0.22)     # loudness (RMS / clip reference) over which the mouth may open
 _COLS = ("open", "spread", "round", "closure", "teeth")
 _PER_FRAME = GRID_HZ // C.FPS
 
@@ -108,9 +108,9 @@ def _smooth(x: np.ndarray) -> np.ndarray:
     return 0.25 * p[:-2] + 0.5 * p[1:-1] + 0.25 * p[2:]
 
 
-def _gate(energy: np.ndarray) -> np.ndarray:
-    """0 below ENERGY_GATE[0], 1 above ENERGY_GATE[1], a smoothstep between."""
-    t = np.clip((energy - ENERGY_GATE[0]) / (ENERGY_GATE[1] - ENERGY_GATE[0]), 0.0, 1.0)
+def _gate(energy: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """0 below lo, 1 above hi, a smoothstep between."""
+    t = np.clip((energy - lo) / (hi - lo), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
 
 
@@ -144,8 +144,9 @@ def features_from_phonemes(phonemes: list[Phoneme], n_frames: int,
             [snd, FrameFeatures.zeros(n_frames - len(snd))])
         voiced = _bridge(snd.voiced > 0, BRIDGE_FRAMES)
         energy = snd.energy
-        open_ = np.clip(_smooth((PHONEME_W * open_ + ENERGY_W * energy) * _gate(energy)), 0.0, 1.0)
-        open_ = np.where(energy < ENERGY_GATE[0], 0.0, open_)      # quiet frames stay closed
+        open_ = _smooth((PHONEME_W * open_ + ENERGY_W * energy) * _gate(energy, *ENERGY_GATE))
+        # frames quieter than the gate close again after the smoothing (eased, not cut)
+        open_ = np.clip(open_ * _gate(energy, 0.5 * ENERGY_GATE[0], ENERGY_GATE[0]), 0.0, 1.0)
     open_ = np.where(closure >= 1.0, 0.0, open_)      # smoothing must not reopen sealed lips
     cols = [np.where(voiced, c, 0.0) for c in (open_, spread, rnd, closure, teeth)]
     return FrameFeatures(*(np.asarray(c, np.float32) for c in cols),

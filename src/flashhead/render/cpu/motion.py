@@ -19,6 +19,7 @@ from .warp import Box, blend, grid
 
 LOW = 4                                   # head field resolution divisor
 TX, TY, ROLL, YAW, PITCH = range(5)
+SEAL_RATE = 0.5                           # per frame: lips settle together in silence, part for speech
 BLINK_SHAPE = (0.5, 1.0, 0.85, 0.45, 0.15)   # per-frame lid closure of one blink (~150 ms)
 
 
@@ -70,6 +71,7 @@ class Life:
     gaze_x: float
     gaze_y: float
     head: np.ndarray    # (5,) TX px, TY px, ROLL deg, YAW px, PITCH px
+    seal: float = 0.0   # 0..1 lips resting together (eases in during silence)
 
 
 class MotionState:
@@ -92,6 +94,7 @@ class MotionState:
         self.activity = 0.0
         self.e_fast = self.e_slow = 0.0
         self.nod = self.nod_v = 0.0
+        self.seal = 1.0
 
     def _blink(self, f: int) -> float:
         if f >= self.next_blink:
@@ -127,6 +130,7 @@ class MotionState:
             self._gaze(f)
         rate = 0.12 if voiced > self.activity else 0.035
         self.activity += (voiced - self.activity) * rate
+        self.seal += ((voiced <= 0.0) - self.seal) * SEAL_RATE
         self.e_fast += (energy - self.e_fast) * 0.5
         self.e_slow += (energy - self.e_slow) * 0.06
         onset = max(0.0, self.e_fast - self.e_slow - 0.06)
@@ -143,4 +147,4 @@ class MotionState:
             2.2 * live * self._sway(3, t),
             1.0 * live * self._sway(4, t) + self.nod + 1.2 * self.e_slow,
         ], np.float32) * self.amount
-        return Life(blink, float(self.gaze[0]), float(self.gaze[1]), head)
+        return Life(blink, float(self.gaze[0]), float(self.gaze[1]), head, self.seal)

@@ -13,6 +13,7 @@ from .warp import BlendField, Box, local_coords, smoothstep, step, to_image
 
 # Coefficient order of the mouth fields.
 JAW, LIFT, SPREAD, LIPV, TUCK = range(5)
+REST_SEAL = 0.8           # resting lips: this fraction of a bilabial press
 ACTIVE_EPS = 0.05          # below this (px or fraction) a coefficient counts as zero
 TOOTH_EDGES = (0.0, 0.29, 0.52, 0.69, 0.83)   # tooth boundaries across the arch, in half-widths
 
@@ -75,7 +76,8 @@ class MouthRig:
                 to_image(spread, zero, eu, ev), to_image(zero, lipv, eu, ev),
                 to_image(zero, tuck, eu, ev)]
 
-    def coefficients(self, open_, spread, round_, closure, teeth) -> np.ndarray:
+    def coefficients(self, open_, spread, round_, closure, teeth, seal=0.0) -> np.ndarray:
+        """Feature values -> field coefficients; seal (0..1) presses resting lips lightly together."""
         hw = self.hw
         o = max(open_ * (1.0 - 0.85 * closure) - 0.05, 0.0) / 0.95   # tiny openings stay closed
         shape = min(1.0, 0.15 + 3.0 * o)          # lip shaping needs some opening to show
@@ -84,7 +86,7 @@ class MouthRig:
             hw * 0.62 * o,
             hw * (0.10 * o + 0.16 * teeth),
             hw * (0.10 * max(spread, 0.0) - 0.08 * max(-spread, 0.0) - 0.12 * round_),
-            0.14 * round_ - 0.25 * closure - 0.08 * max(spread, 0.0) - 0.08 * teeth,
+            0.14 * round_ - 0.25 * max(closure, REST_SEAL * seal) - 0.08 * max(spread, 0.0) - 0.08 * teeth,
             hw * 0.12 * teeth,
         ], np.float32)
 

@@ -81,7 +81,7 @@ class CpuRenderer(Renderer):
     def _frame(self, s: Session, f: int, feat, dst: np.ndarray) -> None:
         p = s.portrait
         life = s.motion.step(f, feat[5], feat[6])
-        self._local(s, "mouth", p.mouth, p.mouth.coefficients(*feat[:5]), p.mouth.is_active)
+        self._local(s, "mouth", p.mouth, p.mouth.coefficients(*feat[:5], life.seal), p.mouth.is_active)
         for k, eye in enumerate(p.eyes):
             c = eye.coefficients(life.blink, life.gaze_x, life.gaze_y)
             self._local(s, f"eye{k}", eye, c, lambda c: bool(np.any(np.abs(c) > 0.01)))

@@ -78,8 +78,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> 
     return out.transpose(1, 2).reshape(b, lq, d)
 
 
-class SelfAttention(nn.Module):
-    """Bidirectional self-attention over all tokens of a chunk, RMSNorm on q/k, 3D RoPE."""
+class _Attention(nn.Module):
+    """q, k, v, o projections with RMSNorm on q and k (the checkpoint's names)."""
 
     def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
         super().__init__()
@@ -87,6 +87,10 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
+
+
+class SelfAttention(_Attention):
+    """Bidirectional self-attention over all tokens of a chunk, RMSNorm on q/k, 3D RoPE."""
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         """x: B x L x D, rope: L x 1 x Dh/2 complex -> B x L x D."""
@@ -97,15 +101,8 @@ class SelfAttention(nn.Module):
         return self.o(attention(q, k, self.v(x), self.num_heads))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Attention):
     """Attention from video tokens to audio tokens (no RoPE); RMSNorm on q and k."""
-
-    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """x: N x Lq x D, context: N x Lk x D -> N x Lq x D."""

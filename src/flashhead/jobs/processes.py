@@ -1,0 +1,228 @@
+"""Render workers as processes: `flashhead serve --workers N` runs N of them beside the API
+process, so rendering never holds the API process's GIL (status polls stay fast while jobs
+render). Each worker builds its own Engines, store connection and storage from the same
+Settings and runs WorkerPool.serve: claim (atomic across processes), render, finish.
+
+Parent side: ProcessWorkerPool, one supervisor thread per worker. It starts the worker
+(`python -m flashhead.jobs.processes`, the Settings as JSON in the environment), follows its
+control lines and restarts it if it dies.
+
+    stdin   parent -> child: a byte per submit wakes an idle worker (it also polls every POLL_S);
+            end of file means the parent is gone, and the child exits at once.
+    stdout  child -> parent, one line each: "ready" | "error <text>" | "claim <job id>" | "idle".
+            The child points its own fd 1 at stderr, so a stray print cannot garble them.
+
+A worker dies with the API process (PR_SET_PDEATHSIG, and the stdin end of file): its job stays
+IN_PROGRESS, and the next start-up's recovery re-queues it. A worker that dies on its own
+(OOM-killed, a crash in native code) fails its job with error_type "worker_crashed" (it would
+most likely crash the next worker too) and is restarted.
+Terminal hooks (webhook, metrics) run in the API process: see flashhead.jobs.queue.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from flashhead.config import Settings
+from flashhead.jobs.backends import option
+from flashhead.jobs.queue import JobQueue
+from flashhead.jobs.state import JobState
+from flashhead.jobs.store import WORKER_CRASHED
+
+log = logging.getLogger("flashhead.workers")
+SETTINGS_ENV = "FLASHHEAD_WORKER_SETTINGS_JSON"
+POLL_S = 0.1                 # an idle worker looks at the store this often without a wake-up
+STOP_GRACE_S = 10.0          # a graceful stop lets a running job finish for this long
+RESTART_DELAY_S = 1.0
+# Workers run at a lower CPU priority (FLASHHEAD_WORKER_NICE; 0 turns it off): rendering is
+# batch work that takes whatever CPU is idle, while API requests are short and latency-bound.
+WORKER_NICE = 10
+PR_SET_PDEATHSIG = 1
+
+
+class ProcessWorkerPool:
+    def __init__(self, queue: JobQueue, settings: Settings, processes: int = 1):
+        self.queue, self.settings, self.n = queue, settings, processes
+        self.error: str | None = None          # set when a worker cannot start
+        self._procs: list[subprocess.Popen | None] = [None] * processes
+        self._ready = [threading.Event() for _ in range(processes)]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for i in range(self.n):
+            self._thread(self._supervise, f"worker-proc-{i}", i)
+        self._thread(self._wake_loop, "worker-wake")
+
+    def _thread(self, target, name: str, *args) -> None:
+        t = threading.Thread(target=target, args=args, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Until every worker has loaded its engines; raises RuntimeError if one cannot."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for ready in self._ready:
+            while not ready.wait(0.1):
+                if self.error:
+                    raise RuntimeError(self.error)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise RuntimeError(f"render workers not ready after {timeout_s} s")
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p is not None and p.poll() is None]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.queue.wake.set()
+        procs = [p for p in self._procs if p is not None and p.poll() is None]
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for p in procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for t in self._threads:
+            t.join(timeout=2)
+
+    def _spawn(self, i: int) -> subprocess.Popen:
+        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json()}
+        proc = subprocess.Popen([sys.executable, "-m", "flashhead.jobs.processes", "--parent-pid",
+                                 str(os.getpid()), "--index", str(i)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        os.set_blocking(proc.stdin.fileno(), False)   # a wake-up never blocks the API process
+        return proc
+
+    def _supervise(self, i: int) -> None:
+        """Start worker i (spawned from this long-lived thread: PDEATHSIG follows the spawning
+        thread), follow it, restart it when it dies."""
+        while not self._stop.is_set():
+            proc = self._procs[i] = self._spawn(i)
+            started, job_id = self._follow(i, proc)
+            rc = proc.wait()
+            if self._stop.is_set():
+                return
+            log.error("render worker died", extra={"worker": i, "returncode": rc, "job": job_id})
+            if job_id:
+                self._fail(job_id, rc)
+            if not started:              # it could not load its engines: restarting will not help
+                self.error = self.error or f"render worker {i} exited with status {rc} while starting"
+                return
+            self._stop.wait(RESTART_DELAY_S)
+
+    def _follow(self, i: int, proc: subprocess.Popen) -> tuple[bool, str | None]:
+        started, job_id = False, None
+        for raw in proc.stdout:
+            word, _, arg = raw.decode(errors="replace").strip().partition(" ")
+            if word == "ready":
+                started = True
+                self._ready[i].set()
+            elif word == "error":
+                self.error = f"render worker {i}: {arg}"
+            elif word == "claim":
+                job_id = arg
+            elif word == "idle":
+                job_id = None
+        return started, job_id
+
+    def _fail(self, job_id: str, rc: int) -> None:
+        self.queue.store.append_log(job_id, f"the render worker process died (exit status {rc})", "ERROR")
+        self.queue.finish(job_id, JobState.FAILED, error_type=WORKER_CRASHED,
+                          error="the render worker stopped while this request was running")
+
+    def _wake_loop(self) -> None:
+        while not self._stop.is_set():
+            if not self.queue.wake.wait(1.0):
+                continue
+            self.queue.wake.clear()
+            for p in list(self._procs):
+                if p is not None and p.poll() is None:
+                    try:
+                        os.write(p.stdin.fileno(), b"w")
+                    except OSError:      # full (it is awake anyway) or gone (its supervisor sees)
+                        pass
+
+
+# ---- the worker process --------------------------------------------------------------------
+
+def _die_with_parent(parent_pid: int) -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:       # it died before prctl took effect
+        os._exit(1)
+
+
+def _watch_parent(wake: threading.Event) -> None:
+    """Bytes on stdin wake the worker; end of file: the parent is gone, so is this process."""
+    while True:
+        try:
+            data = os.read(0, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            os._exit(1)
+        wake.set()
+
+
+def _tell(ctl, line: str) -> None:
+    try:
+        ctl.write(line.replace("\n", " ") + "\n")
+    except OSError:                      # the parent is gone
+        os._exit(1)
+
+
+def _build_pool(settings: Settings):
+    from flashhead.jobs.backends import make_storage, make_store
+    from flashhead.jobs.worker import WorkerPool
+    from flashhead.pipeline import Engines
+
+    engines = Engines.create(settings)
+    queue = JobQueue(make_store(settings), dispatch=False)    # the API process runs the hooks
+    return WorkerPool(queue, make_storage(settings), engines, Path(settings.data_dir) / "work",
+                      threads=1, poll_s=POLL_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flashhead.jobs.processes")
+    p.add_argument("--parent-pid", type=int, required=True)
+    p.add_argument("--index", type=int, default=0)
+    a = p.parse_args(argv)
+    ctl = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    _die_with_parent(a.parent_pid)
+    stop, wake = threading.Event(), threading.Event()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)              # Ctrl-C: the parent stops us
+    signal.signal(signal.SIGTERM, lambda *_: (stop.set(), wake.set()))
+    threading.Thread(target=_watch_parent, args=(wake,), name="parent-watch", daemon=True).start()
+
+    from flashhead.api.observability import setup_logging
+    setup_logging()
+    try:
+        settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+        os.nice(option(settings, "worker_nice", WORKER_NICE, int))
+        pool = _build_pool(settings)
+    except Exception as exc:
+        log.exception("render worker start-up failed", extra={"worker": a.index})
+        _tell(ctl, f"error {type(exc).__name__}: {exc}")
+        return 1
+    _tell(ctl, "ready")
+    pool.serve(stop, wake, on_claim=lambda job_id: _tell(ctl, f"claim {job_id}" if job_id else "idle"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
