@@ -62,11 +62,17 @@ def test_frames_have_the_right_shape_and_type(still, portrait):
     assert out.shape == (5, C.SIZE, C.SIZE, 3) and out.dtype == np.uint8
 
 
-def test_zero_features_leave_the_mouth_untouched(still, portrait, image):
+def test_silence_rests_the_lips_together_and_still(still, portrait, image):
+    """In silence only the lips settle lightly together: nothing else changes, nothing moves."""
     out = still.render(still.new_session(portrait, 0), span(FrameFeatures.zeros(10)))
+    assert (out == out[0]).all()
     ys, xs = mouth_box(portrait.landmarks)
-    assert np.array_equal(out[:, ys, xs], np.broadcast_to(image[ys, xs], out[:, ys, xs].shape))
-    assert np.array_equal(out, np.broadcast_to(image, out.shape))
+    outside = np.ones(image.shape[:2], bool)
+    outside[portrait.mouth.field.box.slices] = False
+    assert np.array_equal(out[0][outside], image[outside])
+    assert 0 < np.abs(out[0, ys, xs].astype(np.int16) - image[ys, xs]).mean() < 4.0
+    gap = [np.linalg.norm(np.subtract(*L.detect_landmarks(x)[[13, 14]])) for x in (image, out[0])]
+    assert gap[1] <= gap[0]
 
 
 def test_open_mouth_changes_the_mouth_and_darkens_it(still, portrait, image):
@@ -75,7 +81,7 @@ def test_open_mouth_changes_the_mouth_and_darkens_it(still, portrait, image):
     out = still.render(still.new_session(portrait, 0), span(f)).astype(np.float32)
     ys, xs = mouth_box(portrait.landmarks)
     diff = [np.abs(o[ys, xs] - image[ys, xs]).mean() for o in out]
-    assert diff[0] == 0 and diff[1] > 2.0 and diff[2] > diff[1]
+    assert diff[0] < 4.0 and diff[1] > diff[0] + 2.0 and diff[2] > diff[1]
     # the opening is dark: the darkest pixels of the wide-open mouth are far darker than the lips
     gray = out[2, ys, xs].mean(-1)
     assert np.percentile(gray, 3) < 0.6 * np.percentile(image[ys, xs].mean(-1), 3)

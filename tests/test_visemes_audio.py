@@ -120,3 +120,19 @@ def test_streaming_matches_offline(speech):
     assert np.abs(stream.open[late] - offline.open[late]).mean() < 0.06
     assert np.array_equal(stream.voiced[late] > 0, offline.voiced[late] > 0) or \
         (stream.voiced[late] != offline.voiced[late]).mean() < 0.03
+
+
+def test_streaming_extractor_memory_is_bounded_over_a_long_utterance():
+    """An hour-long utterance must not grow the extractor: its buffers keep a fixed window."""
+    from flashhead.visemes.audio import StreamingFeatureExtractor
+
+    rng = np.random.default_rng(1)
+    ext = StreamingFeatureExtractor()
+    sizes, emitted = [], 0
+    chunk = (rng.standard_normal(16_000) * 0.2).astype(np.float32)   # 1 s of loud noise
+    for second in range(90):
+        emitted += len(ext.push(chunk))
+        if second in (10, 89):
+            sizes.append(len(ext._on) + len(ext._pending) + len(ext._raw))
+    assert sizes[1] == sizes[0]
+    assert emitted == 90 * 25 - 2          # all but the look-ahead frames are final

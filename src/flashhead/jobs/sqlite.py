@@ -53,6 +53,8 @@ def _row_to_job(r: sqlite3.Row) -> Job:
 
 
 class SqliteJobStore:
+    local_reads = True        # reads hit a local file and never wait for a writer (WAL)
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

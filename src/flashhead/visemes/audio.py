@@ -172,7 +172,8 @@ class StreamingFeatureExtractor:
     def __init__(self) -> None:
         self._pending = np.zeros(0, np.float32)
         self._raw = Raw(np.zeros(0), np.zeros(0), np.zeros(0))
-        self._on = np.zeros(0, bool)
+        self._on = np.zeros(0, bool)   # voiced gate for the same frames as _raw (bounded)
+        self._total = 0                # frames analysed so far
         self._state = False
         self._stats_raw = deque(maxlen=STATS_FRAMES)
         self._emitted = 0
@@ -183,13 +184,13 @@ class StreamingFeatureExtractor:
         if n_new:
             self._add(analyse(self._pending[:n_new * HOP]))
             self._pending = self._pending[n_new * HOP:]
-        return self._emit(len(self._on) - LOOKAHEAD, final=False)
+        return self._emit(self._total - LOOKAHEAD, final=False)
 
     def flush(self) -> FrameFeatures:
         if len(self._pending):
             self._add(analyse(self._pending))
             self._pending = np.zeros(0, np.float32)
-        return self._emit(len(self._on), final=True)
+        return self._emit(self._total, final=True)
 
     def _add(self, raw: Raw) -> None:
         for r, c, h in zip(raw.rms, raw.centroid, raw.hf):
@@ -200,19 +201,20 @@ class StreamingFeatureExtractor:
         self._raw = Raw(*(np.concatenate([a[-2 * SMOOTH:], b]) for a, b in
                           ((self._raw.rms, raw.rms), (self._raw.centroid, raw.centroid),
                            (self._raw.hf, raw.hf))))
-        self._on = np.concatenate([self._on, on])
+        self._total += len(on)
+        self._on = np.concatenate([self._on, on])[-len(self._raw.rms):]   # memory stays flat
 
     def _emit(self, upto: int, final: bool) -> FrameFeatures:
         """Frames [emitted, upto) computed with LOOKAHEAD frames of context on each side."""
         if upto <= self._emitted:
             return FrameFeatures.zeros(0)
-        total = len(self._on)
-        kept = len(self._raw)          # the raw buffer holds the last `kept` frames
+        total = self._total
+        kept = len(self._on)           # the raw and gate buffers hold the last `kept` frames
         first = max(0, self._emitted - LOOKAHEAD)
         end = total if final else min(total, upto + LOOKAHEAD)
         sl = slice(first - (total - kept), end - (total - kept))
         raw = Raw(self._raw.rms[sl], self._raw.centroid[sl], self._raw.hf[sl])
-        feats = shape(raw, self._on[first:end], self.stats)
+        feats = shape(raw, self._on[sl], self.stats)
         out = feats.slice(self._emitted - first, upto - first)
         self._emitted = upto
         return out
