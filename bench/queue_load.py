@@ -1,8 +1,12 @@
 """Queue load: submit/status latency (p50/p99) with N concurrent clients, and jobs completed per
 minute, against a real flashhead server this script starts on loopback (CPU renderer, real
-rendering running the whole time). Prints one JSON object.
+rendering running the whole time, in the server's render worker process). Prints one JSON object.
 
     python bench/queue_load.py --clients 50 --duration 60
+
+The load generator runs on the same CPUs as the server, so it should cost little: by default
+each client is one keep-alive connection on bare asyncio streams (--client httpx measures with
+httpx.AsyncClient instead, which spends more CPU per request than the server does).
 """
 from __future__ import annotations
 

@@ -92,7 +92,11 @@ class Server:
         log = open(self.data_dir / f"server-{self.port}-{int(time.time() * 1000)}.log", "wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.log_path = Path(log.name)
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:          # a failed start must not leave a server running
+            self.kill()
+            raise
         return self
 
     def wait_ready(self) -> None:
@@ -128,6 +132,28 @@ class Server:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def worker_processes(parent_pid: int) -> list[int]:
+    """Live render worker processes (python -m flashhead.jobs.processes) whose parent is `parent_pid`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        if int(stat[1]) == parent_pid and stat[0] != "Z" and b"flashhead.jobs.processes" in cmd:
+            pids.append(int(entry.name))
+    return pids
+
+
+def is_running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def client_env(server: Server) -> dict:

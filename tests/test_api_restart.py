@@ -7,10 +7,12 @@ with error_type "worker_crashed".
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
-from api_helpers import (PORTRAIT, TEXT_ENDPOINT, Server, WebhookReceiver, data_uri, free_port, make_tls,
-                         wait_terminal)
+from api_helpers import (PORTRAIT, TEXT_ENDPOINT, Server, WebhookReceiver, data_uri, free_port, is_running,
+                         make_tls, wait_terminal, worker_processes)
 from test_api_fal_client import _long_wav
 
 Q = f"/queue/{TEXT_ENDPOINT}"
@@ -32,6 +34,13 @@ def _wait_rendering(c, rid, timeout=120):
     raise AssertionError(f"{rid} never started rendering")
 
 
+def _wait_gone(pids, timeout=10):
+    deadline = time.monotonic() + timeout
+    while any(is_running(p) for p in pids):
+        assert time.monotonic() < deadline, f"worker processes {pids} outlived the server"
+        time.sleep(0.05)
+
+
 def test_jobs_survive_sigkill(tmp_path):
     portrait = data_uri(PORTRAIT, "image/png")
     text = {"image_url": portrait, "text": "Hello there."}
@@ -47,7 +56,11 @@ def test_jobs_survive_sigkill(tmp_path):
         waiting = [_submit(c, TEXT_ENDPOINT, text, fal_webhook=f"http://127.0.0.1:{hook_port}/h")
                    for _ in range(2)]
         _wait_rendering(c, twice)
+        assert c.get("/health").json()["workers"] == {"mode": "process", "count": 1}
+    workers = worker_processes(server.proc.pid)
+    assert len(workers) == 1                       # it renders in a worker process, not in the server
     server.kill()
+    _wait_gone(workers)                            # the worker died with the server: no orphan renders on
 
     server.start()                                                   # restart 1: re-queued
     with server.client() as c:
@@ -73,5 +86,28 @@ def test_jobs_survive_sigkill(tmp_path):
         while len({json.loads(b)["request_id"] for _, b in receiver.received}) < 2:
             assert time.monotonic() < deadline, "webhooks not delivered"
             time.sleep(0.1)
-    server.stop()
+        workers = worker_processes(server.proc.pid)
+    server.stop()                                  # a graceful stop ends the workers too
+    _wait_gone(workers)
     assert {json.loads(b)["request_id"] for _, b in receiver.received} == set(waiting)
+
+
+def test_a_worker_process_that_dies_fails_its_job_and_is_replaced(tmp_path):
+    """OOM killer or a native crash in one render worker: the server lives on, the job it was
+    running fails with worker_crashed (it is not retried: it would likely crash the next one)."""
+    long = {"image_url": data_uri(PORTRAIT, "image/png"), "audio_url": data_uri(_long_wav(tmp_path), "audio/wav")}
+    server = Server(tmp_path / "data", make_tls(tmp_path / "tls")).start()
+    try:
+        with server.client() as c:
+            victim = _submit(c, "fal-ai/flashhead/audio", long)
+            _wait_rendering(c, victim)
+            [worker] = worker_processes(server.proc.pid)
+            os.kill(worker, signal.SIGKILL)
+            crashed = wait_terminal(c, victim)
+            assert crashed["error_type"] == "worker_crashed", crashed
+            assert any("worker process died" in e["message"] for e in crashed["logs"])
+            after = wait_terminal(c, _submit(c, TEXT_ENDPOINT, {"image_url": long["image_url"], "text": "Hi."}))
+            assert after.get("error") is None, after
+            assert worker_processes(server.proc.pid) not in ([], [worker])
+    finally:
+        server.stop()

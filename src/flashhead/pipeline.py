@@ -200,10 +200,28 @@ def pad_to_frames(audio: np.ndarray) -> np.ndarray:
     return out
 
 
-def prepare(request: Request, engines: Engines, *, allow_paths: bool = False,
-            keep_framing: bool = False) -> Prepared:
-    """Fetch and validate every input before any frame is rendered."""
+def speech_features(speech: Speech, engines: Engines, *, phones: bool = False) -> FrameFeatures:
+    """Per-frame mouth features; for uploads optionally refined with recognised phones.
+
+    Phone recognition costs about 0.1 s per second of audio before the first frame, so the
+    offline path uses it (settings.phones_max_seconds bounds it) and streaming does not.
+    """
     from flashhead.visemes.features import features_for
+
+    features = features_for(speech)
+    max_s = engines.settings.phones_max_seconds
+    if phones and speech.phonemes is None and 0 < speech.duration <= max_s:
+        from flashhead.speech.recognize import recognize_phones
+        from flashhead.visemes.phones import refine_with_phones
+
+        features, confirmed = refine_with_phones(features, recognize_phones(speech.audio))
+        speech.meta["confirmed_closures"] = confirmed
+    return features
+
+
+def prepare(request: Request, engines: Engines, *, allow_paths: bool = False,
+            keep_framing: bool = False, phones: bool = False) -> Prepared:
+    """Fetch and validate every input before any frame is rendered."""
 
     t0 = time.perf_counter()
     seed = request.seed if request.seed is not None else random.randrange(2**31)
@@ -213,7 +231,7 @@ def prepare(request: Request, engines: Engines, *, allow_paths: bool = False,
     speech = load_speech(request, engines, seed, allow_paths=allow_paths)
     speech.audio = pad_to_frames(np.asarray(speech.audio, np.float32))
     t2 = time.perf_counter()
-    features = features_for(speech)
+    features = speech_features(speech, engines, phones=phones)
     t3 = time.perf_counter()
     timings = {"inputs": t1 - t0, "tts": t2 - t1, "features": t3 - t2}
     return Prepared(seed, speech, features, portrait, timings, framing if keep_framing else None)
@@ -269,7 +287,7 @@ def generate(request: Request, engines: Engines, output_path: str | Path, *,
     log = log or (lambda _m: None)
     t0 = time.perf_counter()
     log("fetching and validating inputs")
-    prep = prepare(request, engines, allow_paths=allow_paths, keep_framing=keep_framing)
+    prep = prepare(request, engines, allow_paths=allow_paths, keep_framing=keep_framing, phones=True)
     log(f"speech ready: {prep.duration:.2f} s, {prep.n_frames} frames, seed {prep.seed}")
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)

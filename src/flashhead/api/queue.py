@@ -179,8 +179,8 @@ async def _status_events(ctx: AppContext, job_id: str, logs: bool):
     """An event whenever the status, position or logs change; only new log lines each time."""
     sent_logs, last, last_sent = 0, None, time.monotonic()
     while True:
-        job = await run_in_threadpool(partial(ctx.jobs.store.get, job_id, with_input=False))
-        body = await run_in_threadpool(status_body, ctx, job, logs=logs, since=sent_logs)
+        job = await store_read(ctx, ctx.jobs.store.get, job_id, with_input=False)
+        body = await store_read(ctx, status_body, ctx, job, logs=logs, since=sent_logs)
         key = (body["status"], body.get("queue_position"), bool(body["logs"]))
         if key != last or body["logs"]:
             sent_logs += len(body["logs"] or [])

@@ -1,5 +1,12 @@
 """S3-compatible storage (boto3): AWS S3, MinIO, Ceph, ... Objects are read back through the
-API's /files route, so the bucket can stay private."""
+API's /files route, so the bucket can stay private.
+
+Object layout: {prefix}{key}, with the content type as the object's Content-Type and the
+download name as user metadata `file-name`. Several servers pointed at the same bucket and
+prefix serve each other's files (the keys are random, so they never collide).
+Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile,
+an instance role).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +15,23 @@ from typing import Iterator
 from flashhead.errors import BackendUnavailable, NotFound
 from flashhead.storage.base import READ_BLOCK, Storage, StoredFile, check_key, content_type_for, new_key, safe_name
 
+_MISSING = ("404", "NoSuchKey", "NotFound")
+
+
+def normalize_prefix(prefix: str | None) -> str:
+    """'' stays '' (keys at the bucket root); anything else ends with exactly one '/'."""
+    prefix = (prefix or "").strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+def _error(exc: Exception, what: str) -> Exception:
+    """botocore's ClientError for a missing object -> NotFound; anything else (a refused
+    connection, bad credentials, a missing bucket) -> BackendUnavailable."""
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    if code in _MISSING:
+        return NotFound("no such file", field="key")
+    return BackendUnavailable(f"S3 {what} failed: {exc}", field="storage")
+
 
 class S3Storage(Storage):
     def __init__(self, bucket: str, staging_dir: Path, *, prefix: str = "files/",
@@ -15,8 +39,8 @@ class S3Storage(Storage):
         import boto3
 
         super().__init__(staging_dir)
-        self.bucket, self.prefix = bucket, prefix
-        self.s3 = client or boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+        self.bucket, self.prefix = bucket, normalize_prefix(prefix)
+        self.s3 = client or boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region or None)
 
     def _obj(self, key: str) -> str:
         return self.prefix + check_key(key)
@@ -28,25 +52,35 @@ class S3Storage(Storage):
         try:
             self.s3.upload_file(str(path), self.bucket, self._obj(key), ExtraArgs={
                 "ContentType": ctype, "Metadata": {"file-name": name}})
-        except Exception as exc:  # botocore raises many unrelated classes
+        except Exception as exc:  # botocore and s3transfer raise many unrelated classes
             raise BackendUnavailable(f"S3 upload failed: {exc}", field="storage") from exc
         return StoredFile(key, Path(path).stat().st_size, ctype, name)
 
     def stat(self, key: str) -> StoredFile:
         try:
             h = self.s3.head_object(Bucket=self.bucket, Key=self._obj(key))
-        except self.s3.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                raise NotFound("no such file", field="key") from None
-            raise BackendUnavailable(f"S3 error: {exc}", field="storage") from exc
+        except NotFound:
+            raise
+        except Exception as exc:
+            raise _error(exc, "stat") from exc
         return StoredFile(key, int(h["ContentLength"]), h.get("ContentType") or "application/octet-stream",
                           h.get("Metadata", {}).get("file-name", key))
 
     def open_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
-        obj = self.s3.get_object(Bucket=self.bucket, Key=self._obj(key), Range=f"bytes={start}-{end}")
-        body = obj["Body"]
+        """The GET is made here, before the caller starts a response, so a missing object or an
+        unreachable S3 raises NotFound / BackendUnavailable instead of breaking a body midway."""
         try:
-            while block := body.read(READ_BLOCK):
-                yield block
-        finally:
-            body.close()
+            obj = self.s3.get_object(Bucket=self.bucket, Key=self._obj(key), Range=f"bytes={start}-{end}")
+        except NotFound:
+            raise
+        except Exception as exc:
+            raise _error(exc, "read") from exc
+        return _blocks(obj["Body"])
+
+
+def _blocks(body) -> Iterator[bytes]:
+    try:
+        while block := body.read(READ_BLOCK):
+            yield block
+    finally:
+        body.close()

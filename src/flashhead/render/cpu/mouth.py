@@ -8,14 +8,15 @@ from __future__ import annotations
 import numpy as np
 
 from . import landmarks as L
+from . import teeth
 from .palette import Palette
 from .warp import BlendField, Box, local_coords, smoothstep, step, to_image
 
 # Coefficient order of the mouth fields.
 JAW, LIFT, SPREAD, LIPV, TUCK = range(5)
+JAW_LINE = (132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361)
 REST_SEAL = 0.8           # resting lips: this fraction of a bilabial press
 ACTIVE_EPS = 0.05          # below this (px or fraction) a coefficient counts as zero
-TOOTH_EDGES = (0.0, 0.29, 0.52, 0.69, 0.83)   # tooth boundaries across the arch, in half-widths
 
 
 class MouthRig:
@@ -33,19 +34,29 @@ class MouthRig:
         su = np.array([m @ eu for m in mids]); sv = np.array([m @ ev for m in mids])
         order = np.argsort(su)
         self.seam_u, self.seam_v = su[order], sv[order]
+        gaps = [np.linalg.norm(lm[i] - lm[j]) / 2 for i, j in zip(L.INNER_UPPER, L.INNER_LOWER)]
+        self.gap_half = np.minimum(np.asarray(gaps, np.float32)[order], 0.12 * self.hw_guess(lm))
         self.lip_up = max(proj(13)[1] - proj(0)[1], 0.15 * hw)
         self.lip_lo = max(proj(17)[1] - proj(14)[1], 0.15 * hw)
         v_nose = proj(L.NOSE_BOTTOM)[1]
         v_chin = proj(L.CHIN)[1]
         seam0 = float(np.interp(0.0, self.seam_u, self.seam_v))
         self.up_room = max(seam0 - v_nose - 2.0, 0.3 * hw)
-        corners = [(-2.3 * hw, v_nose - 2), (2.3 * hw, v_nose - 2),
-                   (-2.3 * hw, v_chin + 0.9 * hw), (2.3 * hw, v_chin + 0.9 * hw)]
+        jaw_pts = np.array([proj(i) for i in JAW_LINE])
+        order = np.argsort(jaw_pts[:, 0])
+        self.jaw_u, self.jaw_v = jaw_pts[order, 0], jaw_pts[order, 1]
+        self.side = side = float(np.clip(np.abs(self.jaw_u).max(), 2.2 * hw, 3.0 * hw))
+        corners = [(-side - 0.1 * hw, v_nose - 2), (side + 0.1 * hw, v_nose - 2),
+                   (-side - 0.1 * hw, v_chin + 0.9 * hw), (side + 0.1 * hw, v_chin + 0.9 * hw)]
         pts = np.array([o + cu * eu + cv * ev for cu, cv in corners])
         self.box = Box.around(pts, image.shape[:2])
         u, v = local_coords(self.box, o, eu, ev)
         self.field = BlendField(self.box, self._bases(u, v, v_chin))
-        self._init_layer(image.shape[:2], u, v)
+        self._init_layer(image, u, v, lm)
+
+    @staticmethod
+    def hw_guess(lm) -> float:
+        return float(np.linalg.norm(lm[308] - lm[78]) / 2)
 
     # ---------------------------------------------------------------- fields
     def seam(self, u):
@@ -58,8 +69,11 @@ class MouthRig:
         hw, eu, ev = self.hw, self.eu, self.ev
         t, s = u / hw, v - self.seam(u)
         below = step(s)
-        lat = 1.0 - smoothstep(1.3 * hw, 2.25 * hw, np.abs(u))
-        chin = 1.0 - smoothstep(v_chin, v_chin + 0.85 * hw, v)
+        # the jaw hinges near the ears: the drop eases out along the jaw line to the face's sides,
+        # and fades below the jaw contour (not a fixed row), so the outline bends without shoulders
+        lat = 1.0 - smoothstep(0.9 * hw, self.side, np.abs(u))
+        v_jaw = np.interp(u, self.jaw_u, self.jaw_v).astype(np.float32)
+        chin = 1.0 - smoothstep(v_jaw, v_jaw + 0.85 * hw, v)
         T = self._taper(t)
         jaw = below * (T + (1 - T) * smoothstep(0.0, 1.3 * hw, s)) * lat * chin
         up_fade = 1.0 - smoothstep(0.0, self.up_room, -s)
@@ -91,7 +105,7 @@ class MouthRig:
         ], np.float32)
 
     # ----------------------------------------------------------------- layer
-    def _init_layer(self, size, u, v):
+    def _init_layer(self, image, u, v, lm):
         hw = self.hw
         s = v - self.seam(u)
         inside = (np.abs(u) < 1.35 * hw) & (s > -0.45 * hw) & (s < 0.85 * hw)
@@ -102,10 +116,17 @@ class MouthRig:
         ds = np.gradient(self.seam_v) / np.maximum(np.gradient(self.seam_u), 1e-3)
         self.sub_slope = np.interp(self.sub_u, self.seam_u, ds).astype(np.float32)
         self.sub_below = step(self.sub_s)
+        # the portrait's own parted-lip gap counts as inside the mouth (no stretched seam line)
+        self.sub_gap = np.interp(self.sub_u, self.seam_u, self.gap_half).astype(np.float32)
         au = np.abs(self.sub_u) / hw
-        gaps = sum(np.exp(-((au - e) * hw / 1.4) ** 2) for e in TOOTH_EDGES)
-        self.tooth_pattern = (1.0 - 0.06 * np.clip(gaps, 0, 1)) * (
-            1.0 - 0.8 * smoothstep(0.4, 0.95, au))
+        self.lower_pattern = teeth.row_pattern(au / 0.8, hw * 0.8, lower=True)
+        own = None
+        if self.palette.shows_teeth:
+            ys_, xs_ = self.box.slices
+            sub_img = image[ys_, xs_][self.sub]
+            inner = np.concatenate([lm[list(L.INNER_UPPER)], lm[list(L.INNER_LOWER)][::-1]])
+            own = teeth.own_texture(sub_img, inner - (xs_.start + x0, ys_.start + y0), self.palette)
+        self.upper_rgb, self.upper_alpha = teeth.upper_layer(self.sub_u, self.sub_s, hw, self.palette, own)
 
     def composite(self, region: np.ndarray, disp: np.ndarray, c: np.ndarray) -> None:
         """Blend cavity/tongue/teeth into `region` (the warped mouth box, uint8, in place)."""
@@ -115,7 +136,8 @@ class MouthRig:
         dv = d[..., 0] * self.ev[0] + d[..., 1] * self.ev[1]
         s_src = self.sub_s + dv - self.sub_slope * du
         bl = self.sub_below
-        alpha = bl * np.clip(-s_src / 1.2, 0, 1) + (1 - bl) * np.clip(s_src / 1.2, 0, 1)
+        g = self.sub_gap * np.float32(np.clip((c[JAW] + c[LIFT]) / (0.12 * hw), 0.0, 1.0))
+        alpha = bl * np.clip((g - s_src) / 1.2, 0, 1) + (1 - bl) * np.clip((s_src + g) / 1.2, 0, 1)
         alpha *= np.clip((hw + c[SPREAD] - np.abs(self.sub_u)) / 1.5, 0, 1)   # only between corners
         rows, cols = np.nonzero(alpha.max(1) > 0.004)[0], np.nonzero(alpha.max(0) > 0.004)[0]
         if len(rows) == 0:
@@ -137,16 +159,15 @@ class MouthRig:
         t_alpha = step(tongue_h - d_lo, 1.5) * np.clip(1 - (te / 0.85) ** 2, 0, 1)
         t_shade = 0.55 + 0.45 * np.clip(1 - d_lo / np.maximum(tongue_h, 1e-3), 0, 1)
         layer += (p.tongue * t_shade[..., None] - layer) * t_alpha[..., None]
-        pattern = self.tooth_pattern[win]
-        # lower teeth ride on the jaw, mostly hidden behind the lower lip
-        lt_h = 0.08 * hw * np.clip((c[JAW] - 0.25 * hw) / (0.3 * hw), 0, 1) * np.clip(1 - (u / (0.6 * hw)) ** 2, 0, 1)
-        lt_alpha = step(lt_h - d_lo, 1.0) * step(d_lo, 1.0) * (lt_h > 0.3)
-        layer += (p.teeth * (0.62 * pattern)[..., None] - layer) * lt_alpha[..., None]
-        # upper teeth are fixed to the skull: edge a little below the closed seam
-        edge = 0.10 * hw * (1 - 0.35 * (u / hw) ** 2)
-        ut_alpha = step(edge - s, 1.0) * (np.abs(u) < 0.95 * hw)
-        ut_shade = (0.7 + 0.25 * smoothstep(0.0, 3.0, d_up) - 0.12 * smoothstep(-3.0, 0.0, s - edge)) * pattern
-        layer += (p.teeth * ut_shade[..., None] - layer) * ut_alpha[..., None]
+        # lower teeth ride on the jaw, darker, mostly hidden behind the lower lip
+        lt_h = 0.10 * hw * np.clip((c[JAW] - 0.2 * hw) / (0.3 * hw), 0, 1) * np.clip(1 - (u / (0.62 * hw)) ** 2, 0, 1)
+        lt_alpha = step(lt_h - d_lo, 1.6) * step(d_lo, 1.2) * (lt_h > 0.3)
+        lt_shade = self.lower_pattern[win] * (0.42 + 0.2 * np.clip(d_lo / np.maximum(lt_h, 1.0), 0, 1))
+        layer += (p.teeth * lt_shade[..., None] - layer) * lt_alpha[..., None]
+        # upper teeth are fixed to the skull (texture precomputed); the upper lip shades their top
+        ua = self.upper_alpha[win]
+        lip_shadow = 0.62 + 0.38 * smoothstep(0.0, 0.12 * hw + 1.5, d_up)
+        layer = layer * (1 - ua[..., None]) + self.upper_rgb[win] * lip_shadow[..., None]
         reg = region[self.sub][win]
         a = alpha[..., None]
         reg[...] = np.clip(reg * (1 - a) + layer * a + 0.5, 0, 255).astype(np.uint8)
