@@ -74,3 +74,67 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+
+
+class RoundRobinProxy:
+    """A TCP load balancer on loopback: each new connection goes to the next backend port (TLS
+    passes through untouched, so the servers' certificate for 127.0.0.1 still matches)."""
+
+    def __init__(self, backends: list[int]):
+        import socketserver
+        import threading
+
+        self.backends, self.turn, self.port = list(backends), 0, free_port()
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                outer._pipe(self.request)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def _pipe(self, client) -> None:
+        import socket
+        import threading
+
+        with self.lock:
+            port, self.turn = self.backends[self.turn % len(self.backends)], self.turn + 1
+        try:
+            upstream = socket.create_connection(("127.0.0.1", port), timeout=10)
+        except OSError:
+            return
+        upstream.settimeout(None)
+
+        def copy(src, dst):
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        back = threading.Thread(target=copy, args=(upstream, client), daemon=True)
+        back.start()
+        copy(client, upstream)
+        back.join()
+        upstream.close()
+
+    def __enter__(self) -> "RoundRobinProxy":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

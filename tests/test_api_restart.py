@@ -95,7 +95,8 @@ def test_jobs_survive_sigkill(tmp_path):
 def test_a_worker_process_that_dies_fails_its_job_and_is_replaced(tmp_path):
     """OOM killer or a native crash in one render worker: the server lives on, the job it was
     running fails with worker_crashed (it is not retried: it would likely crash the next one)."""
-    long = {"image_url": data_uri(PORTRAIT, "image/png"), "audio_url": data_uri(_long_wav(tmp_path), "audio/wav")}
+    portrait = data_uri(PORTRAIT, "image/png")
+    long = {"image_url": portrait, "audio_url": data_uri(_long_wav(tmp_path), "audio/wav")}
     server = Server(tmp_path / "data", make_tls(tmp_path / "tls")).start()
     try:
         with server.client() as c:
@@ -106,7 +107,7 @@ def test_a_worker_process_that_dies_fails_its_job_and_is_replaced(tmp_path):
             crashed = wait_terminal(c, victim)
             assert crashed["error_type"] == "worker_crashed", crashed
             assert any("worker process died" in e["message"] for e in crashed["logs"])
-            after = wait_terminal(c, _submit(c, TEXT_ENDPOINT, {"image_url": long["image_url"], "text": "Hi."}))
+            after = wait_terminal(c, _submit(c, TEXT_ENDPOINT, {"image_url": portrait, "text": "Hi."}))
             assert after.get("error") is None, after
             assert worker_processes(server.proc.pid) not in ([], [worker])
     finally:

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from api_helpers import PORTRAIT, TEXT_ENDPOINT, Server, fal_sync_client, make_tls, probe_video
+from api_helpers import PORTRAIT, TEXT_ENDPOINT, Server, fal_sync_client, free_port, make_tls, probe_video
 from deploy_helpers import AWS_ENV, S3Server
 from flashhead.errors import BackendUnavailable, NotFound
 from flashhead.storage.base import READ_BLOCK
@@ -108,14 +108,13 @@ def test_multipart_upload_lands_in_the_bucket(storage, tmp_path):
 
 
 def test_backend_failures_are_backend_unavailable(s3, tmp_path):
+    import boto3
     from botocore.config import Config
 
     gone = S3Storage("no-such-bucket", tmp_path / "st", endpoint_url=s3.endpoint_url)
     with pytest.raises(BackendUnavailable) as err:
         gone.put_bytes(b"x", "text/plain", "a.txt")
     assert err.value.field == "storage"
-    from api_helpers import free_port
-    import boto3
     down = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}", region_name="us-east-1",
                         config=Config(retries={"max_attempts": 1}, connect_timeout=2))
     dead = S3Storage("media", tmp_path / "sd", client=down)

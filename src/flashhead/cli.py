@@ -84,7 +84,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--data-dir", default="./flashhead-data")
     p.add_argument("--ssl-certfile", default=None)
     p.add_argument("--ssl-keyfile", default=None)
-    p.add_argument("--workers", type=int, default=1, help="render worker threads")
+    p.add_argument("--workers", type=int, default=1, help="render worker processes")
     p.add_argument("--renderer", default=None, help="cpu | flashhead-lite | flashhead-pro")
     p.add_argument("--weights-dir", default=None)
     p.set_defaults(func=cmd_serve)

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     public_url: str | None = Field(None, description="base URL used in returned file URLs")
     # Service (flashhead serve)
     workers: int = Field(1, ge=1, description="render workers")
+    worker_mode: str | None = Field(None, description="process | thread; default: process, or thread when "
+                                    "the app is built around given engines (tests)")
+    worker_nice: int = Field(10, ge=0, le=19, description="CPU niceness of worker processes (0 = off)")
     job_store: str = Field("sqlite", description="sqlite (file in data_dir) or a redis:// URL")
     redis_prefix: str = Field("flashhead:", description="key prefix in a shared redis")
     storage: str = Field("local", description="local (data_dir/files) | s3")

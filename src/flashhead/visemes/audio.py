@@ -28,6 +28,7 @@ SMOOTH = 2 * LOOKAHEAD + 1     # Savitzky-Golay window (frames)
 ABS_GATE = 1e-3                # RMS below -60 dBFS is always silence
 HF_SPLIT_HZ = 3500.0
 STATS_FRAMES = 30 * C.FPS      # a stream's statistics use its last 30 s
+QUIET = 0.1                    # frames quieter than this share of the loud reference: lips shut
 
 _FREQS = np.fft.rfftfreq(HOP, 1.0 / C.SAMPLE_RATE)
 _WINDOW = np.hanning(HOP).astype(np.float32)
@@ -118,7 +119,9 @@ def closures(rms: np.ndarray) -> np.ndarray:
 
 def shape(raw: Raw, on: np.ndarray, stats: Stats) -> FrameFeatures:
     """Frame-local mapping to mouth columns, then smoothing. Uses <= LOOKAHEAD frames each side."""
-    level = np.clip((raw.rms - stats.lo) / (stats.ref - stats.lo), 0.0, 1.0) * on
+    quiet_level = max(stats.lo, QUIET * stats.ref)
+    quiet = raw.rms < quiet_level      # murmurs between words: the mouth rests closed
+    level = np.clip((raw.rms - quiet_level) / (stats.ref - quiet_level), 0.0, 1.0) * on
     z = np.log2(np.maximum(raw.centroid, 1.0) / stats.centroid)
     rounding = np.clip(-1.5 * z, 0.0, 1.0) * on
     spread = np.clip(1.5 * z, -1.0, 1.0) * on
@@ -126,7 +129,7 @@ def shape(raw: Raw, on: np.ndarray, stats: Stats) -> FrameFeatures:
     closure = closures(raw.rms) * _near(on)
     smooth = [_smooth(c) for c in (level, spread, rounding, teeth)]
     level, spread, rounding, teeth = (np.where(on, c, 0.0) for c in smooth)
-    open_ = np.clip(level, 0.0, 1.0) * (1.0 - closure)
+    open_ = np.clip(level, 0.0, 1.0) * (1.0 - closure) * ~quiet   # after smoothing: no spill-over
     energy = np.clip(raw.rms / stats.ref, 0.0, 1.0) * on
     cols = dict(open=open_, spread=np.clip(spread, -1, 1), round=np.clip(rounding, 0, 1),
                 closure=closure, teeth=np.clip(teeth, 0, 1), energy=energy, voiced=on)
