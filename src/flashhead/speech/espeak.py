@@ -66,7 +66,6 @@ class _Take:
     events: list  # (sample offset at espeak's rate, phoneme symbol)
 
 
-_LIBC = ctypes.CDLL(None)
 RAND_SEED = 20_240_601
 
 
@@ -112,11 +111,9 @@ class _Espeak:
             if self.rate <= 0:
                 raise BackendUnavailable(f"espeak_Initialize failed ({self.rate})")
             lib.espeak_SetSynthCallback(self._callback)
-            # Its noise generators also draw from libc's process-wide rand(), which other
-            # libraries in the process advance: reset it so the same request sounds the same.
-            _LIBC.srand(RAND_SEED)
-            if hasattr(lib, "espeak_ng_SetRandSeed"):
-                lib.espeak_ng_SetRandSeed(ctypes.c_long(RAND_SEED))
+            # Initialisation seeds espeak's noise generator from the clock, so the same request
+            # would sound different a second later: seed it with a constant instead.
+            lib.espeak_ng_SetRandSeed(ctypes.c_long(RAND_SEED))
             yield lib
         finally:
             lib.espeak_Terminate()
