@@ -72,9 +72,9 @@ RAND_SEED = 20_240_601
 class _Espeak:
     """libespeak-ng, loaded afresh for every synthesis.
 
-    libespeak keeps hidden state that evolves from call to call (its noise generator cannot be
-    reseeded through the API), so the same request would sound slightly different each time.
-    Loading a private copy of the library per request (~4 ms) makes output reproducible.
+    libespeak keeps hidden state that evolves from call to call, and seeds its noise generator
+    from the clock. A private copy of the library per request (~4 ms) resets the first; a
+    constant espeak_ng_SetRandSeed the second. Together they make output reproducible.
     One lock serialises synthesis: the callback and the library are process-global.
     """
 
