@@ -1,11 +1,17 @@
 """The Redis job store behind real `flashhead serve` processes, driven by the unmodified
 fal-client: the queue works on Redis, queued jobs survive a SIGKILL of the server (even onto a
-fresh data dir: they live in Redis), and two servers sharing one Redis and one S3 bucket behind
-a load balancer serve each other's jobs and files (the several-machines deployment)."""
+fresh data dir: they live in Redis; a running one is re-queued once the dead server's lease has
+expired), and two servers sharing one Redis and one S3 bucket behind a load balancer serve each
+other's jobs and files, accept the same API keys and each other's tokens, and leave each other's
+running jobs alone (the several-machines deployment)."""
 from __future__ import annotations
 
 import json
+import secrets
+import subprocess
+import sys
 import time
+import urllib.parse
 
 import httpx
 import pytest
@@ -109,14 +115,16 @@ def _queue_then_restart(server, redis_url, prefix, tls, portrait, tmp_path):
     again = Server(tmp_path / "b", tls, port=server.port, env=_redis_env(redis_url, prefix)).start()
     try:
         fal = fal_sync_client(again)
+        logs = lambda: [e["message"] for e in fal.status(AUDIO_ENDPOINT, running.request_id,  # noqa: E731
+                                                         with_logs=True).logs]
+        # the dead server's lease (FLASHHEAD_JOB_LEASE_S, 10 s) runs out, then its job is re-queued
+        _wait(lambda: any(m.startswith("re-queued") for m in logs()), timeout=60, what="re-queued")
         fal.cancel(AUDIO_ENDPOINT, running.request_id)                  # keep the test short
         done = _completed(fal, waiting.request_id)
         assert done.error is None
         video = fal.result(TEXT_ENDPOINT, waiting.request_id)["video"]
         with again.client() as c:
             assert c.get(video["url"]).status_code == 200
-        log = [e["message"] for e in fal.status(AUDIO_ENDPOINT, running.request_id, with_logs=True).logs]
-        assert any(m.startswith("re-queued") for m in log)              # the running one was recovered
     finally:
         again.stop()
 
@@ -166,8 +174,6 @@ def test_two_servers_share_one_redis_and_one_bucket(redis_url, s3, tls, portrait
             b.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="RedisJobStore.recover() at start-up re-queues every running job, "
-                   "including jobs another live server is rendering (no per-server ownership or lease)")
 def test_starting_a_second_server_leaves_the_first_ones_running_job_alone(redis_url, tls, portrait, tmp_path):
     env = _redis_env(redis_url, f"own{time.monotonic_ns()}:")
     a = Server(tmp_path / "a", tls, env=env).start()
@@ -181,6 +187,73 @@ def test_starting_a_second_server_leaves_the_first_ones_running_job_alone(redis_
         log = [e["message"] for e in job.status(with_logs=True).logs]
         job.cancel()
         assert not any(m.startswith("re-queued") for m in log), log
+    finally:
+        a.stop()
+        b.stop()
+
+
+def _keys_cli(env: dict, data_dir, *args) -> str:
+    import os
+    proc = subprocess.run([sys.executable, "-m", "flashhead", "keys", *args, "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def _realtime_error(server, token: str) -> str:
+    """The error kind the server's realtime socket answers to an unknown message type:
+    UNAUTHORIZED if the token was refused, INVALID_INPUT once it was accepted."""
+    import msgpack
+    from websockets.sync.client import connect
+
+    url = f"wss://127.0.0.1:{server.port}/{TEXT_ENDPOINT}/realtime?fal_jwt_token={token}"
+    with connect(url, ssl=server.ssl_context(), open_timeout=30) as ws:
+        try:
+            ws.send(msgpack.packb({"type": "no-such-type"}))
+        except Exception:                     # refused: the server already closed it
+            pass
+        return json.loads(ws.recv(timeout=30))["error"]
+
+
+def test_two_servers_share_api_keys_and_token_secret(redis_url, tls, tmp_path):
+    env = {**_redis_env(redis_url, f"auth{time.monotonic_ns()}:"), "FLASHHEAD_JWT_SECRET": secrets.token_hex(32),
+           "FLASHHEAD_TEST_FAKE_CHUNK_S": "0.01"}
+    key = _keys_cli(env, tmp_path / "admin", "create", "--alias", "shared")   # once, on any machine
+    other = _keys_cli(env, tmp_path / "admin", "create")          # (so that auth stays on after a revoke)
+    assert not (tmp_path / "admin" / "keys.db").exists()                        # it went to redis
+    a, b = (Server(tmp_path / n, tls, env=env, fake_generate=True) for n in "ab")
+    try:
+        a.start()
+        b.start()
+        good = {"Authorization": f"Key {key}"}
+        with a.client(headers=good) as ca, b.client(headers=good) as cb:
+            for c in (ca, cb):
+                r = c.post("/rest/tokens/", json={"allowed_apps": ["flashhead"]},
+                           headers={"Authorization": f"Key {key.split(':')[0]}:wrong"})
+                assert r.status_code == 401 and c.get("/health").json()["auth"] is True
+            rid = ca.post(f"/queue/{TEXT_ENDPOINT}", json={"image_url": "data:,x", "text": "hi"}).json()["request_id"]
+            assert cb.get(f"/queue/{TEXT_ENDPOINT}/requests/{rid}/status").status_code in (200, 202)
+
+            token = ca.post("/rest/tokens/", json={"allowed_apps": ["flashhead"]}).json()    # realtime JWT by A
+            assert _realtime_error(b, token) == "INVALID_INPUT"                              # accepted by B
+            assert _realtime_error(b, token[:-4] + "AAAA") == "UNAUTHORIZED"
+
+            cdn = ca.post("/rest/storage/auth/token").json()["token"]                        # CDN token by A
+            up = cb.post("/cdn/files/upload", content=b"shared", headers={"Authorization": f"Bearer {cdn}",
+                                                                          "Content-Type": "text/plain"})
+            assert up.status_code == 200, up.text
+            signed = ca.post("/rest/storage/upload/initiate",                              # signed URL by A
+                             json={"content_type": "text/plain", "file_name": "a.txt"}).json()["upload_url"]
+            parts = urllib.parse.urlsplit(signed)
+            put = cb.put(f"{parts.path}?{parts.query}", content=b"hello", headers={"Content-Type": "text/plain"})
+            assert put.status_code == 200, put.text                                          # PUT on B
+
+        assert "revoked" in _keys_cli(env, tmp_path / "admin", "revoke", key.split(":")[0])
+        for server in (a, b):                                                                # gone on both
+            with server.client(headers=good) as c:
+                assert c.post("/rest/storage/auth/token").status_code == 401
+                assert c.post("/rest/storage/auth/token",
+                              headers={"Authorization": f"Key {other}"}).status_code == 200
     finally:
         a.stop()
         b.stop()

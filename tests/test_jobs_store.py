@@ -169,3 +169,96 @@ def test_an_older_sqlite_file_gains_the_hook_marker_without_rerunning_hooks(tmp_
     assert s.take_terminal() == []                 # its hooks ran when it finished
     s.request_cancel(pending.id)
     assert [j.id for j in s.take_terminal()] == [pending.id]
+
+
+def _eventually(produce, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := produce():
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"nothing after {timeout} s")
+
+
+def test_claims_record_the_owner_whose_own_sweep_leaves_them_alone(make_store):
+    s = make_store()
+    job = s.submit(_new())
+    s.heartbeat()
+    claimed = s.claim()
+    assert claimed.owner == s.instance and s.get(job.id).owner == s.instance
+    assert s.recover() == ([], [])                   # the periodic sweep of the server running it
+    assert s.get(job.id).state is JobState.IN_PROGRESS
+    s.release()                                      # it stops (or its redis lease runs out) ...
+    other = make_store()                             # ... and the next start-up takes the job back
+    assert other.instance != s.instance
+    requeued, _ = other.recover()
+    assert [j.id for j in requeued] == [job.id] and requeued[0].owner is None
+
+
+def _redis(url, prefix, lease_s=0.5):
+    from flashhead.jobs.redis import RedisJobStore
+    return RedisJobStore(url, prefix=prefix, lease_s=lease_s)
+
+
+def test_redis_leases_protect_a_live_servers_jobs_until_they_expire(redis_url):
+    prefix = f"lease{time.monotonic_ns()}:"
+    a, b = _redis(redis_url, prefix), _redis(redis_url, prefix)
+    a.heartbeat()
+    job, waiting = a.submit(_new()), a.submit(_new(n=1))
+    assert a.claim().id == job.id
+    assert b.recover() == ([], [])                   # b starts while a renders: a's job stays a's
+    for _ in range(4):                               # a renews its lease past its first expiry
+        time.sleep(0.2)
+        a.heartbeat()
+        assert b.recover() == ([], []) and b.get(job.id).owner == a.instance
+    requeued = _eventually(lambda: b.recover()[0])   # a falls silent: b takes its job back
+    assert [j.id for j in requeued] == [job.id]
+    assert b.get(job.id).state is JobState.IN_QUEUE and b.queue_position(job.id) == 0
+    assert b.queue_position(waiting.id) == 1 and b.get(job.id).attempts == 1
+    b.heartbeat()
+    assert b.claim().owner == b.instance and b.recover() == ([], [])
+    c = _redis(redis_url, prefix)
+    b.release()                                      # b shuts down with it running: an orphan at once
+    requeued, failed = c.recover()
+    assert requeued == [] and [j.id for j in failed] == [job.id]
+    assert failed[0].state is JobState.FAILED and failed[0].error_type == WORKER_CRASHED
+    assert [j.id for j in c.take_terminal()] == [job.id]
+    assert c.get(waiting.id).state is JobState.IN_QUEUE
+
+
+def test_the_maintenance_thread_renews_the_lease_and_sweeps_orphans(redis_url):
+    from flashhead.jobs.queue import REQUEUED_MESSAGE, JobQueue
+
+    prefix = f"sweep{time.monotonic_ns()}:"
+    a, b = JobQueue(_redis(redis_url, prefix)), JobQueue(_redis(redis_url, prefix))
+    a.recover()
+    a.start()                                        # renews a's lease every 0.1 s
+    b.start()                                        # sweeps for orphans every 0.1 s
+    try:
+        job = a.submit(_new())
+        assert a.store.claim().id == job.id
+        time.sleep(1.5)                              # three times a's lease: still a's
+        assert b.store.get(job.id).state is JobState.IN_PROGRESS
+        a.stop()                                     # a's server stops: releases its lease
+        _eventually(lambda: b.store.get(job.id).state is JobState.IN_QUEUE)
+        assert [e.message for e in b.store.logs(job.id)] == [REQUEUED_MESSAGE]
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_an_older_sqlite_file_gains_the_owner_column(tmp_path):
+    import sqlite3
+
+    s = SqliteJobStore(tmp_path / "jobs.db")
+    job = s.submit(_new())
+    s.claim()
+    s.close()
+    db = sqlite3.connect(tmp_path / "jobs.db")       # as the file was before the `owner` column
+    db.executescript("ALTER TABLE jobs DROP COLUMN owner;")
+    db.close()
+    s = SqliteJobStore(tmp_path / "jobs.db")
+    assert s.get(job.id).owner is None
+    requeued, _ = s.recover()
+    assert [j.id for j in requeued] == [job.id]
+    assert s.claim().owner == s.instance

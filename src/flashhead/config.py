@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     worker_nice: int = Field(10, ge=0, le=19, description="CPU niceness of worker processes (0 = off)")
     job_store: str = Field("sqlite", description="sqlite (file in data_dir) or a redis:// URL")
     redis_prefix: str = Field("flashhead:", description="key prefix in a shared redis")
+    job_lease_s: float = Field(10.0, ge=1, description="redis job store: a server silent this long is "
+                               "gone, and other servers re-queue its running jobs")
+    # Auth state shared by several servers (see README "Several machines")
+    keys_store: str | None = Field(None, description="API keys: sqlite (data_dir/keys.db) | redis (the "
+                                   "job store's redis) | a redis:// URL; default: redis when job_store is")
+    jwt_secret: str | None = Field(None, description="HS256 secret of realtime/upload tokens (32+ chars); "
+                                   "default: data_dir/jwt_secret, or one kept in the keys' redis")
     storage: str = Field("local", description="local (data_dir/files) | s3")
     s3_bucket: str = Field("flashhead", description="S3 bucket (storage=s3)")
     s3_prefix: str = Field("files/", description="key prefix in the bucket")

@@ -47,7 +47,7 @@ def build_context(settings: Settings, engines=None) -> AppContext:
                            on_result=lambda ok: metrics.webhooks.labels("ok" if ok else "error").inc(),
                            check_url=lambda url: _guard(settings, url))
     ctx = AppContext(settings=settings, engines=engines, storage=make_storage(settings),
-                     auth=Auth(data_dir), jobs=JobQueue(store), metrics=metrics, webhooks=outbox,
+                     auth=Auth.from_settings(settings), jobs=JobQueue(store), metrics=metrics, webhooks=outbox,
                      signer=signer)
     ctx.jobs.on_terminal(lambda job: _record_metrics(ctx, job))
     ctx.jobs.on_terminal(lambda job: _enqueue_webhook(ctx, job))

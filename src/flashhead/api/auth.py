@@ -1,13 +1,20 @@
 """API keys (`Authorization: Key id:secret`) and short-lived JWTs (realtime, uploads).
 
-Keys live in {data_dir}/keys.db. A secret is 32 random bytes, so a fast salted SHA-256 is
-as strong as a slow KDF here and keeps every authenticated request cheap; the comparison is
-constant-time. Authentication is on as soon as one unrevoked key exists.
+Keys live in {data_dir}/keys.db (one server), or in redis (several servers: the job store's
+redis by default when jobs are in redis; FLASHHEAD_KEYS_STORE picks). A secret is 32 random
+bytes, so a fast salted SHA-256 is as strong as a slow KDF here and keeps every authenticated
+request cheap; the comparison is constant-time. Authentication is on as soon as one unrevoked
+key exists.
+
+Tokens are HS256 JWTs signed with FLASHHEAD_JWT_SECRET when set (give every server the same
+one), else with a secret kept in the keys' redis (shared by the servers using it), else with
+{data_dir}/jwt_secret (this server only).
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import sqlite3
@@ -18,12 +25,13 @@ from pathlib import Path
 
 import jwt
 
-from flashhead.errors import Unauthorized
+from flashhead.errors import InputError, Unauthorized
 
 TOKEN_TTL_DEFAULT_S = 120
 TOKEN_TTL_MAX_S = 3600
 UPLOAD_TOKEN_TTL_S = 3600
 _ALG = "HS256"
+MIN_SECRET_CHARS = 32            # FLASHHEAD_JWT_SECRET: at least 256 bits' worth for HS256
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS keys (
   id TEXT PRIMARY KEY, salt BLOB NOT NULL, hash BLOB NOT NULL, created_at REAL NOT NULL,
@@ -42,7 +50,9 @@ def _hash(salt: bytes, secret: str) -> bytes:
     return hashlib.sha256(salt + secret.encode()).digest()
 
 
-class KeyStore:
+class SqliteKeyStore:
+    local = True                 # a local file: cheap enough to check on the event loop
+
     def __init__(self, data_dir: str | Path):
         self.path = Path(data_dir) / "keys.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,6 +92,94 @@ class KeyStore:
             return False
         return hmac.compare_digest(_hash(row[0], secret), row[1])
 
+    def shared_secret(self) -> bytes | None:
+        return None              # one server: its data dir keeps the token secret
+
+
+KeyStore = SqliteKeyStore
+
+
+class RedisKeyStore:
+    """The same keys for every server sharing a redis: `{prefix}keys` hash (id -> JSON record
+    with the salted hash, never the secret) and `{prefix}keys:active` set (unrevoked ids)."""
+
+    local = False
+
+    def __init__(self, url: str, prefix: str = "flashhead:"):
+        import redis
+        self.r = redis.Redis.from_url(url, decode_responses=True)
+        self.k, self.active, self.secret_key = prefix + "keys", prefix + "keys:active", prefix + "jwt_secret"
+
+    def create(self, alias: str | None = None) -> str:
+        key_id, secret, salt = secrets.token_hex(8), secrets.token_urlsafe(32), os.urandom(16)
+        record = {"salt": salt.hex(), "hash": _hash(salt, secret).hex(), "created_at": time.time(),
+                  "revoked_at": None, "alias": alias}
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.k, key_id, json.dumps(record))
+        pipe.sadd(self.active, key_id)
+        pipe.execute()
+        return f"{key_id}:{secret}"
+
+    def list(self) -> list[KeyInfo]:
+        keys = [(k, json.loads(v)) for k, v in self.r.hgetall(self.k).items()]
+        return [KeyInfo(k, v["created_at"], v["revoked_at"], v["alias"])
+                for k, v in sorted(keys, key=lambda kv: kv[1]["created_at"])]
+
+    def revoke(self, key_id: str) -> bool:
+        if not self.r.srem(self.active, key_id):   # atomic: one revoker wins
+            return False
+        record = json.loads(self.r.hget(self.k, key_id))
+        self.r.hset(self.k, key_id, json.dumps({**record, "revoked_at": time.time()}))
+        return True
+
+    def has_keys(self) -> bool:
+        return self.r.scard(self.active) > 0
+
+    def verify(self, key_id: str, secret: str) -> bool:
+        raw = self.r.hget(self.k, key_id)
+        record = json.loads(raw) if raw else None
+        if record is None or record["revoked_at"] is not None:
+            _hash(b"\0" * 16, secret)
+            return False
+        return hmac.compare_digest(_hash(bytes.fromhex(record["salt"]), secret), bytes.fromhex(record["hash"]))
+
+    def shared_secret(self) -> bytes:
+        """A token secret made once (the first server to ask) and used by every server here."""
+        self.r.set(self.secret_key, secrets.token_hex(32), nx=True)
+        return self.r.get(self.secret_key).encode()
+
+
+def make_key_store(settings) -> SqliteKeyStore | RedisKeyStore:
+    """FLASHHEAD_KEYS_STORE: sqlite | redis (the job store's) | a redis URL; unset: redis when the
+    job store is redis (several servers must agree on the keys), else sqlite."""
+    from flashhead.jobs.backends import REDIS_SCHEMES, option, redis_url
+
+    spec = option(settings, "keys_store", None)
+    if spec in (None, "redis"):
+        url = redis_url(settings)
+        if url is None and spec == "redis":
+            raise InputError("'redis' needs FLASHHEAD_JOB_STORE=redis://...; or give a redis:// URL",
+                             field="keys_store")
+    elif spec == "sqlite":
+        url = None
+    elif spec.startswith(REDIS_SCHEMES):
+        url = spec
+    else:
+        raise InputError(f"must be sqlite, redis or a redis:// URL, got {spec!r}", field="keys_store")
+    if url is None:
+        return SqliteKeyStore(settings.data_dir)
+    return RedisKeyStore(url, prefix=option(settings, "redis_prefix", "flashhead:"))
+
+
+def token_secret(configured: str | None, keys, data_dir: Path) -> bytes:
+    """FLASHHEAD_JWT_SECRET, else the keys store's shared one, else this data dir's."""
+    if configured:
+        if len(configured) < MIN_SECRET_CHARS:
+            raise InputError(f"must be at least {MIN_SECRET_CHARS} characters (got {len(configured)})",
+                             field="jwt_secret")
+        return configured.encode()
+    return keys.shared_secret() or _server_secret(data_dir)
+
 
 def _server_secret(data_dir: Path) -> bytes:
     path = data_dir / "jwt_secret"
@@ -104,10 +202,17 @@ def _app_alias(app: str) -> str:
 class Auth:
     """What every endpoint (and the streaming helper) uses to check callers."""
 
-    def __init__(self, data_dir: str | Path):
+    def __init__(self, data_dir: str | Path, keys: SqliteKeyStore | RedisKeyStore | None = None,
+                 secret: str | None = None):
+        """Auth(data_dir): keys.db and jwt_secret in data_dir; see from_settings for the rest."""
         self.data_dir = Path(data_dir)
-        self.keys = KeyStore(self.data_dir)
-        self._secret = _server_secret(self.data_dir)
+        self.keys = keys or SqliteKeyStore(self.data_dir)
+        self._secret = token_secret(secret, self.keys, self.data_dir)
+
+    @classmethod
+    def from_settings(cls, settings) -> "Auth":
+        from flashhead.jobs.backends import option
+        return cls(settings.data_dir, make_key_store(settings), option(settings, "jwt_secret", None))
 
     @property
     def enabled(self) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from flashhead.api.auth import Auth
 from flashhead.api.observability import Metrics
@@ -55,6 +56,10 @@ def get_ctx(request: Request) -> AppContext:
 
 async def require_key(request: Request) -> str | None:
     """Dependency: the caller's key id (None when no keys exist); raises Unauthorized.
-    async on purpose: the check is one read of the local keys.db plus a SHA-256 (microseconds),
-    cheaper inline than a hop to the threadpool and back on every request."""
-    return get_ctx(request).auth.check_key_header(request.headers.get("authorization"))
+    async on purpose: with keys.db the check is one read of a local file plus a SHA-256
+    (microseconds), cheaper inline than a hop to the threadpool and back on every request;
+    keys in redis are a network round trip, so that check goes to the threadpool."""
+    auth, header = get_ctx(request).auth, request.headers.get("authorization")
+    if getattr(auth.keys, "local", False):
+        return auth.check_key_header(header)
+    return await run_in_threadpool(auth.check_key_header, header)

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from flashhead.api.auth import KeyStore
+from flashhead.api.auth import make_key_store
 
 DEFAULT_DATA_DIR = Path("./flashhead-data")
 
@@ -29,9 +29,16 @@ def is_loopback(host: str) -> bool:
         return all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
 
 
+def _keys(data_dir: str | Path):
+    """The key store a server on `data_dir` uses: keys.db there, or the shared redis when
+    FLASHHEAD_JOB_STORE (or FLASHHEAD_KEYS_STORE) names one."""
+    from flashhead.config import Settings
+    return make_key_store(Settings(data_dir=Path(data_dir)))
+
+
 def check_exposure(host: str, data_dir: Path) -> None:
     """Refuse to serve an open, unauthenticated API beyond this machine."""
-    if not is_loopback(host) and not KeyStore(data_dir).has_keys():
+    if not is_loopback(host) and not _keys(data_dir).has_keys():
         raise SystemExit(
             f"refusing to listen on {host}: no API keys exist, so anyone who can reach it could use it.\n"
             f"Create one first:  flashhead keys create --data-dir {data_dir}\n"
@@ -58,17 +65,17 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = DEFA
 
 def keys_create(data_dir: str | Path = DEFAULT_DATA_DIR, alias: str | None = None) -> str:
     """Create a key; returns (and the CLI prints, once) "KEY_ID:KEY_SECRET"."""
-    return KeyStore(Path(data_dir)).create(alias)
+    return _keys(data_dir).create(alias)
 
 
 def keys_list(data_dir: str | Path = DEFAULT_DATA_DIR) -> list[dict]:
     fmt = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else None  # noqa: E731
     return [{"id": k.id, "alias": k.alias, "created": fmt(k.created_at), "revoked": fmt(k.revoked_at)}
-            for k in KeyStore(Path(data_dir)).list()]
+            for k in _keys(data_dir).list()]
 
 
 def keys_revoke(data_dir: str | Path, key_id: str) -> bool:
-    return KeyStore(Path(data_dir)).revoke(key_id)
+    return _keys(data_dir).revoke(key_id)
 
 
 def main(argv: list[str] | None = None) -> int:

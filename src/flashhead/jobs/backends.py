@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from flashhead.config import Settings
+from flashhead.jobs.store import LEASE_S
 
 
 def option(settings: Settings, name: str, default, cast=str):
@@ -16,13 +17,24 @@ def option(settings: Settings, name: str, default, cast=str):
     return default if value in (None, "") else cast(value)
 
 
-def make_store(settings: Settings):
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def redis_url(settings: Settings) -> str | None:
+    """The job store's redis URL, or None when jobs live in SQLite."""
     spec = option(settings, "job_store", "sqlite")
-    if spec.startswith(("redis://", "rediss://", "unix://")):
+    return spec if spec.startswith(REDIS_SCHEMES) else None
+
+
+def make_store(settings: Settings, instance: str | None = None):
+    """instance: the server's id (flashhead.jobs.store.new_instance_id); its worker processes
+    pass their server's, so that their claims belong to it. None: a new one."""
+    if url := redis_url(settings):
         from flashhead.jobs.redis import RedisJobStore
-        return RedisJobStore(spec, prefix=option(settings, "redis_prefix", "flashhead:"))
+        return RedisJobStore(url, prefix=option(settings, "redis_prefix", "flashhead:"), instance=instance,
+                             lease_s=option(settings, "job_lease_s", LEASE_S, float))
     from flashhead.jobs.sqlite import SqliteJobStore
-    return SqliteJobStore(Path(settings.data_dir) / "jobs.db")
+    return SqliteJobStore(Path(settings.data_dir) / "jobs.db", instance=instance)
 
 
 def make_storage(settings: Settings):

@@ -12,8 +12,10 @@ control lines and restarts it if it dies.
     stdout  child -> parent, one line each: "ready" | "error <text>" | "claim <job id>" | "idle".
             The child points its own fd 1 at stderr, so a stray print cannot garble them.
 
-A worker dies with the API process (PR_SET_PDEATHSIG, and the stdin end of file): its job stays
-IN_PROGRESS, and the next start-up's recovery re-queues it. A worker that dies on its own
+A worker claims jobs on behalf of its server (`--instance`: the API process's instance id, see
+flashhead.jobs.store), whose API process holds the lease. A worker dies with the API process
+(PR_SET_PDEATHSIG, and the stdin end of file): its job stays IN_PROGRESS, and the next
+start-up's recovery (or, with Redis, another server once the lease expired) re-queues it. A worker that dies on its own
 (OOM-killed, a crash in native code) fails its job with error_type "worker_crashed" (it would
 most likely crash the next worker too) and is restarted.
 Terminal hooks (webhook, metrics) run in the API process: see flashhead.jobs.queue.
@@ -98,7 +100,7 @@ class ProcessWorkerPool:
     def _spawn(self, i: int) -> subprocess.Popen:
         env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json()}
         proc = subprocess.Popen([sys.executable, "-m", "flashhead.jobs.processes", "--parent-pid",
-                                 str(os.getpid()), "--index", str(i)],
+                                 str(os.getpid()), "--index", str(i), "--instance", self.queue.store.instance],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         os.set_blocking(proc.stdin.fileno(), False)   # a wake-up never blocks the API process
         return proc
@@ -185,13 +187,13 @@ def _tell(ctl, line: str) -> None:
         os._exit(1)
 
 
-def _build_pool(settings: Settings):
+def _build_pool(settings: Settings, instance: str):
     from flashhead.jobs.backends import make_storage, make_store
     from flashhead.jobs.worker import WorkerPool
     from flashhead.pipeline import Engines
 
     engines = Engines.create(settings)
-    queue = JobQueue(make_store(settings), dispatch=False)    # the API process runs the hooks
+    queue = JobQueue(make_store(settings, instance), dispatch=False)   # the API process runs the hooks
     return WorkerPool(queue, make_storage(settings), engines, Path(settings.data_dir) / "work",
                       threads=1, poll_s=POLL_S)
 
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flashhead.jobs.processes")
     p.add_argument("--parent-pid", type=int, required=True)
     p.add_argument("--index", type=int, default=0)
+    p.add_argument("--instance", required=True, help="the server's instance id: claims belong to it")
     a = p.parse_args(argv)
     ctl = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
         os.nice(option(settings, "worker_nice", WORKER_NICE, int))
-        pool = _build_pool(settings)
+        pool = _build_pool(settings, a.instance)
     except Exception as exc:
         log.exception("render worker start-up failed", extra={"worker": a.index})
         _tell(ctl, f"error {type(exc).__name__}: {exc}")

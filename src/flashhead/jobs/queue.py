@@ -5,10 +5,13 @@ marks each terminal job when it hands it out (JobStore.take_terminal), so it doe
 which process made the job terminal (a render worker process, the deadline sweep, a cancel).
 Transitions made in this process dispatch at once; the maintenance thread picks up the rest
 (worker processes) every DISPATCH_INTERVAL_S, and so does every /metrics scrape.
-Restart policy (see recover): a job found IN_PROGRESS at start-up was running when the
-process died. It is re-queued once (attempts < MAX_ATTEMPTS, its start deadline dropped);
-a job that was already re-run is failed with error_type "worker_crashed", so a request that
-crashes the server cannot crash it forever.
+Restart policy (see recover): a job left IN_PROGRESS by a server that is gone (with SQLite:
+a previous run on this data dir; with Redis: a server whose lease expired, see
+flashhead.jobs.redis) was running when that server died. It is re-queued once (attempts <
+MAX_ATTEMPTS, its start deadline dropped); a job that was already re-run is failed with
+error_type "worker_crashed", so a request that crashes the server cannot crash it forever.
+The maintenance thread renews this server's lease every LEASE_REFRESH_S and sweeps for
+orphans every ORPHAN_SWEEP_S, so a surviving server takes over a dead one's jobs.
 """
 from __future__ import annotations
 
@@ -19,12 +22,13 @@ from typing import Callable
 
 from flashhead.errors import QueueFull
 from flashhead.jobs.state import JobState
-from flashhead.jobs.store import CancelOutcome, Job, JobStore, NewJob
+from flashhead.jobs.store import LEASE_S, CancelOutcome, Job, JobStore, NewJob
 
 log = logging.getLogger("flashhead.jobs")
 TerminalHook = Callable[[Job], None]
 MAINTENANCE_INTERVAL_S = 0.25      # deadline sweep
 DISPATCH_INTERVAL_S = 0.1          # terminal hooks of jobs finished by other processes
+REQUEUED_MESSAGE = "re-queued: the server running this request stopped"
 
 
 class JobQueue:
@@ -79,10 +83,11 @@ class JobQueue:
         return [self._terminal(j) for j in self.store.expire_overdue()]
 
     def recover(self) -> tuple[list[Job], list[Job]]:
+        """Take back orphans (see the module doc). At start-up: call it before any worker runs."""
+        self.store.heartbeat()              # our own claims are never anybody's orphans
         requeued, failed = self.store.recover()
         for j in requeued:
-            self.store.append_log(j.id, "re-queued: the server restarted while this request was running",
-                                  "WARN")
+            self.store.append_log(j.id, REQUEUED_MESSAGE, "WARN")
         for j in failed:
             self._terminal(j)
         if requeued or failed:
@@ -95,17 +100,30 @@ class JobQueue:
         self._thread.start()
 
     def stop(self) -> None:
+        """After the workers have stopped: a job they left running is an orphan at once."""
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
+        try:
+            self.store.release()
+        except Exception:
+            log.exception("could not release the lease")
 
     def _maintain(self) -> None:
-        last_sweep = 0.0
+        lease_every = getattr(self.store, "lease_s", LEASE_S) / 5     # LEASE_REFRESH_S, ORPHAN_SWEEP_S
+        last = {"deadlines": 0.0, "lease": time.monotonic(), "orphans": time.monotonic()}
+        due = lambda what, every: time.monotonic() - last[what] >= every  # noqa: E731
         while not self._stop.wait(DISPATCH_INTERVAL_S):
             try:
-                if time.monotonic() - last_sweep >= MAINTENANCE_INTERVAL_S:
-                    last_sweep = time.monotonic()
+                if due("lease", lease_every):
+                    last["lease"] = time.monotonic()
+                    self.store.heartbeat()
+                if due("deadlines", MAINTENANCE_INTERVAL_S):
+                    last["deadlines"] = time.monotonic()
                     self.expire_overdue()
+                if due("orphans", lease_every):
+                    last["orphans"] = time.monotonic()
+                    self.recover()
                 self.dispatch_terminal()
             except Exception:
                 log.exception("job maintenance failed")

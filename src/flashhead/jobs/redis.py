@@ -1,9 +1,16 @@
-"""Redis job store (redis-py): for several API processes sharing one queue.
+"""Redis job store (redis-py): for several servers (API processes) sharing one queue.
 
 Layout under a key prefix: `job:{id}` hash, `queue` sorted set (score = priority, then
 submit order), `deadlines` sorted set, `running` set, `logs:{id}` list, `seq` counter,
-`terminal` list (jobs whose terminal hooks have not run yet; see take_terminal).
+`terminal` list (jobs whose terminal hooks have not run yet; see take_terminal),
+`alive:{instance}` one key per live server, with a TTL of LEASE_S (see heartbeat).
 Every state change is one Lua script, so it is atomic.
+
+Ownership: claim() writes the claiming server's instance id into the job's `owner` field.
+recover() (at start-up and every ORPHAN_SWEEP_S) takes back only the running jobs whose
+owner's `alive:` key has expired, so a server that starts or sweeps never touches the jobs
+another live server is rendering. If a server stalls for longer than LEASE_S its job may be
+re-run elsewhere; whichever run finishes first sets the result (finish is once-only).
 """
 from __future__ import annotations
 
@@ -12,8 +19,8 @@ import json
 import redis as redis_lib
 
 from flashhead.jobs.state import JobState, Priority
-from flashhead.jobs.store import (MAX_ATTEMPTS, TIMEOUT_TYPE, WORKER_CRASHED, CancelOutcome, Job, LogEntry,
-                                  NewJob, now)
+from flashhead.jobs.store import (LEASE_S, MAX_ATTEMPTS, TIMEOUT_TYPE, WORKER_CRASHED, CancelOutcome, Job,
+                                  LogEntry, NewJob, new_instance_id, now)
 
 _SEQ_SPAN = 2 ** 40   # score = priority * span + seq keeps "priority, then order"
 
@@ -27,7 +34,7 @@ for _, id in ipairs(ids) do
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZREM', KEYS[3], id)
     redis.call('SADD', KEYS[2], id)
-    redis.call('HSET', k, 'state', 'IN_PROGRESS', 'started_at', ARGV[1])
+    redis.call('HSET', k, 'state', 'IN_PROGRESS', 'started_at', ARGV[1], 'owner', ARGV[3])
     redis.call('HINCRBY', k, 'attempts', 1)
     return id
   end
@@ -48,6 +55,33 @@ redis.call('RPUSH', KEYS[5], ARGV[1])
 return 1
 """
 
+# An orphan: KEYS as _TRANSITION plus the owner's alive key. ARGV: id, owner read before
+# ('' for none), max attempts, now, seq span, worker_crashed error type. Re-checked here, so a
+# job that was re-claimed or finished meanwhile, or whose owner came back, is left alone.
+_ORPHAN = """
+local k = KEYS[1]
+if redis.call('HGET', k, 'state') ~= 'IN_PROGRESS' then redis.call('SREM', KEYS[3], ARGV[1]) return false end
+if (redis.call('HGET', k, 'owner') or '') ~= ARGV[2] or redis.call('EXISTS', KEYS[6]) == 1 then return false end
+redis.call('SREM', KEYS[3], ARGV[1])
+if redis.call('HGET', k, 'cancel_requested') == '1' then
+  redis.call('HSET', k, 'state', 'CANCELLED', 'finished_at', ARGV[4], 'error', 'the request was cancelled',
+             'error_type', 'cancelled')
+elseif tonumber(redis.call('HGET', k, 'attempts') or '0') >= tonumber(ARGV[3]) then
+  redis.call('HSET', k, 'state', 'FAILED', 'finished_at', ARGV[4], 'error_type', ARGV[6],
+             'error', 'the server stopped while this request was running')
+else
+  -- it already met its start deadline once, so the deadline is dropped
+  redis.call('HSET', k, 'state', 'IN_QUEUE')
+  redis.call('HDEL', k, 'started_at', 'deadline', 'owner')
+  local score = tonumber(redis.call('HGET', k, 'priority')) * tonumber(ARGV[5]) + tonumber(redis.call('HGET', k, 'seq'))
+  redis.call('ZADD', KEYS[2], string.format('%.0f', score), ARGV[1])
+  return 'requeued'
+end
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('RPUSH', KEYS[5], ARGV[1])
+return 'terminal'
+"""
+
 _TAKE = """
 local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 redis.call('LTRIM', KEYS[1], #ids, -1)
@@ -57,15 +91,19 @@ return ids
 _FIELDS_JSON = ("input", "result")
 _FIELDS = ("id", "endpoint", "state", "priority", "seq", "created_at", "deadline", "started_at",
            "finished_at", "attempts", "cancel_requested", "result", "error", "error_type",
-           "webhook_url", "base_url", "key_id")
+           "webhook_url", "base_url", "key_id", "owner")
 
 
 class RedisJobStore:
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "flashhead:"):
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "flashhead:", *,
+                 instance: str | None = None, lease_s: float = LEASE_S):
         self.r = redis_lib.Redis.from_url(url, decode_responses=True)
         self.p = prefix
+        self.instance = instance or new_instance_id()
+        self.lease_s = lease_s
         self._claim = self.r.register_script(_CLAIM)
         self._transition = self.r.register_script(_TRANSITION)
+        self._orphan = self.r.register_script(_ORPHAN)
         self._take = self.r.register_script(_TAKE)
 
     def _k(self, *parts: str) -> str:
@@ -115,7 +153,7 @@ class RedisJobStore:
     def claim(self, now_s: float | None = None) -> Job | None:
         t = now() if now_s is None else now_s
         job_id = self._claim(keys=[self._k("queue"), self._k("running"), self._k("deadlines")],
-                             args=[repr(t), self._k("job", "")])
+                             args=[repr(t), self._k("job", ""), self.instance])
         return self.get(job_id) if job_id else None
 
     def _move(self, job_id: str, from_states: tuple[JobState, ...], **fields) -> Job | None:
@@ -176,31 +214,29 @@ class RedisJobStore:
                 self.r.zrem(self._k("deadlines"), job_id)
         return out
 
-    def recover(self) -> tuple[list[Job], list[Job]]:
-        requeued, failed = [], []
-        for job_id in self.r.smembers(self._k("running")):
-            job = self.get(job_id)
-            if job is None:
-                self.r.srem(self._k("running"), job_id)
-            elif job.cancel_requested:
-                failed.append(self.finish(job_id, JobState.CANCELLED, error="the request was cancelled",
-                                          error_type="cancelled"))
-            elif job.attempts < MAX_ATTEMPTS:
-                self._requeue(job)
-                requeued.append(self.get(job_id))
-            else:
-                failed.append(self.finish(job_id, JobState.FAILED, error_type=WORKER_CRASHED,
-                                          error="the server stopped while this request was running"))
-        return requeued, [j for j in failed if j is not None]
+    def heartbeat(self) -> None:
+        self.r.set(self._k("alive", self.instance), repr(now()), px=max(1, int(self.lease_s * 1000)))
 
-    def _requeue(self, job: Job) -> None:
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self._k("job", job.id), "state", JobState.IN_QUEUE.value)
-        # it already met its start deadline once, so the deadline is dropped
-        pipe.hdel(self._k("job", job.id), "started_at", "deadline")
-        pipe.srem(self._k("running"), job.id)
-        pipe.zadd(self._k("queue"), {job.id: int(job.priority) * _SEQ_SPAN + job.seq})
-        pipe.execute()
+    def release(self) -> None:
+        self.r.delete(self._k("alive", self.instance))
+
+    def recover(self) -> tuple[list[Job], list[Job]]:
+        """Running jobs of instances whose lease expired -> (re-queued, failed or cancelled)."""
+        requeued, failed = [], []
+        running = list(self.r.smembers(self._k("running")))
+        owners = self.r.pipeline(transaction=False)
+        for job_id in running:
+            owners.hget(self._k("job", job_id), "owner")
+        for job_id, owner in zip(running, owners.execute()):
+            owner = owner or ""
+            if owner == self.instance:            # this server is alive: it is running it
+                continue
+            outcome = self._orphan(keys=[*self._job_keys(job_id), self._k("alive", owner)],
+                                   args=[job_id, owner, MAX_ATTEMPTS, repr(now()), _SEQ_SPAN, WORKER_CRASHED])
+            if outcome:
+                job = self.get(job_id)
+                (requeued if outcome == "requeued" else failed).append(job)
+        return requeued, failed
 
     def close(self) -> None:
         self.r.close()
@@ -215,4 +251,4 @@ def _hash_to_job(h: dict) -> Job:
         attempts=int(h.get("attempts", 0)), cancel_requested=h.get("cancel_requested") == "1",
         result=json.loads(h["result"]) if "result" in h else None, error=h.get("error"),
         error_type=h.get("error_type"), webhook_url=h.get("webhook_url"),
-        base_url=h.get("base_url", ""), key_id=h.get("key_id"))
+        base_url=h.get("base_url", ""), key_id=h.get("key_id"), owner=h.get("owner"))

@@ -4,6 +4,10 @@ Several processes share the file (the API process and its render worker processe
 write is one BEGIN IMMEDIATE transaction, connections wait up to BUSY_TIMEOUT_S for the lock,
 and claim() is a single UPDATE ... WHERE id = (SELECT ...) RETURNING, so two workers never
 claim the same job.
+
+Ownership is trivial here: one server per data dir, so at start-up every job a previous
+instance left IN_PROGRESS is an orphan (no leases, heartbeat is a no-op); claim() still records
+the owner, so the periodic sweep leaves this server's own running jobs alone.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from pathlib import Path
 
 from flashhead.jobs.state import JobState, Priority
 from flashhead.jobs.store import (MAX_ATTEMPTS, TIMEOUT_TYPE, WORKER_CRASHED, CancelOutcome, Job, LogEntry,
-                                  NewJob, now)
+                                  NewJob, new_instance_id, now)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -24,7 +28,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   deadline REAL, started_at REAL, finished_at REAL, attempts INTEGER NOT NULL DEFAULT 0,
   cancel_requested INTEGER NOT NULL DEFAULT 0, result TEXT, error TEXT, error_type TEXT,
   webhook_url TEXT, base_url TEXT NOT NULL DEFAULT '', key_id TEXT,
-  hooked INTEGER NOT NULL DEFAULT 0);
+  hooked INTEGER NOT NULL DEFAULT 0, owner TEXT);
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority, seq);
 CREATE TABLE IF NOT EXISTS logs (
   job_id TEXT NOT NULL, ts REAL NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL);
@@ -37,7 +41,7 @@ _Q, _P = JobState.IN_QUEUE.value, JobState.IN_PROGRESS.value
 # status polls skip the input column: it can hold megabytes of data: URIs
 _NO_INPUT = ("seq, id, endpoint, '{}' AS input, state, priority, created_at, deadline, started_at,"
              " finished_at, attempts, cancel_requested, result, error, error_type, webhook_url,"
-             " base_url, key_id")
+             " base_url, key_id, owner")
 _TERMINAL = tuple(s.value for s in JobState if s.is_terminal())
 
 
@@ -49,26 +53,31 @@ def _row_to_job(r: sqlite3.Row) -> Job:
         attempts=r["attempts"], cancel_requested=bool(r["cancel_requested"]),
         result=json.loads(r["result"]) if r["result"] else None, error=r["error"],
         error_type=r["error_type"], webhook_url=r["webhook_url"], base_url=r["base_url"],
-        key_id=r["key_id"])
+        key_id=r["key_id"], owner=r["owner"])
 
 
 class SqliteJobStore:
     local_reads = True        # reads hit a local file and never wait for a writer (WAL)
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, instance: str | None = None):
         self.path = Path(path)
+        self.instance = instance or new_instance_id()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._db().executescript(SCHEMA)
         self._migrate()
 
     def _migrate(self) -> None:
-        """Files made before the `hooked` column: their terminal jobs had their hooks run."""
+        """Files made before the `hooked` column: their terminal jobs had their hooks run.
+        Files made before the `owner` column: no owner (any running job is an orphan)."""
         with self._tx() as db:
-            if "hooked" not in {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}:
+            columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
+            if "hooked" not in columns:
                 db.execute("ALTER TABLE jobs ADD COLUMN hooked INTEGER NOT NULL DEFAULT 0")
                 db.execute(f"UPDATE jobs SET hooked = 1 WHERE state IN ({','.join('?' * len(_TERMINAL))})",
                            _TERMINAL)
+            if "owner" not in columns:
+                db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
             db.execute(_HOOK_INDEX)
 
     def _db(self) -> sqlite3.Connection:
@@ -116,10 +125,10 @@ class SqliteJobStore:
         t = now() if now_s is None else now_s
         with self._tx() as db:
             r = db.execute(
-                "UPDATE jobs SET state = ?, started_at = ?, attempts = attempts + 1 WHERE id = ("
+                "UPDATE jobs SET state = ?, started_at = ?, attempts = attempts + 1, owner = ? WHERE id = ("
                 " SELECT id FROM jobs WHERE state = ? AND cancel_requested = 0"
                 " AND (deadline IS NULL OR deadline > ?) ORDER BY priority, seq LIMIT 1)"
-                " RETURNING *", (_P, t, _Q, t)).fetchone()
+                " RETURNING *", (_P, t, self.instance, _Q, t)).fetchone()
         return _row_to_job(r) if r else None
 
     def finish(self, job_id: str, state: JobState, *, result: dict | None = None,
@@ -183,23 +192,33 @@ class SqliteJobStore:
                  TIMEOUT_TYPE, _Q, t)).fetchall()
         return [_row_to_job(r) for r in rows]
 
+    def heartbeat(self) -> None:
+        """No leases: only one server uses a data dir."""
+
+    def release(self) -> None:
+        """No leases: only one server uses a data dir."""
+
     def recover(self) -> tuple[list[Job], list[Job]]:
+        """Every job IN_PROGRESS that another (hence dead) instance claimed is an orphan."""
+        orphan = "state = ? AND (owner IS NULL OR owner != ?)"
+        mine = (_P, self.instance)
+        if self._db().execute(f"SELECT 1 FROM jobs WHERE {orphan} LIMIT 1", mine).fetchone() is None:
+            return [], []                   # the periodic sweep: nothing to do, no write lock taken
         # A re-queued job already met its start deadline once, so the deadline is dropped.
         with self._tx() as db:
             cancelled = db.execute(
-                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_type = ?"
-                " WHERE state = ? AND cancel_requested = 1 RETURNING *",
-                (JobState.CANCELLED.value, now(), "the request was cancelled", "cancelled",
-                 _P)).fetchall()
+                f"UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_type = ?"
+                f" WHERE {orphan} AND cancel_requested = 1 RETURNING *",
+                (JobState.CANCELLED.value, now(), "the request was cancelled", "cancelled", *mine)).fetchall()
             requeued = db.execute(
-                "UPDATE jobs SET state = ?, started_at = NULL, deadline = NULL"
-                " WHERE state = ? AND attempts < ?"
-                " AND cancel_requested = 0 RETURNING *", (_Q, _P, MAX_ATTEMPTS)).fetchall()
+                f"UPDATE jobs SET state = ?, started_at = NULL, deadline = NULL, owner = NULL"
+                f" WHERE {orphan} AND attempts < ? AND cancel_requested = 0 RETURNING *",
+                (_Q, *mine, MAX_ATTEMPTS)).fetchall()
             failed = db.execute(
-                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_type = ?"
-                " WHERE state = ? RETURNING *",
-                (JobState.FAILED.value, now(),
-                 "the server stopped while this request was running", WORKER_CRASHED, _P)).fetchall()
+                f"UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_type = ? WHERE {orphan}"
+                f" RETURNING *", (JobState.FAILED.value, now(),
+                                  "the server stopped while this request was running", WORKER_CRASHED,
+                                  *mine)).fetchall()
         return ([_row_to_job(r) for r in requeued],
                 [_row_to_job(r) for r in (*cancelled, *failed)])
 

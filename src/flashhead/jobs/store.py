@@ -10,13 +10,24 @@ from typing import Protocol
 from flashhead.errors import Cancelled, Timeout
 from flashhead.jobs.state import JobState, Priority
 
-# A job found IN_PROGRESS at start-up was interrupted by a crash. It is re-queued while
-# attempts < MAX_ATTEMPTS, otherwise failed with this error_type (see JobStore.recover).
+# A job left IN_PROGRESS by a server that is gone was interrupted by a crash. It is re-queued
+# while attempts < MAX_ATTEMPTS, otherwise failed with this error_type (see JobStore.recover).
 MAX_ATTEMPTS = 2
 WORKER_CRASHED = "worker_crashed"
 TIMEOUT_TYPE = Timeout.error_type          # start deadline missed
 CANCELLED_TYPE = Cancelled.error_type
 LOG_LEVELS = ("STDERR", "STDOUT", "ERROR", "INFO", "WARN", "DEBUG")
+# Ownership (several servers sharing one redis): every claim records the claiming server's
+# instance id, and every server keeps an "alive" key with this TTL, refreshed every
+# LEASE_REFRESH_S by its API process. Running jobs of an instance whose key expired are orphans.
+LEASE_S = 10.0
+LEASE_REFRESH_S = LEASE_S / 5
+ORPHAN_SWEEP_S = LEASE_S / 5       # how often a live server looks for other servers' orphans
+
+
+def new_instance_id() -> str:
+    """One per server start: worker processes claim jobs on behalf of their server's id."""
+    return uuid.uuid4().hex
 
 
 @dataclass
@@ -53,6 +64,7 @@ class Job:
     webhook_url: str | None = None
     base_url: str = ""
     key_id: str | None = None
+    owner: str | None = None            # instance id of the server that claimed it last
 
     @property
     def inference_time(self) -> float | None:
@@ -80,7 +92,12 @@ class CancelOutcome:
 
 
 class JobStore(Protocol):
-    """Durable job storage. Every method is safe to call from many threads."""
+    """Durable job storage. Every method is safe to call from many threads.
+
+    `instance` names the server (its API process and its worker processes share one id);
+    claim() records it as the job's owner."""
+
+    instance: str
 
     def submit(self, new: NewJob) -> Job: ...
     def get(self, job_id: str, *, with_input: bool = True) -> Job | None:
@@ -89,7 +106,8 @@ class JobStore(Protocol):
     def queue_depth(self) -> int: ...
     def running_count(self) -> int: ...
     def claim(self, now: float | None = None) -> Job | None:
-        """Atomically move the next runnable job (priority, then submit order) to IN_PROGRESS."""
+        """Atomically move the next runnable job (priority, then submit order) to IN_PROGRESS,
+        owned by this instance."""
     def finish(self, job_id: str, state: JobState, *, result: dict | None = None,
                error: str | None = None, error_type: str | None = None) -> Job | None:
         """Move a job to a terminal state; returns None if it was already terminal."""
@@ -102,8 +120,14 @@ class JobStore(Protocol):
     def logs(self, job_id: str) -> list[LogEntry]: ...
     def expire_overdue(self, now: float | None = None) -> list[Job]:
         """Queued jobs whose start deadline passed -> TIMED_OUT; returns them."""
+    def heartbeat(self) -> None:
+        """Renew this instance's lease (LEASE_S); the API process calls it every LEASE_REFRESH_S."""
+    def release(self) -> None:
+        """Give up this instance's lease at shutdown: its leftover running jobs are orphans at once."""
     def recover(self) -> tuple[list[Job], list[Job]]:
-        """At start-up: jobs left IN_PROGRESS by a crash -> (re-queued, failed)."""
+        """Orphans -> (re-queued, failed): jobs IN_PROGRESS whose owner is another instance
+        whose lease ran out (sqlite: any other instance; one server per data dir). Called at
+        start-up, before any worker runs, and every ORPHAN_SWEEP_S after."""
     def close(self) -> None: ...
 
 

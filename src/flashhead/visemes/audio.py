@@ -28,6 +28,7 @@ SMOOTH = 2 * LOOKAHEAD + 1     # Savitzky-Golay window (frames)
 ABS_GATE = 1e-3                # RMS below -60 dBFS is always silence
 HF_SPLIT_HZ = 3500.0
 STATS_FRAMES = 30 * C.FPS      # a stream's statistics use its last 30 s
+ANALYSE_BLOCK = 30 * C.FPS     # frames analysed at once (bounded memory for long audio)
 QUIET = 0.1                    # frames quieter than this share of the loud reference: lips shut
 
 _FREQS = np.fft.rfftfreq(HOP, 1.0 / C.SAMPLE_RATE)
@@ -64,8 +65,19 @@ def n_frames(n_samples: int) -> int:
 
 
 def analyse(audio: np.ndarray) -> Raw:
-    """audio: (S,) float -> Raw with ceil(S / HOP) frames (the last one zero-padded)."""
+    """audio: (S,) float -> Raw with ceil(S / HOP) frames (the last one zero-padded).
+
+    Works in blocks of ANALYSE_BLOCK frames so memory stays flat for long recordings.
+    """
     n = n_frames(len(audio))
+    parts = [_analyse_block(audio[i * HOP:(i + ANALYSE_BLOCK) * HOP], min(ANALYSE_BLOCK, n - i))
+             for i in range(0, n, ANALYSE_BLOCK)]
+    if not parts:
+        return Raw(np.zeros(0), np.zeros(0), np.zeros(0))
+    return Raw(*(np.concatenate(cols) for cols in zip(*((p.rms, p.centroid, p.hf) for p in parts))))
+
+
+def _analyse_block(audio: np.ndarray, n: int) -> Raw:
     x = np.zeros(n * HOP, np.float32)
     x[:len(audio)] = audio
     frames = x.reshape(n, HOP)
