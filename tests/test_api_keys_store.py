@@ -2,6 +2,7 @@
 sharing a real redis-server (FLASHHEAD_JOB_STORE / FLASHHEAD_KEYS_STORE, FLASHHEAD_JWT_SECRET)."""
 from __future__ import annotations
 
+import json
 import secrets
 import time
 
@@ -49,12 +50,7 @@ def test_redis_keys_keep_only_a_salted_hash(redis_url):
     prefix = f"h{time.monotonic_ns()}:"
     key_id, secret = RedisKeyStore(redis_url, prefix).create().split(":")
     stored = redis.Redis.from_url(redis_url).hget(f"{prefix}keys", key_id)
-    assert secret.encode() not in stored and len(bytes.fromhex(eval_json(stored)["hash"])) == 32
-
-
-def eval_json(raw: bytes) -> dict:
-    import json
-    return json.loads(raw)
+    assert secret.encode() not in stored and len(bytes.fromhex(json.loads(stored)["hash"])) == 32
 
 
 def _settings(tmp_path, **kw) -> Settings:
