@@ -15,9 +15,9 @@ control lines and restarts it if it dies.
 A worker claims jobs on behalf of its server (`--instance`: the API process's instance id, see
 flashhead.jobs.store), whose API process holds the lease. A worker dies with the API process
 (PR_SET_PDEATHSIG, and the stdin end of file): its job stays IN_PROGRESS, and the next
-start-up's recovery (or, with Redis, another server once the lease expired) re-queues it. A worker that dies on its own
-(OOM-killed, a crash in native code) fails its job with error_type "worker_crashed" (it would
-most likely crash the next worker too) and is restarted.
+start-up's recovery (or, with Redis, another server once the lease expired) re-queues it.
+A worker that dies on its own (OOM-killed, a crash in native code) fails its job with
+error_type "worker_crashed" (it would most likely crash the next worker too) and is restarted.
 Terminal hooks (webhook, metrics) run in the API process: see flashhead.jobs.queue.
 """
 from __future__ import annotations

@@ -73,7 +73,8 @@ else
   -- it already met its start deadline once, so the deadline is dropped
   redis.call('HSET', k, 'state', 'IN_QUEUE')
   redis.call('HDEL', k, 'started_at', 'deadline', 'owner')
-  local score = tonumber(redis.call('HGET', k, 'priority')) * tonumber(ARGV[5]) + tonumber(redis.call('HGET', k, 'seq'))
+  local p, seq = redis.call('HGET', k, 'priority'), redis.call('HGET', k, 'seq')
+  local score = tonumber(p) * tonumber(ARGV[5]) + tonumber(seq)
   redis.call('ZADD', KEYS[2], string.format('%.0f', score), ARGV[1])
   return 'requeued'
 end
