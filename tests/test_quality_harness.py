@@ -151,12 +151,17 @@ TTS_TEXT = ("Hello there, how are you today? My name is Anna, and I will be read
             "for you. Maybe we can meet by the sea.")
 
 
-@pytest.fixture(scope="module")
-def tts_report(Q, engines, portrait_path):
+TTS_CASES = [("Aria", TTS_TEXT),   # plosive-rich: stop closures are silent frames too
+             ("George", "The quick brown fox jumps over the lazy dog. Maybe my baby bought a blue map.")]
+
+
+@pytest.fixture(scope="module", params=TTS_CASES, ids=[v for v, _ in TTS_CASES])
+def tts_report(request, Q, engines, portrait_path):
     """A short espeak render through the real pipeline (prepare + iter_chunks), measured."""
     from flashhead.pipeline import iter_chunks, prepare, request_from_input
 
-    req = request_from_input({"image_url": str(portrait_path), "text": TTS_TEXT, "seed": 1},
+    voice, text = request.param
+    req = request_from_input({"image_url": str(portrait_path), "text": text, "voice": voice, "seed": 1},
                              C.TEXT_ENDPOINT)
     prep = prepare(req, engines, allow_paths=True)
     assert prep.speech.phonemes, "the TTS path must drive the mouth from phonemes"

@@ -11,7 +11,8 @@ Phoneme path, in steps:
    then a zero-phase [1 2 1]/4 smoothing of the shape columns;
 5. the sound: openness = smooth((PHONEME_W * phoneme openness + ENERGY_W * loudness) * gate),
    where the gate eases from 0 to 1 as the frame's loudness rises through ENERGY_GATE, so the
-   mouth follows the RMS envelope, frames quieter than ENERGY_GATE[0] close (eased), and the viseme still
+   mouth follows the RMS envelope; after smoothing, frames quieter than QUIET_GATE close again
+   (eased over QUIET_GATE, so stop closures and pauses shut without a spill-over), and the viseme still
    shapes each sound; bilabial closures stay sealed, and frames the audio gate calls silent are
    closed (zeros).
 """
@@ -35,6 +36,7 @@ RELEASE_S = 0.03              # s, and open again over this long after it
 BRIDGE_FRAMES = 3             # audio-silent gaps this short inside speech keep the mouth moving
 PHONEME_W, ENERGY_W = 0.55, 0.45   # openness mix with the audio (phoneme shape vs loudness)
 ENERGY_GATE = (0.08, 0.22)     # loudness (RMS / clip reference) over which the mouth may open
+QUIET_GATE = (0.06, 0.12)      # after smoothing: quieter frames (stop closures, pauses) shut
 _COLS = ("open", "spread", "round", "closure", "teeth")
 _PER_FRAME = GRID_HZ // C.FPS
 
@@ -146,7 +148,7 @@ def features_from_phonemes(phonemes: list[Phoneme], n_frames: int,
         energy = snd.energy
         open_ = _smooth((PHONEME_W * open_ + ENERGY_W * energy) * _gate(energy, *ENERGY_GATE))
         # frames quieter than the gate close again after the smoothing (eased, not cut)
-        open_ = np.clip(open_ * _gate(energy, 0.5 * ENERGY_GATE[0], ENERGY_GATE[0]), 0.0, 1.0)
+        open_ = np.clip(open_ * _gate(energy, *QUIET_GATE), 0.0, 1.0)
     open_ = np.where(closure >= 1.0, 0.0, open_)      # smoothing must not reopen sealed lips
     cols = [np.where(voiced, c, 0.0) for c in (open_, spread, rnd, closure, teeth)]
     return FrameFeatures(*(np.asarray(c, np.float32) for c in cols),
