@@ -231,6 +231,7 @@ def test_two_servers_share_api_keys_and_token_secret(redis_url, tls, tmp_path):
                 r = c.post("/rest/tokens/", json={"allowed_apps": ["flashhead"]},
                            headers={"Authorization": f"Key {key.split(':')[0]}:wrong"})
                 assert r.status_code == 401 and c.get("/health").json()["auth"] is True
+            assert ca.get("/.well-known/jwks.json").json() == cb.get("/.well-known/jwks.json").json()
             rid = ca.post(f"/queue/{TEXT_ENDPOINT}", json={"image_url": "data:,x", "text": "hi"}).json()["request_id"]
             assert cb.get(f"/queue/{TEXT_ENDPOINT}/requests/{rid}/status").status_code in (200, 202)
 

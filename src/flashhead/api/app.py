@@ -40,14 +40,17 @@ def build_context(settings: Settings, engines=None) -> AppContext:
     data_dir.mkdir(parents=True, exist_ok=True)
     store = make_store(settings)
     metrics = Metrics(store)
-    signer = WebhookSigner(data_dir / "webhook_ed25519.key")
+    auth = Auth.from_settings(settings)
+    shared = getattr(auth.keys, "shared_seed", None)       # several servers: one signing key
+    signer = WebhookSigner(data_dir / "webhook_ed25519.key",
+                           seed=shared("webhook_ed25519") if shared else None)
     policy = RetryPolicy(max_tries=option(settings, "webhook_max_tries", 10, int),
                          window_s=option(settings, "webhook_retry_window_s", 7200.0, float))
     outbox = WebhookOutbox(data_dir / "webhooks.db", signer, policy,
                            on_result=lambda ok: metrics.webhooks.labels("ok" if ok else "error").inc(),
                            check_url=lambda url: _guard(settings, url))
     ctx = AppContext(settings=settings, engines=engines, storage=make_storage(settings),
-                     auth=Auth.from_settings(settings), jobs=JobQueue(store), metrics=metrics, webhooks=outbox,
+                     auth=auth, jobs=JobQueue(store), metrics=metrics, webhooks=outbox,
                      signer=signer)
     ctx.jobs.on_terminal(lambda job: _record_metrics(ctx, job))
     ctx.jobs.on_terminal(lambda job: _enqueue_webhook(ctx, job))

@@ -148,6 +148,12 @@ class RedisKeyStore:
         self.r.set(self.secret_key, secrets.token_hex(32), nx=True)
         return self.r.get(self.secret_key).encode()
 
+    def shared_seed(self, name: str) -> bytes:
+        """32 random bytes made once under `name` (e.g. the webhook signing key), shared."""
+        key = self.k + ":" + name
+        self.r.set(key, secrets.token_hex(32), nx=True)
+        return bytes.fromhex(self.r.get(key))
+
 
 def make_key_store(settings) -> SqliteKeyStore | RedisKeyStore:
     """FLASHHEAD_KEYS_STORE: sqlite | redis (the job store's) | a redis URL; unset: redis when the

@@ -45,11 +45,14 @@ def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -
 
 
 class WebhookSigner:
-    """An Ed25519 key pair persisted (mode 0600) in the data dir."""
+    """An Ed25519 key pair persisted (mode 0600) in the data dir, or made from a shared seed
+    (servers sharing a redis sign with one key, so any of them can serve the JWKS)."""
 
-    def __init__(self, key_path: str | Path):
+    def __init__(self, key_path: str | Path, seed: bytes | None = None):
         path = Path(key_path)
-        if path.exists():
+        if seed is not None:
+            pass
+        elif path.exists():
             seed = path.read_bytes()
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
