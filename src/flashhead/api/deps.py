@@ -55,11 +55,14 @@ def get_ctx(request: Request) -> AppContext:
 
 
 async def require_key(request: Request) -> str | None:
-    """Dependency: the caller's key id (None when no keys exist); raises Unauthorized.
-    async on purpose: with keys.db the check is one read of a local file plus a SHA-256
+    """Dependency: the caller's key id (None when no keys exist); raises Unauthorized."""
+    return await check_key(get_ctx(request).auth, request.headers.get("authorization"))
+
+
+async def check_key(auth, header: str | None) -> str | None:
+    """Key check from async code. With keys.db it is one read of a local file plus a SHA-256
     (microseconds), cheaper inline than a hop to the threadpool and back on every request;
     keys in redis are a network round trip, so that check goes to the threadpool."""
-    auth, header = get_ctx(request).auth, request.headers.get("authorization")
     if getattr(auth.keys, "local", False):
         return auth.check_key_header(header)
     return await run_in_threadpool(auth.check_key_header, header)

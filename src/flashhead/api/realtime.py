@@ -256,6 +256,7 @@ def _option(ctx, name: str, default):
 
 
 def authorize(ws: WebSocket, ctx, endpoint: str) -> None:
+    """Blocking (keys may live in redis): called in a worker thread."""
     token = ws.query_params.get("fal_jwt_token")
     header = ws.headers.get("authorization")
     if token and (ctx.auth.enabled or not header):
@@ -270,7 +271,7 @@ def realtime_route(ctx, endpoint: str):
         await ws.accept()
         conn = Connection(ws, ctx, endpoint)
         try:
-            authorize(ws, ctx, endpoint)
+            await asyncio.to_thread(authorize, ws, ctx, endpoint)
             if ctx.engines is None:
                 from flashhead.errors import BackendUnavailable
                 raise BackendUnavailable("the service is still starting")

@@ -174,11 +174,12 @@ async def sse_body(events: Iterator[dict], cancel: threading.Event):
 
 def stream_route(ctx, endpoint: str):
     async def handler(request: Request):
+        from flashhead.api.deps import check_key
         from flashhead.api.errors import error_response
         from flashhead.errors import BackendUnavailable, InputError
 
         try:
-            ctx.auth.check_key_header(request.headers.get("authorization"))
+            await check_key(ctx.auth, request.headers.get("authorization"))
             if ctx.engines is None:
                 raise BackendUnavailable("the service is still starting")
             try:
