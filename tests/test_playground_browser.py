@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,17 +24,27 @@ def server(tmp_path_factory, engines):
         yield s
 
 
-@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian chromium is not installed (make sysdeps)")
-def test_playground_plays_while_generating_and_offers_the_mp4(server):
+@contextmanager
+def playground(server):
+    """The playground page in headless Debian chromium, ready, with the API key filled in."""
     from playwright.sync_api import sync_playwright
 
     base, key, _ = server
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 800})
-        page.goto(base + "/")
-        page.wait_for_function("window.playground && window.playground.ready")
-        page.fill("#key", key)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.goto(base + "/")
+            page.wait_for_function("window.playground && window.playground.ready")
+            page.fill("#key", key)
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian chromium is not installed (make sysdeps)")
+def test_playground_plays_while_generating_and_offers_the_mp4(server):
+    with playground(server) as page:
         page.fill("#text", TEXT)
         page.click("#generate")
         played_while_generating, deadline = False, time.monotonic() + 180
@@ -51,21 +62,12 @@ def test_playground_plays_while_generating_and_offers_the_mp4(server):
         page.wait_for_function("document.querySelector('video').currentTime > 1.0")
         SHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SHOT))
-        browser.close()
 
 
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian chromium is not installed (make sysdeps)")
 def test_live_demo_idles_speaks_and_interrupts_in_the_browser(server):
     """The microphone-free live demo: idle chunks play, the sample WAV makes it speak, interrupt."""
-    from playwright.sync_api import sync_playwright
-
-    base, key, _ = server
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 800})
-        page.goto(base + "/")
-        page.wait_for_function("window.playground && window.playground.ready")
-        page.fill("#key", key)
+    with playground(server) as page:
         page.click("#live-start")
         page.wait_for_function("window.playground.live && window.playground.live.index >= 3", timeout=60_000)
         assert page.evaluate("window.playground.live.speaking") is False          # idling
@@ -77,4 +79,3 @@ def test_live_demo_idles_speaks_and_interrupts_in_the_browser(server):
         t0 = page.evaluate("document.querySelector('video').currentTime")
         page.wait_for_function(f"document.querySelector('video').currentTime > {t0 + 0.5}", timeout=30_000)
         page.click("#live-stop")
-        browser.close()
