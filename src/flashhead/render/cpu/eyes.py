@@ -1,11 +1,13 @@
 """Eye rigs: upper-lid blink field and an iris (gaze) shift field per eye."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from .warp import BlendField, Box, local_coords, smoothstep, step, to_image
 
 BLINK, GAZE_X, GAZE_Y = range(3)
+LID_COVER = 0.85      # how much of the stretched lid skin (and lashes) the lid colour hides
 
 
 class EyeRig:
@@ -40,33 +42,50 @@ class EyeRig:
         iu, iv = (self.iris - o) @ eu, (self.iris - o) @ ev
         dist2 = (u - iu) ** 2 + (v - iv) ** 2
         gaze = aperture * np.exp(-dist2 / (2 * (1.3 * self.iris_r) ** 2))
-        self._init_lid(image, u, v, vu, blink, aperture)
+        self._init_lid(image, u, v, vu, blink)
         zero = np.zeros_like(u)
         self.field = BlendField(self.box, [to_image(zero, -blink, eu, ev),
                                            to_image(-gaze, zero, eu, ev),
                                            to_image(zero, -gaze, eu, ev)])
 
-    def _init_lid(self, image, u, v, vu, blink, aperture):
-        """Lid colour (median of the skin band above the lashes) and per-pixel cover geometry."""
+    def _init_lid(self, image, u, v, vu, blink):
+        """Lid colour map (skin above the lashes, spread smoothly) and per-pixel cover geometry."""
         region = image[self.box.slices].astype(np.float32)
         band = (v < vu - 3) & (v > vu - self.fade) & (np.abs(u) < 0.6 * np.abs(u).max())
         self.lid_rgb = (np.median(region[band], 0) if band.sum() > 8
                         else region.reshape(-1, 3).mean(0)).astype(np.float32)
+        # long lashes reach into the band: only skin-bright pixels make the lid colour
+        lum = region @ np.array([0.299, 0.587, 0.114], np.float32)
+        lid_l = float(self.lid_rgb @ np.array([0.299, 0.587, 0.114], np.float32))
+        skin = (band & (lum > 0.85 * lid_l)).astype(np.float32)
+        if skin.sum() > 8:
+            sig = max(0.6 * self.fade, 3.0)
+            num = cv2.GaussianBlur(region * skin[..., None], (0, 0), sig)
+            den = cv2.GaussianBlur(skin, (0, 0), sig)[..., None]
+            w = np.clip(den / 0.05, 0, 1)
+            self.lid_map = (num / np.maximum(den, 1e-6) * w + self.lid_rgb * (1 - w)).astype(np.float32)
+        else:
+            self.lid_map = np.broadcast_to(self.lid_rgb, region.shape).astype(np.float32)
         self.lid_v, self.lid_vu, self.lid_mag = v, vu, blink
-        self.lid_aperture = aperture
+        # how fast the blink displacement grows down the face: at coefficient c the lid skin is
+        # sampled 1 - c * grow rows per row, i.e. stretched where that falls well below 1
+        gy, gx = np.gradient(blink.astype(np.float32))
+        self.lid_grow = (gx * self.ev[0] + gy * self.ev[1]).astype(np.float32)
 
     def composite(self, region: np.ndarray, c: np.ndarray) -> None:
-        """Soften the stretched lid skin over the closed part of the eye toward the lid colour."""
-        if c[BLINK] < 0.2:
+        """Cover the stretched lid skin (lash streaks) over the closed part of the eye with lid colour."""
+        if c[BLINK] < 0.15:
             return
         v_src = self.lid_v - c[BLINK] * self.lid_mag
-        a = self.lid_aperture * np.clip((self.lid_vu - 2.0 - v_src) / 2.0, 0, 1) * 0.5
+        strength = LID_COVER * smoothstep(0.15, 0.5, float(c[BLINK]))
+        stretched = np.clip((c[BLINK] * self.lid_grow - 0.25) / 0.35, 0, 1)
+        a = stretched * np.clip((self.lid_vu - 2.0 - v_src) / 2.0, 0, 1) * strength
         ys, xs = np.nonzero(a.max(1) > 0.01)[0], np.nonzero(a.max(0) > 0.01)[0]
         if not len(ys):
             return
         win = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
         reg, a = region[win], a[win][..., None]
-        reg[...] = np.clip(reg * (1 - a) + self.lid_rgb * a + 0.5, 0, 255).astype(np.uint8)
+        reg[...] = np.clip(reg * (1 - a) + self.lid_map[win] * a + 0.5, 0, 255).astype(np.uint8)
 
     def _curve(self, lm, idx, o):
         pts = lm[list(idx)] - o

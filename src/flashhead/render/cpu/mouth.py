@@ -17,6 +17,7 @@ JAW, LIFT, SPREAD, LIPV, TUCK = range(5)
 JAW_LINE = (132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361)
 REST_SEAL = 0.8           # resting lips: this fraction of a bilabial press
 ACTIVE_EPS = 0.05          # below this (px or fraction) a coefficient counts as zero
+LIP_SHADE_TINT = 1.0       # inner-lip chroma added to the lip's shadow on the upper teeth
 
 
 class MouthRig:
@@ -165,9 +166,12 @@ class MouthRig:
         lt_shade = self.lower_pattern[win] * (0.42 + 0.2 * np.clip(d_lo / np.maximum(lt_h, 1.0), 0, 1))
         layer += (p.teeth * lt_shade[..., None] - layer) * lt_alpha[..., None]
         # upper teeth are fixed to the skull (texture precomputed); the upper lip shades their top
+        # (tinted with the inner lip's chroma: a neutral darkening reads as a grey band)
         ua = self.upper_alpha[win]
-        lip_shadow = 0.62 + 0.38 * smoothstep(0.0, 0.12 * hw + 1.5, d_up)
-        layer = layer * (1 - ua[..., None]) + self.upper_rgb[win] * lip_shadow[..., None]
+        shade = 1.0 - smoothstep(0.0, 0.12 * hw + 1.5, d_up)
+        warm = (p.inner_lip - p.inner_lip.mean()) * LIP_SHADE_TINT
+        layer = (layer * (1 - ua[..., None]) + self.upper_rgb[win] * (1.0 - 0.38 * shade)[..., None]
+                 + warm * (ua * shade)[..., None])
         reg = region[self.sub][win]
         a = alpha[..., None]
         reg[...] = np.clip(reg * (1 - a) + layer * a + 0.5, 0, 255).astype(np.uint8)
