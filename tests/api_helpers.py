@@ -313,3 +313,13 @@ def probe_video(data: bytes) -> dict:
         return {"width": v.codec_context.width, "height": v.codec_context.height,
                 "fps": float(v.average_rate), "frames": frames, "codec": v.codec_context.name,
                 "audio": len(c.streams.audio) > 0}
+
+
+def tls_server(tmp_path_factory, name: str):
+    """A started flashhead server over TLS in its own folder; stopped when the generator ends."""
+    tmp = tmp_path_factory.mktemp(name)
+    s = Server(tmp / "data", make_tls(tmp / "tls")).start()
+    try:
+        yield s
+    finally:
+        s.stop()

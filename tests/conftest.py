@@ -33,3 +33,12 @@ def engines(tmp_path_factory):
 
     data_dir = tmp_path_factory.mktemp("engines")
     return Engines.create(Settings(data_dir=data_dir, renderer="cpu", tts="espeak"))
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free loopback port, one per test module."""
+    from api_helpers import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis")) as r:
+        yield r.url

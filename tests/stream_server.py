@@ -92,3 +92,12 @@ def segment_bytes(value) -> bytes:
 def tone_pcm(seconds: float, hz: float = 200.0, level: float = 0.4) -> bytes:
     t = np.arange(int(seconds * 16000)) / 16000
     return (level * np.sin(2 * np.pi * hz * t) * 32767).astype("<i2").tobytes()
+
+
+def fal_pointed_server(data_dir, engines):
+    """running_server, with the official Python client pointed at it: yields (base, key, app)."""
+    from flashhead.client import configure_fal_client
+
+    with running_server(data_dir, engines) as (base, key, app):
+        configure_fal_client(base)
+        yield base, key, app

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from api_helpers import (PORTRAIT, TEXT_ENDPOINT, Server, WebhookReceiver, data_uri, fal_sync_client,
-                         make_tls, probe_video)
+                         probe_video, tls_server)
 from flashhead import constants as C
 from flashhead.jobs.webhooks import verify_webhook
 
@@ -18,10 +18,7 @@ TEXT = "Hello there."          # about one second of speech: keeps the suite fas
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fal_client")
-    s = Server(tmp / "data", make_tls(tmp / "tls")).start()
-    yield s
-    s.stop()
+    yield from tls_server(tmp_path_factory, "fal_client")
 
 
 @pytest.fixture(scope="module")

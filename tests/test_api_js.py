@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from api_helpers import PORTRAIT, ROOT, Server, client_env, make_tls, probe_video
+from api_helpers import PORTRAIT, ROOT, Server, client_env, probe_video, tls_server
 from flashhead import constants as C
 
 JS = ROOT / "tests" / "js"
@@ -20,10 +20,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("js")
-    s = Server(tmp / "data", make_tls(tmp / "tls")).start()
-    yield s
-    s.stop()
+    yield from tls_server(tmp_path_factory, "js")
 
 
 def node(server: Server, scenario: str, **env) -> dict:

@@ -8,16 +8,9 @@ import time
 
 import pytest
 
-from api_helpers import RedisServer
 from flashhead.api.auth import Auth, RedisKeyStore, SqliteKeyStore, make_key_store
 from flashhead.config import Settings
 from flashhead.errors import InputError, Unauthorized
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    with RedisServer(tmp_path_factory.mktemp("redis")) as r:
-        yield r.url
 
 
 @pytest.fixture(params=["sqlite", "redis"])

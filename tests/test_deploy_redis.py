@@ -16,18 +16,12 @@ import urllib.parse
 import httpx
 import pytest
 
-from api_helpers import (AUDIO_ENDPOINT, PORTRAIT, TEXT_ENDPOINT, RedisServer, Server, WebhookReceiver,
-                         data_uri, fal_sync_client, make_tls, probe_video)
+from api_helpers import (AUDIO_ENDPOINT, PORTRAIT, TEXT_ENDPOINT, Server, WebhookReceiver, data_uri,
+                         fal_sync_client, make_tls, probe_video)
 from deploy_helpers import RoundRobinProxy, S3Server
 from test_api_fal_client import _long_wav
 
 TEXT = "Hello there."          # about one second of speech
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    with RedisServer(tmp_path_factory.mktemp("redis")) as r:
-        yield r.url
 
 
 @pytest.fixture(scope="module")

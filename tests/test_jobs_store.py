@@ -5,16 +5,9 @@ import time
 
 import pytest
 
-from api_helpers import RedisServer
 from flashhead.jobs.sqlite import SqliteJobStore
 from flashhead.jobs.state import JobState, Priority
 from flashhead.jobs.store import MAX_ATTEMPTS, WORKER_CRASHED, CancelOutcome, NewJob
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    with RedisServer(tmp_path_factory.mktemp("redis")) as r:
-        yield r.url
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -12,7 +12,7 @@ from fal_client.client import RealtimeError
 
 from flashhead import constants as C
 from flashhead.api.client_helper import configure_fal_client
-from stream_server import PORTRAIT, SPEECH, data_uri, decode_frames, fetch, running_server, speech_pcm
+from stream_server import PORTRAIT, fal_pointed_server, SPEECH, data_uri, decode_frames, fetch, speech_pcm
 
 JS_DIR = Path(__file__).parent / "js"
 PACKET = 1280  # 40 ms of PCM16 at 16 kHz
@@ -20,9 +20,7 @@ PACKET = 1280  # 40 ms of PCM16 at 16 kHz
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, engines):
-    with running_server(tmp_path_factory.mktemp("rt"), engines) as (base, key, app):
-        configure_fal_client(base)
-        yield base, key, app
+    yield from fal_pointed_server(tmp_path_factory.mktemp("rt"), engines)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from flashhead import constants as C
-from flashhead.api.client_helper import configure_fal_client
 from flashhead.errors import RenderFailed
-from stream_server import PORTRAIT, SPEECH, data_uri, decode_frames, fetch, running_server, segment_bytes
+from stream_server import PORTRAIT, fal_pointed_server, SPEECH, data_uri, decode_frames, fetch, segment_bytes
 
 JS_DIR = Path(__file__).parent / "js"
 TEXT = "Hello there, this is a short streamed sentence from the local server."
@@ -20,9 +19,7 @@ TEXT = "Hello there, this is a short streamed sentence from the local server."
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, engines):
-    with running_server(tmp_path_factory.mktemp("sse"), engines) as (base, key, app):
-        configure_fal_client(base)
-        yield base, key, app
+    yield from fal_pointed_server(tmp_path_factory.mktemp("sse"), engines)
 
 
 @pytest.fixture(scope="module")
