@@ -93,7 +93,7 @@ def test_thread_workers_survive_store_errors_in_claim_and_finish(tmp_path, monke
     from flashhead.jobs.worker import WorkerPool
     from flashhead.storage.local import LocalStorage
 
-    monkeypatch.setattr(worker_mod, "STORE_RETRY_S", 0.05)
+    monkeypatch.setattr(worker_mod, "STORE_RETRY_S", 0.05, raising=False)
     monkeypatch.setattr("api_helpers.FAKE_CHUNK_S", 0.01)
     store = FlakyStore(tmp_path / "jobs.db", failures=3)
     queue = JobQueue(store)
