@@ -131,20 +131,44 @@ def test_get_without_input_for_status_polls(make_store):
     assert s.get("missing", with_input=False) is None
 
 
-def test_terminal_jobs_are_handed_out_once_across_store_instances(make_store):
-    """Hooks run exactly once, whichever process (store connection) made the job terminal."""
+def test_terminal_jobs_are_handed_out_until_their_hooks_are_marked(make_store):
+    """Hooks run at least once, whichever process (store connection) made the job terminal: a
+    job is handed out again until mark_hooked (a crash before it re-runs the hooks)."""
     worker, api = make_store(), make_store()     # e.g. a worker process and the API process
     done, failed, queued = (worker.submit(_new(n=i)) for i in range(3))
     worker.claim()
     worker.finish(done.id, JobState.COMPLETED, result={"seed": 1})
     assert [j.id for j in api.take_terminal()] == [done.id]
-    assert api.take_terminal() == [] and worker.take_terminal() == []
+    assert [j.id for j in api.take_terminal()] == [done.id]        # its hooks did not finish
+    api.mark_hooked([done.id])
+    assert api.take_terminal() == []
     api.finish(failed.id, JobState.FAILED, error="boom", error_type="x")
     outcome, _ = api.request_cancel(queued.id)
-    taken = worker.take_terminal(limit=1) + make_store().take_terminal()
     assert outcome == CancelOutcome.CANCELLED
-    assert [(j.id, j.state) for j in taken] == [(failed.id, JobState.FAILED), (queued.id, JobState.CANCELLED)]
-    assert taken[0].error_type == "x" and taken[0].input == {} and api.take_terminal() == []
+    first = api.take_terminal(limit=1)
+    assert [(j.id, j.state) for j in first] == [(failed.id, JobState.FAILED)]
+    assert first[0].error_type == "x" and first[0].input == {}
+    api.mark_hooked([failed.id])
+    assert [(j.id, j.state) for j in api.take_terminal()] == [(queued.id, JobState.CANCELLED)]
+    api.mark_hooked([queued.id])
+    assert api.take_terminal() == []
+
+
+def test_redis_hands_each_terminal_job_to_one_server_and_a_dead_ones_to_another(redis_url):
+    prefix = f"hooks{time.monotonic_ns()}:"
+    a, b = _redis(redis_url, prefix), _redis(redis_url, prefix)
+    a.heartbeat()
+    b.heartbeat()
+    job = a.submit(_new())
+    a.finish(job.id, JobState.FAILED, error="boom", error_type="x")
+    assert [j.id for j in a.take_terminal()] == [job.id]
+    assert b.take_terminal() == []                   # a runs its hooks ...
+    assert b.recover() == ([], []) and b.take_terminal() == []
+    a.release()                                      # ... and dies before marking them
+    b.recover()
+    assert [j.id for j in b.take_terminal()] == [job.id]
+    b.mark_hooked([job.id])
+    assert b.take_terminal() == [] and b.recover() == ([], []) and b.take_terminal() == []
 
 
 def test_an_older_sqlite_file_gains_the_hook_marker_without_rerunning_hooks(tmp_path):

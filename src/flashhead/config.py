@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     webhook_max_tries: int = Field(10, ge=1, description="webhook deliveries before giving up")
     realtime_idle_timeout_s: float = Field(60.0, gt=0, description="close a silent realtime socket after")
     webhook_retry_window_s: float = Field(7200.0, gt=0, description="span of the retries (backoff)")
+    # --- jobs-durable ---
+    webhook_timeout_s: float = Field(10.0, gt=0, description="one webhook delivery, connect to last byte")
+    webhook_concurrency: int = Field(4, ge=1, le=64, description="webhook deliveries in flight at once "
+                                     "(a slow receiver holds one, never the others)")
+    webhook_max_response_bytes: int = Field(64 * 1024, ge=0, description="read at most this much of a "
+                                            "webhook receiver's answer")
+    redis_socket_timeout_s: float = Field(10.0, gt=0, description="redis job store: connect and "
+                                          "per-command timeout")
 
 
 @lru_cache(maxsize=1)

@@ -38,17 +38,20 @@ EXTENSIONS = ("flashhead.api.stream", "flashhead.api.realtime")   # written by t
 def build_context(settings: Settings, engines=None) -> AppContext:
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    store = make_store(settings)
+    store = make_store(settings, lock_dir=True)      # SQLite: a second server on data_dir exits here
     metrics = Metrics(store)
     auth = Auth.from_settings(settings)
     shared = getattr(auth.keys, "shared_seed", None)       # several servers: one signing key
     signer = WebhookSigner(data_dir / "webhook_ed25519.key",
                            seed=shared("webhook_ed25519") if shared else None)
     policy = RetryPolicy(max_tries=option(settings, "webhook_max_tries", 10, int),
-                         window_s=option(settings, "webhook_retry_window_s", 7200.0, float))
+                         window_s=option(settings, "webhook_retry_window_s", 7200.0, float),
+                         timeout_s=settings.webhook_timeout_s)
     outbox = WebhookOutbox(data_dir / "webhooks.db", signer, policy,
                            on_result=lambda ok: metrics.webhooks.labels("ok" if ok else "error").inc(),
-                           check_url=lambda url: _guard(settings, url))
+                           check_url=lambda url: _guard(settings, url),
+                           concurrency=settings.webhook_concurrency,
+                           max_response_bytes=settings.webhook_max_response_bytes)
     ctx = AppContext(settings=settings, engines=engines, storage=make_storage(settings),
                      auth=auth, jobs=JobQueue(store), metrics=metrics, webhooks=outbox,
                      signer=signer)
@@ -57,9 +60,10 @@ def build_context(settings: Settings, engines=None) -> AppContext:
     return ctx
 
 
-def _guard(settings: Settings, url: str) -> None:
+def _guard(settings: Settings, url: str) -> list:
+    """The SSRF guard of a delivery: the addresses it may connect to (it connects to these)."""
     from flashhead.media.urlguard import guard_url
-    guard_url(url, settings.fetch_allow, field="fal_webhook")
+    return guard_url(url, settings.fetch_allow, field="fal_webhook")
 
 
 def _record_metrics(ctx: AppContext, job: Job) -> None:

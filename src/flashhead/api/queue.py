@@ -77,7 +77,9 @@ def submit_job(ctx: AppContext, request: Request, endpoint: str, payload: dict, 
     base = ctx.base_url(request)
     check_inputs(ctx, payload, base)
     if webhook_url is not None:
+        from flashhead.jobs.webhooks import check_webhook_url
         from flashhead.media.urlguard import guard_url
+        check_webhook_url(webhook_url, field="fal_webhook")    # as the deliverer will parse it
         guard_url(webhook_url, ctx.settings.fetch_allow, field="fal_webhook")
     new = NewJob(endpoint=endpoint, input=payload, priority=_priority(request),
                  deadline=_deadline(request), webhook_url=webhook_url, base_url=base, key_id=key_id)

@@ -26,15 +26,19 @@ def redis_url(settings: Settings) -> str | None:
     return spec if spec.startswith(REDIS_SCHEMES) else None
 
 
-def make_store(settings: Settings, instance: str | None = None):
+def make_store(settings: Settings, instance: str | None = None, *, worker: int | None = None,
+               lock_dir: bool = False):
     """instance: the server's id (flashhead.jobs.store.new_instance_id); its worker processes
-    pass their server's, so that their claims belong to it. None: a new one."""
+    pass their server's, so that their claims belong to it, and their index as `worker`.
+    None: a new one. lock_dir: the API process of a server on SQLite locks the data dir."""
     if url := redis_url(settings):
         from flashhead.jobs.redis import RedisJobStore
         return RedisJobStore(url, prefix=option(settings, "redis_prefix", "flashhead:"), instance=instance,
-                             lease_s=option(settings, "job_lease_s", LEASE_S, float))
+                             worker=worker, lease_s=option(settings, "job_lease_s", LEASE_S, float),
+                             socket_timeout_s=settings.redis_socket_timeout_s)
     from flashhead.jobs.sqlite import SqliteJobStore
-    return SqliteJobStore(Path(settings.data_dir) / "jobs.db", instance=instance)
+    return SqliteJobStore(Path(settings.data_dir) / "jobs.db", instance=instance, worker=worker,
+                          lock_dir=lock_dir)
 
 
 def make_storage(settings: Settings):

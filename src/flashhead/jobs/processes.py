@@ -16,8 +16,11 @@ A worker claims jobs on behalf of its server (`--instance`: the API process's in
 flashhead.jobs.store), whose API process holds the lease. A worker dies with the API process
 (PR_SET_PDEATHSIG, and the stdin end of file): its job stays IN_PROGRESS, and the next
 start-up's recovery (or, with Redis, another server once the lease expired) re-queues it.
-A worker that dies on its own (OOM-killed, a crash in native code) fails its job with
-error_type "worker_crashed" (it would most likely crash the next worker too) and is restarted.
+A worker that dies on its own (OOM-killed, a crash in native code) fails the job it reported
+with error_type "worker_crashed" (it would most likely crash the next worker too) and is
+restarted. A job it claimed but had not reported yet (it died between the claim and the
+"claim" line) is found by the worker index every claim records (JobStore.recover_worker)
+and re-queued, before the new worker gets the index.
 Terminal hooks (webhook, metrics) run in the API process: see flashhead.jobs.queue.
 """
 from __future__ import annotations
@@ -115,8 +118,7 @@ class ProcessWorkerPool:
             if self._stop.is_set():
                 return
             log.error("render worker died", extra={"worker": i, "returncode": rc, "job": job_id})
-            if job_id:
-                self._fail(job_id, rc)
+            self._take_back(i, job_id, rc)
             if not started:              # it could not load its engines: restarting will not help
                 self.error = self.error or f"render worker {i} exited with status {rc} while starting"
                 return
@@ -136,6 +138,19 @@ class ProcessWorkerPool:
             elif word == "idle":
                 job_id = None
         return started, job_id
+
+    def _take_back(self, i: int, job_id: str | None, rc: int) -> None:
+        """Worker i died: fail the job it reported, re-queue any other it had claimed. A store
+        error is retried (the supervisor restarts no worker until this is done)."""
+        while not self._stop.is_set():
+            try:
+                if job_id:
+                    self._fail(job_id, rc)
+                self.queue.recover_worker(i)
+                return
+            except Exception:
+                log.exception("taking back a dead worker's jobs failed; retrying", extra={"worker": i})
+                self._stop.wait(RESTART_DELAY_S)
 
     def _fail(self, job_id: str, rc: int) -> None:
         self.queue.store.append_log(job_id, f"the render worker process died (exit status {rc})", "ERROR")
@@ -187,13 +202,13 @@ def _tell(ctl, line: str) -> None:
         os._exit(1)
 
 
-def _build_pool(settings: Settings, instance: str):
+def _build_pool(settings: Settings, instance: str, index: int):
     from flashhead.jobs.backends import make_storage, make_store
     from flashhead.jobs.worker import WorkerPool
     from flashhead.pipeline import Engines
 
     engines = Engines.create(settings)
-    queue = JobQueue(make_store(settings, instance), dispatch=False)   # the API process runs the hooks
+    queue = JobQueue(make_store(settings, instance, worker=index), dispatch=False)   # the API process runs the hooks
     return WorkerPool(queue, make_storage(settings), engines, Path(settings.data_dir) / "work",
                       threads=1, poll_s=POLL_S)
 
@@ -217,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
         os.nice(option(settings, "worker_nice", WORKER_NICE, int))
-        pool = _build_pool(settings, a.instance)
+        pool = _build_pool(settings, a.instance, a.index)
     except Exception as exc:
         log.exception("render worker start-up failed", extra={"worker": a.index})
         _tell(ctl, f"error {type(exc).__name__}: {exc}")

@@ -1,10 +1,13 @@
 """The job service: submit, cancel, finish, deadlines, crash recovery, terminal-state hooks.
 
-Terminal hooks (webhook, metrics) run in the API process only, exactly once per job: the store
-marks each terminal job when it hands it out (JobStore.take_terminal), so it does not matter
-which process made the job terminal (a render worker process, the deadline sweep, a cancel).
-Transitions made in this process dispatch at once; the maintenance thread picks up the rest
-(worker processes) every DISPATCH_INTERVAL_S, and so does every /metrics scrape.
+Terminal hooks (webhook, metrics) run in the API process only, at least once per job: the store
+hands out terminal jobs whose hooks have not run (JobStore.take_terminal), and each is marked
+(JobStore.mark_hooked) only after all its hooks returned, so a crash in between or a hook that
+raises leaves it to the next round; hooks must be idempotent (the webhook outbox keeps one
+delivery per request and URL). It does not matter which process made the job terminal (a
+render worker process, the deadline sweep, a cancel). Transitions made in this process
+dispatch at once; the maintenance thread picks up the rest (worker processes) every
+DISPATCH_INTERVAL_S, and so does every /metrics scrape.
 Restart policy (see recover): a job left IN_PROGRESS by a server that is gone (with SQLite:
 a previous run on this data dir; with Redis: a server whose lease expired, see
 flashhead.jobs.redis) was running when that server died. It is re-queued once (attempts <
@@ -29,6 +32,7 @@ TerminalHook = Callable[[Job], None]
 MAINTENANCE_INTERVAL_S = 0.25      # deadline sweep
 DISPATCH_INTERVAL_S = 0.1          # terminal hooks of jobs finished by other processes
 REQUEUED_MESSAGE = "re-queued: the server running this request stopped"
+REQUEUED_WORKER_MESSAGE = "re-queued: the render worker process that took this request stopped"
 
 
 class JobQueue:
@@ -38,6 +42,7 @@ class JobQueue:
         self.dispatch = dispatch
         self.wake = threading.Event()          # set on submit: idle workers look at once
         self._hooks: list[TerminalHook] = []
+        self._dispatching = threading.Lock()     # one dispatcher at a time in this process
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -46,21 +51,35 @@ class JobQueue:
 
     def _terminal(self, job: Job | None) -> Job | None:
         if job is not None and self.dispatch:
-            self.dispatch_terminal()
+            try:
+                self.dispatch_terminal()
+            except Exception:     # the transition is stored: the maintenance thread runs its hooks
+                log.exception("terminal hooks failed; retried by the maintenance thread")
         return job
 
     def dispatch_terminal(self) -> int:
-        """Run the hooks of every job that became terminal since the last call; returns how many."""
+        """Run the hooks of every job that became terminal and whose hooks have not run yet;
+        returns how many jobs had all their hooks run. A job whose hook raised stays unhooked
+        and is tried again on the next call (the maintenance thread's next round)."""
         done = 0
-        while batch := self.store.take_terminal():
-            for job in batch:
-                for hook in self._hooks:
-                    try:
-                        hook(job)
-                    except Exception:  # a failing hook must not stop the others
-                        log.exception("terminal hook failed", extra={"job": job.id})
-            done += len(batch)
+        with self._dispatching:
+            while batch := self.store.take_terminal():
+                ok = [job.id for job in batch if self._run_hooks(job)]
+                self.store.mark_hooked(ok)
+                done += len(ok)
+                if len(ok) < len(batch):
+                    break
         return done
+
+    def _run_hooks(self, job: Job) -> bool:
+        good = True
+        for hook in self._hooks:
+            try:
+                hook(job)
+            except Exception:  # a failing hook must not stop the others
+                log.exception("terminal hook failed; it will be retried", extra={"job": job.id})
+                good = False
+        return good
 
     def submit(self, new: NewJob, *, max_queue_length: int | None = None) -> Job:
         if max_queue_length is not None and self.store.queue_depth() >= max_queue_length:
@@ -85,9 +104,15 @@ class JobQueue:
     def recover(self) -> tuple[list[Job], list[Job]]:
         """Take back orphans (see the module doc). At start-up: call it before any worker runs."""
         self.store.heartbeat()              # our own claims are never anybody's orphans
-        requeued, failed = self.store.recover()
+        return self._took_back(*self.store.recover(), REQUEUED_MESSAGE)
+
+    def recover_worker(self, worker: int) -> tuple[list[Job], list[Job]]:
+        """The jobs a dead worker process had claimed (see JobStore.recover_worker)."""
+        return self._took_back(*self.store.recover_worker(worker), REQUEUED_WORKER_MESSAGE)
+
+    def _took_back(self, requeued: list[Job], failed: list[Job], message: str) -> tuple[list[Job], list[Job]]:
         for j in requeued:
-            self.store.append_log(j.id, REQUEUED_MESSAGE, "WARN")
+            self.store.append_log(j.id, message, "WARN")
         for j in failed:
             self._terminal(j)
         if requeued or failed:

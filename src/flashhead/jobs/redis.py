@@ -3,6 +3,8 @@
 Layout under a key prefix: `job:{id}` hash, `queue` sorted set (score = priority, then
 submit order), `deadlines` sorted set, `running` set, `logs:{id}` list, `seq` counter,
 `terminal` list (jobs whose terminal hooks have not run yet; see take_terminal),
+`terminal:processing:{instance}` lists (jobs handed to that server's hooks, not yet marked),
+`terminal:processors` set (the instances that have such a list),
 `alive:{instance}` one key per live server, with a TTL of LEASE_S (see heartbeat).
 Every state change is one Lua script, so it is atomic.
 
@@ -11,6 +13,8 @@ recover() (at start-up and every ORPHAN_SWEEP_S) takes back only the running job
 owner's `alive:` key has expired, so a server that starts or sweeps never touches the jobs
 another live server is rendering. If a server stalls for longer than LEASE_S its job may be
 re-run elsewhere; whichever run finishes first sets the result (finish is once-only).
+A dead server's `terminal:processing:` list goes back to `terminal` the same way, so its
+hooks run on a live server.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from flashhead.jobs.store import (LEASE_S, MAX_ATTEMPTS, TIMEOUT_TYPE, WORKER_CR
                                   LogEntry, NewJob, new_instance_id, now)
 
 _SEQ_SPAN = 2 ** 40   # score = priority * span + seq keeps "priority, then order"
+SOCKET_TIMEOUT_S = 10.0
 
 _CLAIM = """
 local ids = redis.call('ZRANGE', KEYS[1], 0, 63)
@@ -35,6 +40,7 @@ for _, id in ipairs(ids) do
     redis.call('ZREM', KEYS[3], id)
     redis.call('SADD', KEYS[2], id)
     redis.call('HSET', k, 'state', 'IN_PROGRESS', 'started_at', ARGV[1], 'owner', ARGV[3])
+    if ARGV[4] == '' then redis.call('HDEL', k, 'worker') else redis.call('HSET', k, 'worker', ARGV[4]) end
     redis.call('HINCRBY', k, 'attempts', 1)
     return id
   end
@@ -56,12 +62,19 @@ return 1
 """
 
 # An orphan: KEYS as _TRANSITION plus the owner's alive key. ARGV: id, owner read before
-# ('' for none), max attempts, now, seq span, worker_crashed error type. Re-checked here, so a
-# job that was re-claimed or finished meanwhile, or whose owner came back, is left alone.
+# ('' for none), max attempts, now, seq span, worker_crashed error type, worker index ('' for
+# an orphan of a dead server). Re-checked here, so a job that was re-claimed or finished
+# meanwhile, or whose owner came back, is left alone; with a worker index: a job of this
+# (live) server that the dead worker process claimed.
 _ORPHAN = """
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') ~= 'IN_PROGRESS' then redis.call('SREM', KEYS[3], ARGV[1]) return false end
-if (redis.call('HGET', k, 'owner') or '') ~= ARGV[2] or redis.call('EXISTS', KEYS[6]) == 1 then return false end
+if (redis.call('HGET', k, 'owner') or '') ~= ARGV[2] then return false end
+if ARGV[7] == '' then
+  if redis.call('EXISTS', KEYS[6]) == 1 then return false end
+elseif redis.call('HGET', k, 'worker') ~= ARGV[7] then
+  return false
+end
 redis.call('SREM', KEYS[3], ARGV[1])
 if redis.call('HGET', k, 'cancel_requested') == '1' then
   redis.call('HSET', k, 'state', 'CANCELLED', 'finished_at', ARGV[4], 'error', 'the request was cancelled',
@@ -72,7 +85,7 @@ elseif tonumber(redis.call('HGET', k, 'attempts') or '0') >= tonumber(ARGV[3]) t
 else
   -- it already met its start deadline once, so the deadline is dropped
   redis.call('HSET', k, 'state', 'IN_QUEUE')
-  redis.call('HDEL', k, 'started_at', 'deadline', 'owner')
+  redis.call('HDEL', k, 'started_at', 'deadline', 'owner', 'worker')
   local p, seq = redis.call('HGET', k, 'priority'), redis.call('HGET', k, 'seq')
   local score = tonumber(p) * tonumber(ARGV[5]) + tonumber(seq)
   redis.call('ZADD', KEYS[2], string.format('%.0f', score), ARGV[1])
@@ -83,29 +96,72 @@ redis.call('RPUSH', KEYS[5], ARGV[1])
 return 'terminal'
 """
 
+# KEYS: terminal, this instance's processing list, processors. ARGV: limit, instance.
+# Moves up to `limit` ids onto the processing list, and returns that list's head: ids whose
+# hooks failed last time come first. They stay there until mark_hooked.
 _TAKE = """
-local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-redis.call('LTRIM', KEYS[1], #ids, -1)
-return ids
+redis.call('SADD', KEYS[3], ARGV[2])
+local n = tonumber(ARGV[1]) - redis.call('LLEN', KEYS[2])
+for _ = 1, n do
+  if not redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') then break end
+end
+return redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)
+"""
+
+# KEYS: terminal, a processing list, processors, its owner's alive key. ARGV: that instance.
+# A dead server's handed-out ids go back to `terminal`.
+_RETURN_TAKEN = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+while redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', 'RIGHT') do end
+redis.call('SREM', KEYS[3], ARGV[1])
+return 1
+"""
+
+# KEYS: job hash, queue, running, deadlines, terminal. ARGV: id, now. A queued job is cancelled
+# (terminal), a running one gets the flag its worker polls; one script, so an orphan sweep that
+# re-queues the job cannot slip between reading the state and setting the flag.
+_CANCEL = """
+local s = redis.call('HGET', KEYS[1], 'state')
+if not s then return 'not_found' end
+if s == 'IN_QUEUE' then
+  redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_at', ARGV[2], 'cancel_requested', '1',
+             'error', 'the request was cancelled', 'error_type', 'cancelled')
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('RPUSH', KEYS[5], ARGV[1])
+  return 'cancelled'
+end
+if s == 'IN_PROGRESS' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+  return 'requested'
+end
+return 'already_completed'
 """
 
 _FIELDS_JSON = ("input", "result")
 _FIELDS = ("id", "endpoint", "state", "priority", "seq", "created_at", "deadline", "started_at",
            "finished_at", "attempts", "cancel_requested", "result", "error", "error_type",
-           "webhook_url", "base_url", "key_id", "owner")
+           "webhook_url", "base_url", "key_id", "owner", "worker")
 
 
 class RedisJobStore:
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "flashhead:", *,
-                 instance: str | None = None, lease_s: float = LEASE_S):
-        self.r = redis_lib.Redis.from_url(url, decode_responses=True)
+                 instance: str | None = None, worker: int | None = None, lease_s: float = LEASE_S,
+                 socket_timeout_s: float | None = SOCKET_TIMEOUT_S):
+        """socket_timeout_s: connect and per-command limit (a redis that stops answering raises
+        redis.TimeoutError instead of hanging the caller)."""
+        self.r = redis_lib.Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout_s,
+                                          socket_connect_timeout=socket_timeout_s)
         self.p = prefix
         self.instance = instance or new_instance_id()
+        self.worker = worker
         self.lease_s = lease_s
         self._claim = self.r.register_script(_CLAIM)
         self._transition = self.r.register_script(_TRANSITION)
         self._orphan = self.r.register_script(_ORPHAN)
         self._take = self.r.register_script(_TAKE)
+        self._return_taken = self.r.register_script(_RETURN_TAKEN)
+        self._cancel = self.r.register_script(_CANCEL)
 
     def _k(self, *parts: str) -> str:
         return self.p + ":".join(parts)
@@ -154,7 +210,8 @@ class RedisJobStore:
     def claim(self, now_s: float | None = None) -> Job | None:
         t = now() if now_s is None else now_s
         job_id = self._claim(keys=[self._k("queue"), self._k("running"), self._k("deadlines")],
-                             args=[repr(t), self._k("job", ""), self.instance])
+                             args=[repr(t), self._k("job", ""), self.instance,
+                                   "" if self.worker is None else self.worker])
         return self.get(job_id) if job_id else None
 
     def _move(self, job_id: str, from_states: tuple[JobState, ...], **fields) -> Job | None:
@@ -171,27 +228,28 @@ class RedisJobStore:
         return self._move(job_id, (JobState.IN_QUEUE, JobState.IN_PROGRESS), state=state.value,
                           finished_at=now(), result=result, error=error, error_type=error_type)
 
+    def _processing(self, instance: str) -> str:
+        return self._k("terminal", "processing", instance)
+
     def take_terminal(self, limit: int = 64) -> list[Job]:
-        """Terminal jobs whose hooks have not run, removed from the list (each is returned once,
-        also with several API processes sharing this redis)."""
-        ids = self._take(keys=[self._k("terminal")], args=[limit])
-        return [j for j in (self.get(i, with_input=False) for i in ids) if j is not None]
+        """Terminal jobs whose hooks have not run, moved onto this instance's processing list
+        (so several API processes sharing this redis each get their own)."""
+        ids = self._take(keys=[self._k("terminal"), self._processing(self.instance),
+                               self._k("terminal", "processors")], args=[limit, self.instance])
+        jobs = [(i, self.get(i, with_input=False)) for i in ids]
+        self.mark_hooked([i for i, j in jobs if j is None])        # deleted meanwhile
+        return [j for _, j in jobs if j is not None]
+
+    def mark_hooked(self, job_ids: list[str]) -> None:
+        if job_ids:
+            pipe = self.r.pipeline(transaction=True)
+            for job_id in job_ids:
+                pipe.lrem(self._processing(self.instance), 0, job_id)
+            pipe.execute()
 
     def request_cancel(self, job_id: str) -> tuple[str, Job | None]:
-        job = self.get(job_id)
-        if job is None:
-            return CancelOutcome.NOT_FOUND, None
-        if job.state is JobState.IN_QUEUE:
-            done = self._move(job_id, (JobState.IN_QUEUE,), state=JobState.CANCELLED.value,
-                              finished_at=now(), cancel_requested=1,
-                              error="the request was cancelled", error_type="cancelled")
-            if done is not None:
-                return CancelOutcome.CANCELLED, done
-            job = self.get(job_id)   # claimed meanwhile: fall through to the running case
-        if job.state is JobState.IN_PROGRESS:
-            self.r.hset(self._k("job", job_id), "cancel_requested", 1)
-            return CancelOutcome.REQUESTED, None
-        return CancelOutcome.ALREADY_COMPLETED, None
+        outcome = self._cancel(keys=self._job_keys(job_id), args=[job_id, repr(now())])
+        return outcome, self.get(job_id) if outcome == CancelOutcome.CANCELLED else None
 
     def is_cancel_requested(self, job_id: str) -> bool:
         return self.r.hget(self._k("job", job_id), "cancel_requested") == "1"
@@ -222,18 +280,34 @@ class RedisJobStore:
         self.r.delete(self._k("alive", self.instance))
 
     def recover(self) -> tuple[list[Job], list[Job]]:
-        """Running jobs of instances whose lease expired -> (re-queued, failed or cancelled)."""
+        """Running jobs of instances whose lease expired -> (re-queued, failed); their
+        handed-out terminal jobs go back to the `terminal` list."""
+        processors = self._k("terminal", "processors")
+        for other in self.r.smembers(processors):
+            if other != self.instance:
+                self._return_taken(keys=[self._k("terminal"), self._processing(other), processors,
+                                         self._k("alive", other)], args=[other])
+        # this server is alive: the jobs it runs are not orphans
+        return self._take_back(lambda owner, worker: owner != self.instance, "")
+
+    def recover_worker(self, worker: int) -> tuple[list[Job], list[Job]]:
+        return self._take_back(lambda owner, w: owner == self.instance and w == str(worker), str(worker))
+
+    def _take_back(self, match, worker: str) -> tuple[list[Job], list[Job]]:
+        """Running jobs whose (owner, worker) match -> (re-queued, failed or cancelled), each
+        re-checked by the _ORPHAN script."""
         requeued, failed = [], []
         running = list(self.r.smembers(self._k("running")))
-        owners = self.r.pipeline(transaction=False)
+        fields = self.r.pipeline(transaction=False)
         for job_id in running:
-            owners.hget(self._k("job", job_id), "owner")
-        for job_id, owner in zip(running, owners.execute()):
+            fields.hmget(self._k("job", job_id), ["owner", "worker"])
+        for job_id, (owner, claimed_by) in zip(running, fields.execute()):
             owner = owner or ""
-            if owner == self.instance:            # this server is alive: it is running it
+            if not match(owner, claimed_by):
                 continue
             outcome = self._orphan(keys=[*self._job_keys(job_id), self._k("alive", owner)],
-                                   args=[job_id, owner, MAX_ATTEMPTS, repr(now()), _SEQ_SPAN, WORKER_CRASHED])
+                                   args=[job_id, owner, MAX_ATTEMPTS, repr(now()), _SEQ_SPAN, WORKER_CRASHED,
+                                         worker])
             if outcome:
                 job = self.get(job_id)
                 (requeued if outcome == "requeued" else failed).append(job)
@@ -252,4 +326,5 @@ def _hash_to_job(h: dict) -> Job:
         attempts=int(h.get("attempts", 0)), cancel_requested=h.get("cancel_requested") == "1",
         result=json.loads(h["result"]) if "result" in h else None, error=h.get("error"),
         error_type=h.get("error_type"), webhook_url=h.get("webhook_url"),
-        base_url=h.get("base_url", ""), key_id=h.get("key_id"), owner=h.get("owner"))
+        base_url=h.get("base_url", ""), key_id=h.get("key_id"), owner=h.get("owner"),
+        worker=int(h["worker"]) if "worker" in h else None)

@@ -5,13 +5,16 @@ write is one BEGIN IMMEDIATE transaction, connections wait up to BUSY_TIMEOUT_S 
 and claim() is a single UPDATE ... WHERE id = (SELECT ...) RETURNING, so two workers never
 claim the same job.
 
-Ownership is trivial here: one server per data dir, so at start-up every job a previous
+Ownership is trivial here: one server per data dir (the API process holds an exclusive
+flock on data_dir/.lock for its life, see lock_data_dir), so at start-up every job a previous
 instance left IN_PROGRESS is an orphan (no leases, heartbeat is a no-op); claim() still records
 the owner, so the periodic sweep leaves this server's own running jobs alone.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -28,7 +31,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   deadline REAL, started_at REAL, finished_at REAL, attempts INTEGER NOT NULL DEFAULT 0,
   cancel_requested INTEGER NOT NULL DEFAULT 0, result TEXT, error TEXT, error_type TEXT,
   webhook_url TEXT, base_url TEXT NOT NULL DEFAULT '', key_id TEXT,
-  hooked INTEGER NOT NULL DEFAULT 0, owner TEXT);
+  hooked INTEGER NOT NULL DEFAULT 0, owner TEXT, worker INTEGER);
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority, seq);
 CREATE TABLE IF NOT EXISTS logs (
   job_id TEXT NOT NULL, ts REAL NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL);
@@ -41,7 +44,7 @@ _Q, _P = JobState.IN_QUEUE.value, JobState.IN_PROGRESS.value
 # status polls skip the input column: it can hold megabytes of data: URIs
 _NO_INPUT = ("seq, id, endpoint, '{}' AS input, state, priority, created_at, deadline, started_at,"
              " finished_at, attempts, cancel_requested, result, error, error_type, webhook_url,"
-             " base_url, key_id, owner")
+             " base_url, key_id, owner, worker")
 _TERMINAL = tuple(s.value for s in JobState if s.is_terminal())
 
 
@@ -53,23 +56,28 @@ def _row_to_job(r: sqlite3.Row) -> Job:
         attempts=r["attempts"], cancel_requested=bool(r["cancel_requested"]),
         result=json.loads(r["result"]) if r["result"] else None, error=r["error"],
         error_type=r["error_type"], webhook_url=r["webhook_url"], base_url=r["base_url"],
-        key_id=r["key_id"], owner=r["owner"])
+        key_id=r["key_id"], owner=r["owner"], worker=r["worker"])
 
 
 class SqliteJobStore:
     local_reads = True        # reads hit a local file and never wait for a writer (WAL)
 
-    def __init__(self, path: str | Path, *, instance: str | None = None):
+    def __init__(self, path: str | Path, *, instance: str | None = None, worker: int | None = None,
+                 lock_dir: bool = False):
+        """lock_dir: the server's API process; hold the data dir's lock until release()."""
         self.path = Path(path)
         self.instance = instance or new_instance_id()
+        self.worker = worker
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._dir_lock = lock_data_dir(self.path.parent) if lock_dir else None
         self._local = threading.local()
         self._db().executescript(SCHEMA)
         self._migrate()
 
     def _migrate(self) -> None:
         """Files made before the `hooked` column: their terminal jobs had their hooks run.
-        Files made before the `owner` column: no owner (any running job is an orphan)."""
+        Files made before the `owner` column: no owner (any running job is an orphan).
+        Files made before the `worker` column: none (the claims of worker threads)."""
         with self._tx() as db:
             columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
             if "hooked" not in columns:
@@ -78,6 +86,8 @@ class SqliteJobStore:
                            _TERMINAL)
             if "owner" not in columns:
                 db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+            if "worker" not in columns:
+                db.execute("ALTER TABLE jobs ADD COLUMN worker INTEGER")
             db.execute(_HOOK_INDEX)
 
     def _db(self) -> sqlite3.Connection:
@@ -125,10 +135,10 @@ class SqliteJobStore:
         t = now() if now_s is None else now_s
         with self._tx() as db:
             r = db.execute(
-                "UPDATE jobs SET state = ?, started_at = ?, attempts = attempts + 1, owner = ? WHERE id = ("
-                " SELECT id FROM jobs WHERE state = ? AND cancel_requested = 0"
+                "UPDATE jobs SET state = ?, started_at = ?, attempts = attempts + 1, owner = ?, worker = ?"
+                " WHERE id = (SELECT id FROM jobs WHERE state = ? AND cancel_requested = 0"
                 " AND (deadline IS NULL OR deadline > ?) ORDER BY priority, seq LIMIT 1)"
-                " RETURNING *", (_P, t, self.instance, _Q, t)).fetchone()
+                " RETURNING *", (_P, t, self.instance, self.worker, _Q, t)).fetchone()
         return _row_to_job(r) if r else None
 
     def finish(self, job_id: str, state: JobState, *, result: dict | None = None,
@@ -143,13 +153,17 @@ class SqliteJobStore:
         return _row_to_job(r) if r else None
 
     def take_terminal(self, limit: int = 64) -> list[Job]:
-        """Terminal jobs whose hooks have not run, marked as run (each is returned once)."""
-        with self._tx() as db:
-            rows = db.execute(
-                f"UPDATE jobs SET hooked = 1 WHERE seq IN (SELECT seq FROM jobs WHERE hooked = 0"
-                f" AND state IN ({','.join('?' * len(_TERMINAL))}) ORDER BY seq LIMIT ?)"
-                f" RETURNING {_NO_INPUT}", (*_TERMINAL, limit)).fetchall()
-        return sorted((_row_to_job(r) for r in rows), key=lambda j: j.seq)
+        """Terminal jobs whose hooks have not run (one API process per data dir hands them out)."""
+        rows = self._db().execute(
+            f"SELECT {_NO_INPUT} FROM jobs WHERE hooked = 0 AND state IN ({','.join('?' * len(_TERMINAL))})"
+            f" ORDER BY seq LIMIT ?", (*_TERMINAL, limit)).fetchall()
+        return [_row_to_job(r) for r in rows]
+
+    def mark_hooked(self, job_ids: list[str]) -> None:
+        if job_ids:
+            with self._tx() as db:
+                db.execute(f"UPDATE jobs SET hooked = 1 WHERE id IN ({','.join('?' * len(job_ids))})",
+                           tuple(job_ids))
 
     def request_cancel(self, job_id: str) -> tuple[str, Job | None]:
         with self._tx() as db:
@@ -196,12 +210,20 @@ class SqliteJobStore:
         """No leases: only one server uses a data dir."""
 
     def release(self) -> None:
-        """No leases: only one server uses a data dir."""
+        """No leases (only one server uses a data dir): unlock the data dir."""
+        if self._dir_lock is not None:
+            os.close(self._dir_lock)
+            self._dir_lock = None
 
     def recover(self) -> tuple[list[Job], list[Job]]:
         """Every job IN_PROGRESS that another (hence dead) instance claimed is an orphan."""
-        orphan = "state = ? AND (owner IS NULL OR owner != ?)"
-        mine = (_P, self.instance)
+        return self._take_back("state = ? AND (owner IS NULL OR owner != ?)", (_P, self.instance))
+
+    def recover_worker(self, worker: int) -> tuple[list[Job], list[Job]]:
+        return self._take_back("state = ? AND owner = ? AND worker = ?", (_P, self.instance, worker))
+
+    def _take_back(self, orphan: str, mine: tuple) -> tuple[list[Job], list[Job]]:
+        """Running jobs matching `orphan` (params `mine`) -> (re-queued, failed or cancelled)."""
         if self._db().execute(f"SELECT 1 FROM jobs WHERE {orphan} LIMIT 1", mine).fetchone() is None:
             return [], []                   # the periodic sweep: nothing to do, no write lock taken
         # A re-queued job already met its start deadline once, so the deadline is dropped.
@@ -211,7 +233,7 @@ class SqliteJobStore:
                 f" WHERE {orphan} AND cancel_requested = 1 RETURNING *",
                 (JobState.CANCELLED.value, now(), "the request was cancelled", "cancelled", *mine)).fetchall()
             requeued = db.execute(
-                f"UPDATE jobs SET state = ?, started_at = NULL, deadline = NULL, owner = NULL"
+                f"UPDATE jobs SET state = ?, started_at = NULL, deadline = NULL, owner = NULL, worker = NULL"
                 f" WHERE {orphan} AND attempts < ? AND cancel_requested = 0 RETURNING *",
                 (_Q, *mine, MAX_ATTEMPTS)).fetchall()
             failed = db.execute(
@@ -227,6 +249,25 @@ class SqliteJobStore:
         if db is not None:
             db.close()
             self._local.db = None
+
+
+class DataDirBusy(SystemExit):
+    """Another server holds the data dir: a start-up error with a message, not a traceback."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """An exclusive flock on data_dir/.lock, held until the returned fd is closed (the kernel
+    drops it when the process dies, also on SIGKILL). Raises DataDirBusy if another holds it."""
+    fd = os.open(Path(data_dir) / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise DataDirBusy(f"{data_dir} is in use by another flashhead server (it holds {data_dir}/.lock): "
+                          f"two servers on one SQLite data dir would run each other's jobs twice. Stop the "
+                          f"other server, give this one its own --data-dir, or share jobs through redis "
+                          f"(FLASHHEAD_JOB_STORE=redis://...).") from None
+    return fd
 
 
 class _Tx:

@@ -65,6 +65,7 @@ class Job:
     base_url: str = ""
     key_id: str | None = None
     owner: str | None = None            # instance id of the server that claimed it last
+    worker: int | None = None           # index of the render worker process that claimed it
 
     @property
     def inference_time(self) -> float | None:
@@ -95,9 +96,16 @@ class JobStore(Protocol):
     """Durable job storage. Every method is safe to call from many threads.
 
     `instance` names the server (its API process and its worker processes share one id);
-    claim() records it as the job's owner."""
+    claim() records it as the job's owner, and `worker` (the render worker process's index,
+    None for worker threads) as the job's worker, so that the server can take back the jobs
+    of one worker process that died (recover_worker).
+
+    Terminal hooks are at-least-once: take_terminal hands out jobs whose hooks have not run,
+    the caller runs the hooks, then mark_hooked(ids). A process that dies in between (or a
+    hook that raises) leaves the job unhooked, and it is handed out again."""
 
     instance: str
+    worker: int | None
 
     def submit(self, new: NewJob) -> Job: ...
     def get(self, job_id: str, *, with_input: bool = True) -> Job | None:
@@ -112,8 +120,12 @@ class JobStore(Protocol):
                error: str | None = None, error_type: str | None = None) -> Job | None:
         """Move a job to a terminal state; returns None if it was already terminal."""
     def take_terminal(self, limit: int = 64) -> list[Job]:
-        """Jobs that became terminal and whose hooks (webhook, metrics) have not run yet, each
-        returned once, whichever process made it terminal (input left empty)."""
+        """Jobs that became terminal and whose hooks (webhook, metrics) have not run yet,
+        whichever process made them terminal (input left empty). Not marked: a job is handed
+        out again until mark_hooked names it. With several API processes (redis) a job is
+        handed to one of them; a dead one's are handed out again after its lease ran out."""
+    def mark_hooked(self, job_ids: list[str]) -> None:
+        """The hooks of these jobs (from take_terminal) ran: never hand them out again."""
     def request_cancel(self, job_id: str) -> tuple[str, Job | None]: ...
     def is_cancel_requested(self, job_id: str) -> bool: ...
     def append_log(self, job_id: str, message: str, level: str = "INFO") -> None: ...
@@ -123,11 +135,16 @@ class JobStore(Protocol):
     def heartbeat(self) -> None:
         """Renew this instance's lease (LEASE_S); the API process calls it every LEASE_REFRESH_S."""
     def release(self) -> None:
-        """Give up this instance's lease at shutdown: its leftover running jobs are orphans at once."""
+        """Give up this instance's lease at shutdown: its leftover running jobs are orphans at once
+        (sqlite: unlock the data dir)."""
     def recover(self) -> tuple[list[Job], list[Job]]:
         """Orphans -> (re-queued, failed): jobs IN_PROGRESS whose owner is another instance
         whose lease ran out (sqlite: any other instance; one server per data dir). Called at
         start-up, before any worker runs, and every ORPHAN_SWEEP_S after."""
+    def recover_worker(self, worker: int) -> tuple[list[Job], list[Job]]:
+        """Jobs IN_PROGRESS claimed by this instance's worker process `worker`, which died:
+        (re-queued, failed or cancelled), by the same policy as recover. Call it after the
+        process has exited and before a new one gets the index."""
     def close(self) -> None: ...
 
 

@@ -5,18 +5,21 @@ Signature (fal's scheme): Ed25519 over the UTF-8 of
 sent as X-Fal-Webhook-Request-Id / -User-Id / -Timestamp / -Signature (hex).
 Deliveries live in an SQLite outbox, so a receiver that is down when the job ends still gets
 the result later, also across server restarts. Retries back off exponentially; by default
-10 tries spread over 2 hours.
+10 tries spread over 2 hours. Delivery is at least once: a server killed after the receiver
+answered but before the outbox recorded it sends that delivery again after its restart.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -24,6 +27,8 @@ from typing import Mapping
 import httpx
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
+
+from flashhead.errors import FetchError, InputError
 
 log = logging.getLogger("flashhead.webhooks")
 
@@ -138,22 +143,35 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at);
 
 
 class WebhookOutbox:
-    """Persisted deliveries plus one thread that sends the due ones."""
+    """Persisted deliveries; one thread hands the due ones to a pool of `concurrency` sender
+    threads, so a receiver that hangs holds one sender for at most policy.timeout_s and never
+    delays the others. A delivery in flight is leased in the table (its next_at moved past its
+    timeout), so after a crash it is sent again once the lease ran out.
+
+    check_url(url) is the SSRF guard: it returns the addresses that may be connected to (the
+    POST goes to those, not to a second DNS answer) or None for "resolve normally", and raises
+    to refuse: UnsafeURLError (or any error but FetchError) fails the delivery for good, a
+    FetchError (the name does not resolve now) is retried. Any other error of any kind marks
+    the attempt failed and retries it with backoff; nothing stops the deliverer."""
 
     def __init__(self, db_path: str | Path, signer: WebhookSigner, policy: RetryPolicy = RetryPolicy(),
-                 on_result=None, check_url=None):
+                 on_result=None, check_url=None, *, concurrency: int = 4, max_response_bytes: int = 64 * 1024):
         self.path, self.signer, self.policy = Path(db_path), signer, policy
+        self.concurrency, self.max_response_bytes = concurrency, max_response_bytes
         self._on_result = on_result or (lambda ok: None)
-        self._check_url = check_url or (lambda url: None)   # SSRF guard: raises to refuse
+        self._check_url = check_url or (lambda url: None)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._in_flight: set[int] = set()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_OUTBOX)
 
     def enqueue(self, url: str, request_id: str, user_id: str, payload: dict) -> None:
+        """Idempotent: a second enqueue of one request and URL is ignored (hooks re-run after a
+        crash must not send twice)."""
         body = json.dumps(payload).encode()
         with self._lock:
             self._db.execute(
@@ -178,21 +196,36 @@ class WebhookOutbox:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        with httpx.Client(timeout=self.policy.timeout_s, follow_redirects=False) as client:
+        with httpx.Client(trust_env=False, follow_redirects=False) as client, \
+                ThreadPoolExecutor(self.concurrency, thread_name_prefix="webhook-send") as pool:
             while not self._stop.is_set():
-                due = self._due()
-                for row in due:
-                    self._attempt(client, *row)
-                if not due:
-                    self._wake.wait(self._sleep_s())
-                    self._wake.clear()
+                try:
+                    for row in self._take_due():
+                        pool.submit(self._attempt, client, *row)
+                    sleep_s = self._sleep_s()
+                except Exception:   # the outbox file is busy or broken: try again in a moment
+                    log.exception("webhook outbox failed; retrying")
+                    sleep_s = 1.0
+                self._wake.wait(sleep_s)
+                self._wake.clear()
+            pool.shutdown(wait=False, cancel_futures=True)
 
-    def _due(self) -> list[tuple]:
+    def _take_due(self) -> list[tuple]:
+        """Due deliveries for the free senders, leased for the length of one attempt."""
         with self._lock:
-            return self._db.execute(
+            free = self.concurrency - len(self._in_flight)
+            if free <= 0:
+                return []
+            rows = self._db.execute(
                 "SELECT id, request_id, user_id, url, body, attempts FROM deliveries"
-                " WHERE state = 'pending' AND next_at <= ? ORDER BY next_at LIMIT 16",
-                (time.time(),)).fetchall()
+                " WHERE state = 'pending' AND next_at <= ? ORDER BY next_at LIMIT ?",
+                (time.time(), free + len(self._in_flight))).fetchall()
+            rows = [r for r in rows if r[0] not in self._in_flight][:free]
+            lease = time.time() + self.policy.timeout_s + 1.0
+            for r in rows:
+                self._in_flight.add(r[0])
+                self._db.execute("UPDATE deliveries SET next_at = ? WHERE id = ?", (lease, r[0]))
+            return rows
 
     def _sleep_s(self) -> float:
         with self._lock:
@@ -200,32 +233,110 @@ class WebhookOutbox:
         return 5.0 if r[0] is None else min(5.0, max(0.05, r[0] - time.time()))
 
     def _attempt(self, client: httpx.Client, row_id, request_id, user_id, url, body, attempts) -> None:
-        error = None
+        """One try of one delivery, on a sender thread. Never raises."""
         try:
-            self._check_url(url)
-        except Exception as exc:   # refused for good: no retry can make it safe
-            self._record(row_id, request_id, attempts + 1, "failed", f"refused: {exc}")
-            return
+            try:
+                ips = self._check_url(url)
+            except FetchError as exc:          # e.g. the name does not resolve right now
+                error, final = f"{type(exc).__name__}: {exc}", False
+            except Exception as exc:           # refused for good: no retry can make it safe
+                error, final = f"refused: {exc}", True
+            else:
+                error, final = self._post(client, url, ips, body, self.signer.headers(request_id, user_id, body)), False
+                self._result(error is None)
+            self._done(row_id, request_id, attempts + 1, error, final)
+        except Exception:
+            log.exception("webhook delivery failed", extra={"request_id": request_id})
+            self._done(row_id, request_id, attempts + 1, "internal error", False)
+        finally:
+            with self._lock:
+                self._in_flight.discard(row_id)
+            self._wake.set()
+
+    def _post(self, client: httpx.Client, url: str, ips, body: bytes, headers: dict) -> str | None:
+        """POST `body` to `url` (pinned to `ips` when given); None, or why it failed."""
+        deadline = time.monotonic() + self.policy.timeout_s
         try:
-            resp = client.post(url, content=body, headers=self.signer.headers(request_id, user_id, body))
-            if not 200 <= resp.status_code < 300:
-                error = f"HTTP {resp.status_code}"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        attempts += 1
+            targets = [None] if ips is None else list(ips)
+            error = "no address to connect to"
+            for ip in targets:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return "timed out"
+                request = (client.build_request("POST", url, content=body, headers=headers,
+                                                extensions={"timeout": httpx.Timeout(remaining).as_dict()})
+                           if ip is None else pinned_post(client, url, ip, body, headers, remaining))
+                try:
+                    response = client.send(request, stream=True)
+                except httpx.ConnectError as exc:     # try the host's next address
+                    error = f"ConnectError: {exc}"
+                    continue
+                try:
+                    return self._read_answer(response, deadline)
+                finally:
+                    response.close()
+            return error
+        except Exception as exc:    # any kind: InvalidURL, an IDNA error, a timeout, a reset ...
+            return f"{type(exc).__name__}: {exc}"
+
+    def _read_answer(self, response: httpx.Response, deadline: float) -> str | None:
+        """Read at most max_response_bytes of the answer, within the deadline."""
+        read = 0
+        for piece in response.iter_raw():
+            read += len(piece)
+            if read >= self.max_response_bytes or time.monotonic() > deadline:
+                break
+        return None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+
+    def _done(self, row_id, request_id, attempts, error, final) -> None:
         if error is None:
             state, next_at = "delivered", time.time()
-        elif attempts >= self.policy.max_tries:
+        elif final or attempts >= self.policy.max_tries:
             state, next_at = "failed", time.time()
         else:
             state, next_at = "pending", time.time() + self.policy.delay(attempts)
-        self._on_result(error is None)
-        self._record(row_id, request_id, attempts, state, error, next_at)
-
-    def _record(self, row_id, request_id, attempts, state, error, next_at=None) -> None:
         log.info("webhook", extra={"request_id": request_id, "attempt": attempts, "state": state,
                                    "error": error})
-        next_at = time.time() if next_at is None else next_at
         with self._lock:
             self._db.execute("UPDATE deliveries SET attempts = ?, state = ?, next_at = ?, last_error = ?"
                              " WHERE id = ?", (attempts, state, next_at, error, row_id))
+
+    def _result(self, ok: bool) -> None:
+        try:
+            self._on_result(ok)
+        except Exception:
+            log.exception("webhook result callback failed")
+
+
+USER_AGENT = "flashhead-webhook/1.0"
+
+
+def pinned_post(client: httpx.Client, url: str, ip, body: bytes, headers: dict, timeout: float) -> httpx.Request:
+    """The POST of a delivery: built by flashhead.media.fetch's pinning (connect to `ip`, keep
+    the Host header and the TLS name), so what the SSRF guard checked is what is connected to."""
+    from flashhead.media.fetch import _pinned_request
+
+    get = _pinned_request(client, url, ip, timeout)
+    merged = {k: v for k, v in get.headers.items() if k.lower() != "content-length"}
+    return client.build_request("POST", get.url, headers={**merged, "User-Agent": USER_AGENT, **headers},
+                                content=body, extensions=get.extensions)
+
+
+_SUBMIT_CHECK_CLIENT: httpx.Client | None = None
+
+
+def check_webhook_url(url: str, *, field: str = "fal_webhook") -> None:
+    """Refuse at submit a URL the deliverer could not send to: parsed and built exactly as a
+    delivery is (httpx, pinned to a stand-in address). Raises InputError naming `field`."""
+    global _SUBMIT_CHECK_CLIENT
+    try:
+        parsed = httpx.URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise InputError("must be an absolute http(s) URL", field=field)
+        if _SUBMIT_CHECK_CLIENT is None:
+            _SUBMIT_CHECK_CLIENT = httpx.Client(trust_env=False)
+        pinned_post(_SUBMIT_CHECK_CLIENT, url, ipaddress.ip_address("192.0.2.1"), b"{}", {}, 1.0)
+    except InputError:
+        raise
+    except Exception as exc:    # httpx.InvalidURL, idna errors (UnicodeError), ValueError ...
+        raise InputError(f"is not a valid URL: {exc}", field=field) from None

@@ -6,6 +6,11 @@ rendering does not hold the API process's GIL.
 
 Cancellation is cooperative: generate() asks should_cancel() before every chunk, which reads
 the store's cancel flag, so a running job stops at the next chunk.
+
+A store that fails (redis away, SQLite locked past its busy timeout) never ends a worker: a
+failed claim is retried after STORE_RETRY_S, a failed finish is retried (backing off up to
+STORE_RETRY_MAX_S) until it is stored or the worker stops; log lines and cancel polls that fail
+are skipped.
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ from flashhead.storage.base import FILES_PREFIX, Storage
 
 log = logging.getLogger("flashhead.worker")
 PROGRESS_LOG_EVERY_S = 1.0
+STORE_RETRY_S = 0.5
+STORE_RETRY_MAX_S = 10.0
 OUTPUT_NAME = "flashhead.mp4"
 
 
@@ -49,7 +56,7 @@ class WorkerPool:
         self.n_threads, self.poll_s = threads, poll_s
         self.own_hosts = own_hosts
         self.generate = generate or _generate
-        self._stop = threading.Event()
+        self._stop = threading.Event()          # serve() replaces it with the one it is given
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -71,8 +78,14 @@ class WorkerPool:
               on_claim: Callable[[str | None], None] = lambda job_id: None) -> None:
         """Claim and run jobs until `stop`; idle, wait for `wake` or poll_s. on_claim(job id) before
         each job and on_claim(None) after it (a worker process tells its parent)."""
+        self._stop = stop
         while not stop.is_set():
-            job = self.store.claim()
+            try:
+                job = self.store.claim()
+            except Exception:
+                log.exception("claiming a job failed; retrying")
+                stop.wait(STORE_RETRY_S)
+                continue
             if job is None:
                 wake.wait(self.poll_s)
                 wake.clear()
@@ -83,7 +96,7 @@ class WorkerPool:
 
     def run_job(self, job: Job) -> None:
         job_dir = self.work_dir / job.id
-        say = lambda msg, level="INFO": self.store.append_log(job.id, msg, level)  # noqa: E731
+        say = lambda msg, level="INFO": self._log(job.id, msg, level)  # noqa: E731
         say(f"started (attempt {job.attempts})")
         try:
             state, fields = JobState.COMPLETED, {"result": self._render(job, job_dir, say)}
@@ -103,7 +116,34 @@ class WorkerPool:
             shutil.rmtree(job_dir, ignore_errors=True)
         if state is not JobState.COMPLETED:
             say(f"{state.value.lower()}: {fields.get('error')}", "ERROR")
-        self.queue.finish(job.id, state, **fields)
+        self._finish(job.id, state, fields)
+
+    def _finish(self, job_id: str, state: JobState, fields: dict) -> None:
+        """Store the outcome, retrying a failing store until it takes it or the worker stops
+        (then the job stays IN_PROGRESS, and recovery re-queues it)."""
+        delay = STORE_RETRY_S
+        while True:
+            try:
+                self.queue.finish(job_id, state, **fields)
+                return
+            except Exception:
+                log.exception("storing a job's outcome failed; retrying", extra={"job": job_id})
+            if self._stop.wait(delay):
+                return
+            delay = min(2 * delay, STORE_RETRY_MAX_S)
+
+    def _log(self, job_id: str, message: str, level: str = "INFO") -> None:
+        try:
+            self.store.append_log(job_id, message, level)
+        except Exception:     # a job's log line is not worth failing or killing the job for
+            log.warning("could not store a job log line", extra={"job": job_id}, exc_info=True)
+
+    def _cancel_requested(self, job_id: str) -> bool:
+        try:
+            return self.store.is_cancel_requested(job_id)
+        except Exception:     # asked again at the next chunk
+            log.warning("could not read a job's cancel flag", extra={"job": job_id}, exc_info=True)
+            return False
 
     def _render(self, job: Job, job_dir: Path, say) -> dict:
         from flashhead.pipeline import request_from_input
@@ -120,7 +160,7 @@ class WorkerPool:
 
         out = job_dir / OUTPUT_NAME
         result = self.generate(request, self.engines, out, allow_paths=local,
-                               should_cancel=lambda: self.store.is_cancel_requested(job.id),
+                               should_cancel=lambda: self._cancel_requested(job.id),
                                log=say, progress=progress)
         stored = self.storage.put_file(out, "video/mp4", OUTPUT_NAME)
         return _result_json(result, self.storage.url(stored.key, job.base_url), stored.file_name)
