@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     webhook_max_tries: int = Field(10, ge=1, description="webhook deliveries before giving up")
     realtime_idle_timeout_s: float = Field(60.0, gt=0, description="close a silent realtime socket after")
     webhook_retry_window_s: float = Field(7200.0, gt=0, description="span of the retries (backoff)")
+    # --- sec-media ---
+    files_url: str | None = Field(None, description="origin of returned /files URLs (e.g. "
+                                  "https://files.example.com), to serve stored files from a separate origin")
 
 
 @lru_cache(maxsize=1)
