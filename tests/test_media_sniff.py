@@ -178,3 +178,14 @@ def test_audio_field_refuses_an_image_and_image_field_refuses_audio():
         decode_audio(image_bytes("PNG"))
     with pytest.raises(InputError, match="not a JPEG"):
         load_image(encoded_audio("wav", "pcm_s16le"))
+
+
+def test_a_codec_without_a_decoder_is_refused_not_a_crash():
+    """A WAV naming codec tag 0xBEEF: FFmpeg opens it with no decoder, and decoding that stream
+    in PyAV 15 ends the process with SIGSEGV. decode_audio must refuse it first."""
+    data = (b"RIFF" + struct.pack("<I", 36 + 3200) + b"WAVE" + b"fmt "
+            + struct.pack("<IHHIIHH", 16, 0xBEEF, 1, 16_000, 32_000, 2, 16) + b"data" + struct.pack("<I", 3200)
+            + b"\0" * 3200)
+    with pytest.raises(InputError, match="no decoder") as exc:
+        decode_audio(data)
+    assert exc.value.field == "audio_url"

@@ -33,6 +33,8 @@ def decode_audio(
             if not container.streams.audio:
                 raise InputError("the file has no audio track", field=field)
             stream = container.streams.audio[0]
+            if stream.codec_context is None:   # PyAV 15 crashes the process decoding such a stream
+                raise InputError(f"the {kind.name} file's audio codec has no decoder here", field=field)
             _check_declared_duration(container, stream, max_seconds, field)
             pieces = _decode(container, stream, max_samples, max_seconds, field)
     except (av.FFmpegError, ValueError, EOFError) as exc:
