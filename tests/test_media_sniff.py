@@ -56,6 +56,17 @@ def test_audio_containers_are_recognised(fmt, codec, kind):
     assert S.sniff(encoded_audio(fmt, codec, rate)) is kind
 
 
+def test_streamed_mp4_segments_are_mp4():
+    """The streaming encoder's init segment (ftyp) and media segments (moof) are both video/mp4."""
+    from flashhead import constants as C
+    from flashhead.video.encode import FragmentedMp4Encoder
+
+    enc = FragmentedMp4Encoder()
+    frames = np.zeros((2, C.SIZE, C.SIZE, 3), np.uint8)
+    assert S.sniff(enc.init_segment()) is S.MP4
+    assert S.sniff(enc.encode_chunk(frames, np.zeros(2 * C.SAMPLES_PER_FRAME, np.float32))) is S.MP4
+
+
 @pytest.mark.parametrize("fmt, kind", [("PNG", S.PNG), ("JPEG", S.JPEG), ("WEBP", S.WEBP), ("GIF", S.GIF),
                                        ("BMP", S.BMP), ("TIFF", S.TIFF)])
 def test_image_formats_are_recognised(fmt, kind):

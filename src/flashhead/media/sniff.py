@@ -46,6 +46,7 @@ OCTET = "application/octet-stream"
 
 _ISO_IMAGE_BRANDS = {b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis"}  # HEIF/AVIF: not ours
 _AUDIO_BRANDS = {b"M4A ", b"M4B "}
+_FRAGMENT_BOXES = {b"moof", b"styp", b"sidx"}
 _BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
 
 
@@ -72,6 +73,8 @@ def sniff(data: bytes) -> Kind | None:
         return FLAC
     if head[4:8] == b"ftyp" and head[8:12] not in _ISO_IMAGE_BRANDS:
         return M4A if head[8:12] in _AUDIO_BRANDS else MP4
+    if head[4:8] in _FRAGMENT_BOXES:               # a media segment of a fragmented MP4 (streaming)
+        return MP4
     if head.startswith(b"\x1a\x45\xdf\xa3") and b"\x42\x82\x84webm" in head:
         return WEBM
     return _mpeg_audio(head)
