@@ -88,8 +88,12 @@ class Runner:
         assert not LEAKS.search(r.text), f"{where}: the answer leaks server details: {r.text[:500]}"
         if expect.get("field"):
             assert names_field(r, expect["field"]), f"{where}: the error does not name {expect['field']}: {r.text[:500]}"
+        if "put" in case:                   # the JS client's flow: PUT the bytes to the signed URL
+            put = self.client.put(r.json()["upload_url"], content=raw_bytes(case["put"]))
+            assert put.status_code == 200, f"{where}: the signed PUT gave {put.status_code}: {put.text[:300]}"
         if expect.get("served"):
-            self.check_served(r.json()["access_url"], expect["served"], where)
+            body = r.json()
+            self.check_served(body.get("access_url") or body["file_url"], expect["served"], where)
 
     def check_served(self, url: str, want: dict, where: str) -> None:
         r = self.client.get(url)
@@ -101,6 +105,8 @@ class Runner:
             disposition = r.headers.get("content-disposition", "")
             assert disposition.startswith(want["disposition"]), f"{where}: disposition {disposition!r}"
         assert r.headers.get("x-content-type-options") == "nosniff", f"{where}: no nosniff"
+        csp = r.headers.get("content-security-policy", "")
+        assert "default-src 'none'" in csp and "sandbox" in csp, f"{where}: CSP {csp!r}"
 
 
 def names_field(r: httpx.Response, field: str) -> bool:

@@ -1,14 +1,27 @@
 """Uploads (Python multipart, raw CDN, JS-style signed PUT) and file serving with ranges,
-against a real server over TLS."""
+against a real server over TLS; stored content typed by its bytes and never run in a browser."""
 from __future__ import annotations
 
+import io
+import json
 import os
 
 import pytest
+from PIL import Image
 
-from api_helpers import Server, fal_sync_client, make_tls
+from api_helpers import TEXT_ENDPOINT, Server, fal_sync_client, make_tls, wait_terminal
 
 BLOB = os.urandom(300 * 1024 + 17)
+MP4ISH = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + BLOB   # an MP4 header, then noise
+HTML = b"<!doctype html><script>fetch('/rest/tokens/')</script>"
+SVG = b"<svg xmlns='http://www.w3.org/2000/svg' onload='alert(document.domain)'/>"
+CSP = "default-src 'none'; sandbox"
+
+
+def png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, "PNG")
+    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +41,15 @@ def test_python_multipart_upload(server, monkeypatch):
     url = fal.upload(BLOB, "application/x-test", file_name="blob.bin")
     with server.client() as c:
         r = c.get(url)
-    assert r.content == BLOB and r.headers["content-type"] == "application/x-test"
+    assert r.content == BLOB and r.headers["content-type"] == "application/octet-stream"
+    assert r.headers["content-disposition"] == 'attachment; filename="blob.bin"'
 
 
 def test_ranges_head_and_errors(server):
     fal = fal_sync_client(server)
-    url = fal.upload(BLOB, "video/mp4", file_name="clip.mp4")
+    url = fal.upload(MP4ISH, "video/mp4", file_name="clip.mp4")
     assert url.endswith(".mp4")
+    BLOB = MP4ISH
     n = len(BLOB)
     with server.client() as c:
         head = c.head(url)
@@ -45,8 +60,10 @@ def test_ranges_head_and_errors(server):
             r = c.get(url, headers={"Range": rng})
             assert r.status_code == 206 and r.content == BLOB[a:b + 1], rng
             assert r.headers["content-range"] == f"bytes {a}-{b}/{n}"
+            assert r.headers["content-type"] == "video/mp4" and r.headers["x-content-type-options"] == "nosniff"
         r = c.get(url, headers={"Range": f"bytes={n}-"})
         assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{n}"
+        assert r.headers["content-security-policy"] == CSP and head.headers["content-security-policy"] == CSP
         base = url.rsplit("/", 1)[0]
         assert c.get(base + "/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.mp4").status_code == 404
         assert c.get(base + "/..%2Fjobs.db").status_code == 404
@@ -57,9 +74,100 @@ def test_js_style_signed_put_cannot_be_reused_for_another_file(server):
         init = c.post("/rest/storage/upload/initiate", json={"content_type": "text/plain", "file_name": "a.txt"}).json()
         assert c.put(init["upload_url"], content=b"hello").status_code == 200
         assert c.get(init["file_url"]).text == "hello"
-        assert c.get(init["file_url"]).headers["content-type"].startswith("text/plain")
+        assert c.get(init["file_url"]).headers["content-type"] == "application/octet-stream"
         other = c.post("/rest/storage/upload/initiate", json={"content_type": "text/plain", "file_name": "b.txt"}).json()
         token = init["upload_url"].split("token=")[1]
         forged = other["upload_url"].split("?")[0] + "?token=" + token
         assert c.put(forged, content=b"evil").status_code == 401
         assert c.put(other["upload_url"].split("?")[0], content=b"evil").status_code == 401
+
+
+# ---- stored content never runs in a browser ------------------------------------------------
+
+def _raw_upload(c, data: bytes, ctype: str, name: str) -> str:
+    r = c.post("/cdn/files/upload", content=data, headers={"Content-Type": ctype, "X-Fal-File-Name": name})
+    assert r.status_code == 200, r.text
+    return r.json()["access_url"]
+
+
+def _signed_upload(c, data: bytes, ctype: str, name: str) -> str:
+    init = c.post("/rest/storage/upload/initiate", json={"content_type": ctype, "file_name": name}).json()
+    assert c.put(init["upload_url"], content=data, headers={"Content-Type": ctype}).status_code == 200
+    return init["file_url"]
+
+
+def _multipart_upload(c, data: bytes, ctype: str, name: str) -> str:
+    init = c.post("/cdn/files/upload/multipart", headers={"Content-Type": ctype, "X-Fal-File-Name": name}).json()
+    assert c.put(f"{init['access_url']}/multipart/{init['uploadId']}/1", content=data).status_code == 200
+    done = c.post(f"{init['access_url']}/multipart/{init['uploadId']}/complete", json={"parts": []})
+    assert done.status_code == 200, done.text
+    return done.json()["access_url"]
+
+
+@pytest.mark.parametrize("upload", [_raw_upload, _signed_upload, _multipart_upload])
+@pytest.mark.parametrize("data, declared, name, served", [
+    (HTML, "image/png", "x.png", "application/octet-stream"),
+    (HTML, "text/html", "x.html", "application/octet-stream"),
+    (SVG, "image/svg+xml", "x.svg", "application/octet-stream"),
+    (SVG, "image/png", "x.png", "application/octet-stream"),
+    (b"<?xml version='1.0'?><html xmlns='http://www.w3.org/1999/xhtml'><script>1</script></html>",
+     "application/xhtml+xml", "x.xhtml", "application/octet-stream"),
+    (None, "text/html", "x.html", "image/png"),        # a real PNG declared as HTML is still a PNG
+])
+def test_served_type_comes_from_the_bytes(server, upload, data, declared, name, served):
+    data = png() if data is None else data
+    with server.client() as c:
+        url = upload(c, data, declared, name)
+        r = c.get(url)
+    assert r.status_code == 200 and r.content == data
+    assert r.headers["content-type"] == served
+    disposition = "inline" if served == "image/png" else "attachment"
+    assert r.headers["content-disposition"].startswith(disposition + ";")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["content-security-policy"] == CSP
+    key = url.rsplit("/", 1)[1]
+    assert not key.endswith((".html", ".svg", ".xhtml")), key
+
+
+def test_a_file_stored_before_sniffing_is_still_served_as_an_attachment(server):
+    """The allow-list is applied again when serving: old metadata saying text/html is not trusted."""
+    with server.client() as c:
+        url = _raw_upload(c, HTML, "text/html", "old.html")
+        key = url.rsplit("/", 1)[1]
+        meta = server.data_dir / "files" / f"{key}.meta.json"
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "content_type": "text/html"}))
+        r = c.get(url)
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert r.headers["content-disposition"].startswith("attachment;")
+
+
+FILES_ORIGIN = "https://files.flashhead.invalid"     # never resolved: own files are read from storage
+
+
+@pytest.fixture(scope="module")
+def files_origin_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("files-origin")
+    s = Server(tmp / "data", make_tls(tmp / "tls"), fake_generate=True,
+               env={"FLASHHEAD_FILES_URL": FILES_ORIGIN, "FLASHHEAD_TEST_FAKE_CHUNKS": "1"}).start()
+    yield s
+    s.stop()
+
+
+def test_files_url_moves_returned_urls_and_jobs_still_read_their_inputs_from_storage(files_origin_server):
+    s = files_origin_server
+    with s.client() as c:
+        url = _raw_upload(c, png(), "image/png", "face.png")
+        assert url.startswith(FILES_ORIGIN + "/files/")
+        missing = FILES_ORIGIN + "/files/" + "A" * 32 + ".png"
+        r = c.post(f"/queue/{TEXT_ENDPOINT}", json={"image_url": missing, "text": "hi"})
+        assert r.status_code == 422 and "does not exist" in r.text          # recognised as own, checked
+        r = c.post(f"/queue/{TEXT_ENDPOINT}", json={"image_url": url, "text": "hi"})
+        assert r.status_code == 200, r.text
+        rid = r.json()["request_id"]
+        assert wait_terminal(c, rid)["status"] == "COMPLETED"
+        result = c.get(f"/queue/{TEXT_ENDPOINT}/requests/{rid}").json()
+        video_url = result["video"]["url"]
+        assert video_url.startswith(FILES_ORIGIN + "/files/")
+        served = c.get(video_url.replace(FILES_ORIGIN, ""))     # the files origin routes to this server
+        given = json.loads(served.content.split(b": ", 1)[1])   # what the (fake) pipeline was given
+    assert given["image_url"] != url and not given["image_url"].startswith("http"), given

@@ -5,6 +5,7 @@ The guard tests check decisions only: any connection to a non-loopback address f
 from __future__ import annotations
 
 import base64
+import gzip
 import ipaddress
 import socket
 import threading
@@ -24,6 +25,7 @@ BODY = bytes(range(256)) * 8  # 2048 bytes
 
 class Handler(BaseHTTPRequestHandler):
     hosts_seen: list[str] = []
+    encodings_asked: list[str] = []
 
     def log_message(self, *args):  # keep pytest output quiet
         pass
@@ -48,6 +50,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def route_file(self, path, query):
         self._send(BODY, "image/png; charset=binary")
+
+    def route_gzip(self, path, query):
+        Handler.encodings_asked.append(self.headers.get("Accept-Encoding", ""))
+        body = gzip.compress(b"\0" * (8 << 20))          # 8 MiB of zeros in about 8 KiB
+        self.send_response(200)
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def route_unsized(self, path, query):
         self.close_connection = True  # body ends when the connection closes
@@ -195,6 +206,15 @@ def test_http_without_content_length(server, connections):
     assert get(server + "/unsized")[0] == BODY
     with pytest.raises(LimitExceeded, match="larger than 1000"):
         get(server + "/unsized", max_bytes=1000)
+
+
+def test_compressed_bodies_are_refused_not_inflated(server, connections):
+    """A gzip bomb: we ask for identity, and a server that compresses anyway is refused before
+    any byte is inflated (8 MiB here from 8 KiB on the wire, under a 100 000-byte limit)."""
+    with pytest.raises(FetchError, match="gzip-encoded") as exc:
+        get(server + "/gzip", max_bytes=100_000)
+    assert exc.value.field == "image_url"
+    assert Handler.encodings_asked[-1] == "identity"
 
 
 def test_content_length_over_limit(server, connections):

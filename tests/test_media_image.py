@@ -36,7 +36,8 @@ def diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
-@pytest.mark.parametrize("fmt, tolerance", [("PNG", 0.0), ("JPEG", 4.0), ("WEBP", 4.0)])
+@pytest.mark.parametrize("fmt, tolerance", [("PNG", 0.0), ("JPEG", 4.0), ("WEBP", 4.0), ("BMP", 0.0),
+                                            ("TIFF", 0.0), ("GIF", 12.0)])
 def test_formats(portrait, fmt, tolerance):
     rgb = load_image(encode(portrait, fmt, quality=95))
     assert rgb.shape == (512, 512, 3) and rgb.dtype == np.uint8
@@ -138,14 +139,22 @@ def test_crop_square_rule():
 
 
 def test_not_an_image():
-    with pytest.raises(InputError, match="is not a PNG, JPEG or WebP image") as exc:
+    with pytest.raises(InputError, match="is text, not a JPEG, PNG, WebP, GIF, BMP or TIFF image") as exc:
         load_image(b"hello, this is a text file\n" * 10)
     assert exc.value.field == "image_url"
 
 
-def test_gif_is_refused(portrait):
-    with pytest.raises(InputError, match="not a PNG, JPEG or WebP"):
-        load_image(encode(portrait, "GIF"), field="img")
+def test_animated_gif_gives_its_first_frame(portrait):
+    second = Image.new("RGB", portrait.size, (0, 0, 0))
+    data = encode(portrait, "GIF", save_all=True, append_images=[second])
+    assert diff(load_image(data), np.asarray(portrait)) <= 12.0
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PPM", "TGA", "PCX"])
+def test_formats_pillow_knows_but_we_do_not_accept(portrait, fmt):
+    with pytest.raises(InputError, match="not a JPEG, PNG") as exc:
+        load_image(encode(portrait.resize((64, 64)), fmt), field="img")
+    assert exc.value.field == "img"
 
 
 def test_truncated_image(portrait):

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
                                             "webhook receiver's answer")
     redis_socket_timeout_s: float = Field(10.0, gt=0, description="redis job store: connect and "
                                           "per-command timeout")
+    # --- sec-media ---
+    files_url: str | None = Field(None, description="origin of returned /files URLs (e.g. "
+                                  "https://files.example.com), to serve stored files from a separate origin")
 
 
 @lru_cache(maxsize=1)

@@ -34,7 +34,7 @@ def check_inputs(ctx: AppContext, payload: dict, base_url: str) -> None:
     """Refuse bad `*_url` values before queueing: scheme, SSRF guard, own files that exist."""
     from flashhead.media.urlguard import guard_url
 
-    hosts = {base_url.split("://", 1)[-1].split("/", 1)[0]}
+    hosts = ctx.storage.own_hosts(base_url)
     for name, value in payload.items():
         if not name.endswith("_url") or not isinstance(value, str):
             continue

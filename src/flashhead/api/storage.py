@@ -6,7 +6,11 @@ Python (fal-client): POST /rest/storage/auth/token -> {token, token_type, base_u
 JS (@fal-ai/client): POST /rest/storage/upload/initiate -> {upload_url, file_url}, PUT upload_url
   (no Authorization: the URL carries a signed token); big files: /initiate-multipart, PUT
   {upload_url path}/{n}?token, POST .../complete?token.
-Files: GET /files/{key} (Range, HEAD), public to whoever holds the unguessable URL.
+Files: GET /files/{key} (Range, HEAD), public to whoever holds the unguessable URL. Stored
+content never runs in a browser: the type was sniffed from the bytes at upload, only media
+types are served inline, everything else is an application/octet-stream attachment, and every
+answer carries nosniff and a sandboxing CSP. FLASHHEAD_FILES_URL moves the returned URLs to
+another origin (Storage.url).
 """
 from __future__ import annotations
 
@@ -23,10 +27,12 @@ from pydantic import BaseModel
 from flashhead.api.auth import UPLOAD_TOKEN_TTL_S
 from flashhead.api.deps import AppContext, get_ctx, require_key
 from flashhead.errors import InputError, LimitExceeded, Unauthorized
-from flashhead.storage.base import FILES_PREFIX, StoredFile, check_key, content_type_for, new_key
+from flashhead.media.sniff import OCTET, served_type
+from flashhead.storage.base import FILES_PREFIX, StoredFile, check_key, declared_ext, new_key
 
 MAX_UPLOAD_BYTES = 1024 * 1024 * 1024     # one upload (or one multipart file) at most 1 GiB
 CDN_PREFIX = "/cdn"
+FILES_CSP = "default-src 'none'; sandbox"
 
 router = APIRouter()
 
@@ -132,13 +138,13 @@ def _complete(ctx: AppContext, request: Request, key: str, upload_id: str, body:
 def _initiate(request: Request, body: InitiateBody, multipart: bool) -> dict:
     ctx = get_ctx(request)
     base = ctx.base_url(request)
-    ctype = content_type_for(body.file_name, body.content_type)
+    ctype = body.content_type            # a hint only: the stored type is sniffed from the bytes
     if multipart:
         key, upload_id = ctx.storage.create_multipart(ctype, body.file_name)
         token = ctx.auth.issue_upload_token(key, ctype, body.file_name, multipart=upload_id)
         upload_url = f"{base}{CDN_PREFIX}/uploads/{key}/multipart/{upload_id}?token={token}"
     else:
-        key = new_key(body.file_name, ctype)
+        key = new_key(declared_ext(ctype))
         token = ctx.auth.issue_upload_token(key, ctype, body.file_name)
         upload_url = f"{base}{CDN_PREFIX}/uploads/{key}?token={token}"
     return {"upload_url": upload_url, "file_url": ctx.storage.url(key, base)}
@@ -209,8 +215,11 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 def serve_file(key: str, request: Request):
     ctx = get_ctx(request)
     f = ctx.storage.stat(check_key(key))
-    base = {"Accept-Ranges": "bytes", "Content-Type": f.content_type, "ETag": f'"{f.key}"',
-            "Content-Disposition": f'inline; filename="{f.file_name}"',
+    ctype = served_type(f.content_type)    # checked again here: files stored before sniffing too
+    disposition = "attachment" if ctype == OCTET else "inline"
+    base = {"Accept-Ranges": "bytes", "Content-Type": ctype, "ETag": f'"{f.key}"',
+            "Content-Disposition": f'{disposition}; filename="{f.file_name}"',
+            "X-Content-Type-Options": "nosniff", "Content-Security-Policy": FILES_CSP,
             "Cache-Control": "public, max-age=31536000, immutable"}
     try:
         rng = _parse_range(request.headers.get("range"), f.size)
@@ -223,4 +232,4 @@ def serve_file(key: str, request: Request):
     if request.method == "HEAD" or f.size == 0:
         return Response(status_code=status, headers=headers)
     return StreamingResponse(ctx.storage.open_range(f.key, start, end), status, headers=headers,
-                             media_type=f.content_type)
+                             media_type=ctype)

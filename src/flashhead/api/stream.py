@@ -114,14 +114,15 @@ STATIC = Path(__file__).parent / "static"
 
 def localize(payload: dict, ctx, base_url: str, work_dir: Path) -> tuple[dict, bool]:
     """Inputs naming this server's own /files/ are read from storage (the SSRF guard refuses
-    loopback fetches). Returns (payload, allow_paths)."""
-    from urllib.parse import urlsplit
-
+    loopback fetches). Returns (payload, allow_paths). Every `*_url` is checked first as the
+    queue checks it: allow_paths must never let a client's own path string through."""
+    from flashhead.api.queue import check_inputs
     from flashhead.jobs.worker import own_file_key
 
+    check_inputs(ctx, payload, base_url)
     out, local = dict(payload), False
     for name, value in payload.items():
-        key = own_file_key(value, {urlsplit(base_url).netloc}) if name.endswith("_url") else None
+        key = own_file_key(value, ctx.storage.own_hosts(base_url)) if name.endswith("_url") else None
         if key is None:
             continue
         path = ctx.storage.local_path(key)

@@ -45,9 +45,12 @@ def make_storage(settings: Settings):
     data_dir = Path(settings.data_dir)
     if option(settings, "storage", "local") == "s3":
         from flashhead.storage.s3 import S3Storage
-        return S3Storage(option(settings, "s3_bucket", "flashhead"), data_dir / "staging",
-                         prefix=option(settings, "s3_prefix", "files/"),
-                         endpoint_url=option(settings, "s3_endpoint_url", None),
-                         region=option(settings, "s3_region", None))
-    from flashhead.storage.local import LocalStorage
-    return LocalStorage(data_dir / "files")
+        storage = S3Storage(option(settings, "s3_bucket", "flashhead"), data_dir / "staging",
+                            prefix=option(settings, "s3_prefix", "files/"),
+                            endpoint_url=option(settings, "s3_endpoint_url", None),
+                            region=option(settings, "s3_region", None))
+    else:
+        from flashhead.storage.local import LocalStorage
+        storage = LocalStorage(data_dir / "files")
+    storage.files_url = option(settings, "files_url", None)
+    return storage

@@ -169,7 +169,7 @@ class WorkerPool:
         """Inputs that point at this server's own /files/ are read from storage, not over HTTP
         (the SSRF guard would rightly refuse a loopback fetch). Only these become paths."""
         payload, local = dict(job.input), False
-        hosts = self.own_hosts() | {urlsplit(job.base_url).netloc}
+        hosts = self.own_hosts() | self.storage.own_hosts(job.base_url)
         for name, value in job.input.items():
             key = own_file_key(value, hosts) if name.endswith("_url") else None
             if key is None:

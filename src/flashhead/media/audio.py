@@ -1,5 +1,10 @@
-"""Speech uploads: any audio PyAV can demux (WAV, MP3, FLAC, OGG/Opus/Vorbis, M4A/AAC) ->
-float32 mono at SAMPLE_RATE, refusing long files as soon as the limit is passed."""
+"""Speech uploads (WAV, MP3, AAC/M4A, Ogg/Opus, FLAC, WebM) -> float32 mono at SAMPLE_RATE,
+refusing long files as soon as the limit is passed.
+
+The container is sniffed from the bytes first and its demuxer is forced: FFmpeg never probes,
+so a concat script, a playlist or an image sequence is never opened as one. Decoding runs
+from memory with FFmpeg's format and protocol allow-lists set, so even a demuxer that wanted
+another resource (a file, a URL, an MP4 data reference) could not open it."""
 from __future__ import annotations
 
 import io
@@ -9,6 +14,10 @@ import numpy as np
 
 from flashhead import constants as C
 from flashhead.errors import InputError, LimitExceeded
+from flashhead.media.sniff import AUDIO, AUDIO_NAMES, describe, sniff
+
+# No protocol is allowed: PyAV reads our bytes through its own I/O callbacks, which need none.
+_OPTIONS = {"protocol_whitelist": "none", "enable_drefs": "0", "use_absolute_path": "0"}
 
 
 def decode_audio(
@@ -16,15 +25,21 @@ def decode_audio(
 ) -> np.ndarray:
     """Decode `data` to a 1-D float32 array at SAMPLE_RATE Hz, mono (channels averaged)."""
     max_samples = int(max_seconds * C.SAMPLE_RATE)
+    kind = sniff(data)
+    if kind not in AUDIO:
+        raise InputError(f"the file is {describe(data)}, not {AUDIO_NAMES} audio", field=field)
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with open_container(data, kind.demuxer) as container:
             if not container.streams.audio:
                 raise InputError("the file has no audio track", field=field)
             stream = container.streams.audio[0]
+            if stream.codec_context is None:   # PyAV 15 crashes the process decoding such a stream
+                raise InputError(f"the {kind.name} file's audio codec has no decoder here", field=field)
             _check_declared_duration(container, stream, max_seconds, field)
             pieces = _decode(container, stream, max_samples, max_seconds, field)
     except (av.FFmpegError, ValueError, EOFError) as exc:
-        raise InputError(f"the file is not audio that can be decoded ({_reason(exc)})", field=field) from None
+        raise InputError(f"the {kind.name} file is damaged or holds no audio that can be decoded",
+                         field=field) from None
     audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     if audio.size < C.SAMPLES_PER_FRAME:
         raise InputError(
@@ -32,6 +47,12 @@ def decode_audio(
             field=field,
         )
     return audio
+
+
+def open_container(data: bytes, demuxer: str) -> av.container.InputContainer:
+    """Open `data` in memory with exactly `demuxer`, no protocol and no other demuxer allowed."""
+    options = {**_OPTIONS, "format_whitelist": demuxer}
+    return av.open(io.BytesIO(data), mode="r", format=demuxer, container_options=options)
 
 
 def _check_declared_duration(container, stream, max_seconds: float, field: str) -> None:
@@ -75,6 +96,3 @@ def _too_long(seconds: float | None, max_seconds: float) -> str:
     length = f"{seconds:.1f} s" if seconds is not None else f"longer than {max_seconds:g} s"
     return f"the audio is {length}; the limit is {max_seconds:g} s"
 
-
-def _reason(exc: Exception) -> str:
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

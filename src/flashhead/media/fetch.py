@@ -114,7 +114,7 @@ def fetch_url(
 def _pinned_request(client: httpx.Client, url: str, ip: IPAddress, remaining: float) -> httpx.Request:
     """A request to `url` that connects to `ip` but keeps the Host header and TLS name."""
     original = httpx.URL(url)
-    headers = {"Host": original.netloc.decode("ascii"), "User-Agent": USER_AGENT}
+    headers = {"Host": original.netloc.decode("ascii"), "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     extensions = {"timeout": httpx.Timeout(remaining).as_dict()}
     if original.scheme == "https":
         extensions["sni_hostname"] = original.host
@@ -153,9 +153,13 @@ def _read_body(
     length = response.headers.get("content-length", "")
     if length.isdigit() and int(length) > max_bytes:
         raise LimitExceeded(f"the file is {length} bytes; the limit is {max_bytes}", field=field)
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):   # asked for identity: a compressed body could be a bomb
+        raise FetchError(f"the server sent a {encoding[:20]}-encoded body; media are fetched uncompressed",
+                         field=field)
     body = bytearray()
     try:
-        for piece in response.iter_bytes():
+        for piece in response.iter_raw():
             body += piece
             if len(body) > max_bytes:
                 raise LimitExceeded(f"the file is larger than {max_bytes} bytes", field=field)

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from flashhead import constants as C
 from flashhead.errors import InputError, LimitExceeded, NoFaceError
+from flashhead.media.sniff import IMAGE, IMAGE_NAMES, describe, sniff
 
-FORMATS = ("PNG", "JPEG", "WEBP")  # the JPEG opener also yields MPO (multi-picture) files
 DETECT_SIDE = 1024            # faces are searched on a copy no larger than this
 REFINE_SIDE = C.SIZE          # ... and then measured again in their own square at this size
 MIN_FACE_SCORE = 0.5
@@ -27,18 +27,23 @@ Box = tuple[float, float, float, float]  # (centre x, centre y, width, height) i
 
 
 def load_image(data: bytes, *, field: str = "image_url", max_pixels: int = C.MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Decode PNG/JPEG/WebP bytes to an H x W x 3 uint8 RGB array, upright per EXIF.
+    """Decode JPEG/PNG/WebP/GIF (first frame)/BMP/TIFF bytes to an H x W x 3 uint8 RGB array,
+    upright per EXIF.
 
-    The pixel count is checked from the header before any pixel is decoded.
+    The format is sniffed from the bytes and only its decoder may open them; the pixel count
+    is checked from the header before any pixel is decoded.
     """
+    kind = sniff(data)
+    if kind not in IMAGE:
+        raise InputError(f"the file is {describe(data)}, not a {IMAGE_NAMES} image", field=field)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit
         try:
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            image = Image.open(io.BytesIO(data), formats=(kind.pillow,))  # JPEG's opener yields MPO too
         except Image.DecompressionBombError:
             raise LimitExceeded(f"the image has more than {max_pixels} pixels", field=field) from None
-        except (UnidentifiedImageError, OSError, ValueError):
-            raise InputError("the file is not a PNG, JPEG or WebP image", field=field) from None
+        except Exception:  # noqa: BLE001 - an untrusted header may break a decoder in any way
+            raise InputError(f"the {kind.name} header is damaged", field=field) from None
         width, height = image.size
         if width * height > max_pixels:
             raise LimitExceeded(
@@ -48,8 +53,10 @@ def load_image(data: bytes, *, field: str = "image_url", max_pixels: int = C.MAX
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise InputError(f"the image could not be decoded ({exc})", field=field) from None
+        except Image.DecompressionBombError:
+            raise LimitExceeded(f"the image has more than {max_pixels} pixels", field=field) from None
+        except Exception:  # noqa: BLE001 - truncated data, bad EXIF, a decoder's own limit
+            raise InputError(f"the {kind.name} image is damaged or truncated", field=field) from None
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:

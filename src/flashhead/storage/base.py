@@ -1,12 +1,13 @@
 """File storage for uploads and outputs: unguessable keys, content types, byte ranges.
 
 Every backend serves files through the API's /files/{key} route (range requests included),
-so returned URLs look the same whatever the backend.
+so returned URLs look the same whatever the backend. A file's content type is sniffed from
+its bytes (flashhead.media.sniff): media keep their type, anything else is stored as
+application/octet-stream, whatever its uploader declared or named it.
 """
 from __future__ import annotations
 
 import json
-import mimetypes
 import re
 import secrets
 import shutil
@@ -14,14 +15,15 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 from flashhead.errors import InputError, NotFound
+from flashhead.media.sniff import AUDIO, HEAD_BYTES, IMAGE, OCTET, served_type, stored_type
 
 FILES_PREFIX = "/files"
 KEY_BYTES = 24                              # 192 random bits: unguessable
 READ_BLOCK = 256 * 1024
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]{32}(\.[A-Za-z0-9]{1,10})?$")
-_EXT_RE = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 
 
 @dataclass
@@ -32,12 +34,17 @@ class StoredFile:
     file_name: str
 
 
-def new_key(file_name: str | None, content_type: str | None) -> str:
-    """Random key keeping a short extension, so downloads get a sensible name."""
-    ext = Path(file_name or "").suffix.lower()
-    if not _EXT_RE.match(ext):
-        ext = mimetypes.guess_extension(content_type or "") or ""
-    return secrets.token_urlsafe(KEY_BYTES) + (ext if _EXT_RE.match(ext) else "")
+def new_key(ext: str = "") -> str:
+    """Random key, with the extension of the file's media type (none for other files)."""
+    return secrets.token_urlsafe(KEY_BYTES) + ext
+
+
+def declared_ext(content_type: str | None) -> str:
+    """The key extension for a file whose bytes are not here yet (multipart, signed uploads):
+    that of the declared type when it is a media type, else none. Only cosmetic: the served
+    type is sniffed from the bytes when they arrive."""
+    ctype = served_type(content_type)
+    return next((k.ext for k in (*AUDIO, *IMAGE) if k.mime == ctype), "")
 
 
 def check_key(key: str) -> str:
@@ -46,12 +53,12 @@ def check_key(key: str) -> str:
     return key
 
 
-def content_type_for(file_name: str | None, declared: str | None) -> str:
-    declared = (declared or "").split(";")[0].strip().lower()
-    if declared and declared != "application/octet-stream" and "/" in declared:
-        return declared
-    guessed, _ = mimetypes.guess_type(file_name or "")
-    return guessed or "application/octet-stream"
+def describe_file(path: Path, declared: str | None, file_name: str | None, key: str | None) -> StoredFile:
+    """The StoredFile for bytes about to be stored: type sniffed from them, a new key unless given."""
+    with open(path, "rb") as fh:
+        kind = stored_type(fh.read(HEAD_BYTES), declared)
+    key = key or new_key(kind.ext if kind else "")
+    return StoredFile(key, Path(path).stat().st_size, kind.mime if kind else OCTET, safe_name(file_name, key))
 
 
 def safe_name(file_name: str | None, key: str) -> str:
@@ -61,6 +68,8 @@ def safe_name(file_name: str | None, key: str) -> str:
 
 class Storage(ABC):
     """put a file -> key; stat / read ranges / delete by key; multipart staging on local disk."""
+
+    files_url: str | None = None    # serve files from this origin instead of the API's (Settings.files_url)
 
     def __init__(self, staging_dir: Path):
         self.staging = Path(staging_dir)
@@ -82,7 +91,11 @@ class Storage(ABC):
         return None
 
     def url(self, key: str, base_url: str) -> str:
-        return f"{base_url.rstrip('/')}{FILES_PREFIX}/{key}"
+        return f"{(self.files_url or base_url).rstrip('/')}{FILES_PREFIX}/{key}"
+
+    def own_hosts(self, base_url: str) -> set[str]:
+        """Hosts whose /files/ URLs are this storage's files: the API's and the files origin."""
+        return {urlsplit(u).netloc for u in (base_url, self.files_url) if u}
 
     def put_bytes(self, data: bytes, content_type: str | None, file_name: str | None) -> StoredFile:
         tmp = self.staging / f"put-{secrets.token_hex(8)}"
@@ -94,7 +107,7 @@ class Storage(ABC):
 
     # multipart: parts are staged on local disk and joined on complete
     def create_multipart(self, content_type: str | None, file_name: str | None) -> tuple[str, str]:
-        key, upload_id = new_key(file_name, content_type), secrets.token_urlsafe(16)
+        key, upload_id = new_key(declared_ext(content_type)), secrets.token_urlsafe(16)
         d = self.staging / f"mp-{upload_id}"
         d.mkdir()
         (d / "meta.json").write_text(json.dumps({"key": key, "content_type": content_type,

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 from flashhead.errors import NotFound
-from flashhead.storage.base import (READ_BLOCK, Storage, StoredFile, check_key, content_type_for,
-                                    new_key, safe_name)
+from flashhead.storage.base import READ_BLOCK, Storage, StoredFile, check_key, describe_file
 
 
 class LocalStorage(Storage):
@@ -24,10 +23,8 @@ class LocalStorage(Storage):
 
     def put_file(self, path: Path, content_type: str | None, file_name: str | None,
                  key: str | None = None) -> StoredFile:
-        key = key or new_key(file_name, content_type)
-        data_path, meta_path = self._paths(key)
-        f = StoredFile(key, Path(path).stat().st_size, content_type_for(file_name, content_type),
-                       safe_name(file_name, key))
+        f = describe_file(path, content_type, file_name, key)
+        data_path, meta_path = self._paths(f.key)
         tmp = data_path.with_name(data_path.name + ".part")
         shutil.copyfile(path, tmp)
         os.replace(tmp, data_path)       # atomic: a reader never sees half a file

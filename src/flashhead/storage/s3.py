@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from flashhead.errors import BackendUnavailable, NotFound
-from flashhead.storage.base import READ_BLOCK, Storage, StoredFile, check_key, content_type_for, new_key, safe_name
+from flashhead.storage.base import READ_BLOCK, Storage, StoredFile, check_key, describe_file
 
 _MISSING = ("404", "NoSuchKey", "NotFound")
 
@@ -47,14 +47,13 @@ class S3Storage(Storage):
 
     def put_file(self, path: Path, content_type: str | None, file_name: str | None,
                  key: str | None = None) -> StoredFile:
-        key = key or new_key(file_name, content_type)
-        ctype, name = content_type_for(file_name, content_type), safe_name(file_name, key)
+        f = describe_file(path, content_type, file_name, key)
         try:
-            self.s3.upload_file(str(path), self.bucket, self._obj(key), ExtraArgs={
-                "ContentType": ctype, "Metadata": {"file-name": name}})
+            self.s3.upload_file(str(path), self.bucket, self._obj(f.key), ExtraArgs={
+                "ContentType": f.content_type, "Metadata": {"file-name": f.file_name}})
         except Exception as exc:  # botocore and s3transfer raise many unrelated classes
             raise BackendUnavailable(f"S3 upload failed: {exc}", field="storage") from exc
-        return StoredFile(key, Path(path).stat().st_size, ctype, name)
+        return f
 
     def stat(self, key: str) -> StoredFile:
         try:
