@@ -62,21 +62,22 @@ def test_the_keys_follow_the_job_store_unless_told(redis_url, tmp_path):
 
 
 def _token_round_trip(issuer: Auth, verifier: Auth) -> dict:
-    token = issuer.issue_realtime_token("k", ["fal-ai/flashhead"], 60)
+    key_id = issuer.keys.create().split(":")[0]
+    token = issuer.issue_realtime_token(key_id, ["fal-ai/flashhead"], 60)
     claims = verifier.verify_realtime_token(token, "flashhead")
-    upload = issuer.issue_upload_token("abc.png", "image/png", "a.png")
+    upload = issuer.issue_upload_token(key_id, "abc.png", "image/png", "a.png")
     verifier.verify_upload_token(upload, "abc.png")
+    assert claims["sub"] == key_id
     return claims
 
 
 def test_servers_with_one_jwt_secret_accept_each_others_tokens(tmp_path):
-    shared = secrets.token_hex(32)
-    a = Auth.from_settings(_settings(tmp_path / "a", jwt_secret=shared))
-    b = Auth.from_settings(_settings(tmp_path / "b", jwt_secret=shared))
-    assert _token_round_trip(a, b)["sub"] == "k"
+    shared, keys = secrets.token_hex(32), SqliteKeyStore(tmp_path / "keys")   # keys: one store
+    a, b = (Auth(tmp_path / n, keys, shared) for n in "ab")
+    assert _token_round_trip(a, b)["apps"] == ["flashhead"]
     assert not (tmp_path / "a" / "jwt_secret").exists()
-    lone = Auth.from_settings(_settings(tmp_path / "c"))                 # its own data dir's secret
-    with pytest.raises(Unauthorized):
+    lone = Auth(tmp_path / "c", keys)                                  # its own data dir's secret
+    with pytest.raises(Unauthorized, match="Signature"):
         _token_round_trip(a, lone)
     with pytest.raises(InputError, match="jwt_secret"):
         Auth.from_settings(_settings(tmp_path / "d", jwt_secret="short"))

@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     webhook_max_tries: int = Field(10, ge=1, description="webhook deliveries before giving up")
     realtime_idle_timeout_s: float = Field(60.0, gt=0, description="close a silent realtime socket after")
     webhook_retry_window_s: float = Field(7200.0, gt=0, description="span of the retries (backoff)")
+    # --- auth and abuse limits (sec-auth) ---
+    token_ttl_s: float = Field(600.0, ge=10, le=3600, description="life of CDN upload tokens and signed "
+                               "upload URLs, and the longest realtime token a client may ask for")
+    rate_limit: str = Field("100/second;6000/minute", description="requests per API key, in the `limits` "
+                            "package's notation ('N/second;M/minute'); empty = no limit")
+    max_active_jobs_per_key: int = Field(100, ge=0, description="queued + running jobs one API key may "
+                                         "have at once (0 = no limit)")
 
 
 @lru_cache(maxsize=1)

@@ -228,6 +228,11 @@ class SqliteJobStore:
             db.close()
             self._local.db = None
 
+    def active_count(self, key_id: str) -> int:
+        """Queued + running jobs of one API key (the state index keeps it to active jobs)."""
+        return int(self._db().execute("SELECT COUNT(*) FROM jobs WHERE state IN (?, ?) AND key_id = ?",
+                                      (_Q, _P, key_id)).fetchone()[0])
+
 
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT: one writer at a time, readers never blocked (WAL)."""

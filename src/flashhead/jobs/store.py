@@ -129,6 +129,8 @@ class JobStore(Protocol):
         whose lease ran out (sqlite: any other instance; one server per data dir). Called at
         start-up, before any worker runs, and every ORPHAN_SWEEP_S after."""
     def close(self) -> None: ...
+    def active_count(self, key_id: str) -> int:
+        """Queued + running jobs submitted with this API key (per-key job limit)."""
 
 
 def now() -> float:
