@@ -38,7 +38,8 @@ def free_port() -> int:
 def start_server(data_dir: Path, port: int, workers: int) -> subprocess.Popen:
     env = {**os.environ, "FLASHHEAD_TTS": "espeak", "FLASHHEAD_RENDERER": "cpu"}
     proc = subprocess.Popen([sys.executable, "-m", "flashhead.api.server", "serve", "--host", "127.0.0.1",
-                             "--port", str(port), "--data-dir", str(data_dir), "--workers", str(workers)],
+                             "--port", str(port), "--data-dir", str(data_dir), "--workers", str(workers),
+                             "--no-auth"],
                             env=env, stdout=open(data_dir / "server.log", "wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

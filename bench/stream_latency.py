@@ -39,7 +39,7 @@ def start_server(engines, data_dir: Path) -> str:
 
     from flashhead.api.app import create_app
 
-    app = create_app(engines.settings.model_copy(update={"data_dir": data_dir}), engines)
+    app = create_app(engines.settings.model_copy(update={"data_dir": data_dir}), engines, auth_mode="open")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
                                            ws="websockets-sansio"))

@@ -67,6 +67,7 @@ class Server:
     env: dict = field(default_factory=dict)
     workers: int = 1
     fake_generate: bool = False
+    auth: str | None = None     # "keys" | "open" (--no-auth); None: "keys" if the test made a key
     proc: subprocess.Popen | None = None
 
     @property
@@ -86,6 +87,8 @@ class Server:
         args = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir),
                 "--ssl-certfile", str(self.tls.cert), "--ssl-keyfile", str(self.tls.key),
                 "--workers", str(self.workers)]
+        if (self.auth or ("keys" if self.has_keys() else "open")) == "open":
+            args.append("--no-auth")
         cmd = ([sys.executable, __file__, "--fake-generate", *args] if self.fake_generate
                else [sys.executable, "-m", "flashhead", *args])
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +101,14 @@ class Server:
             self.kill()
             raise
         return self
+
+    def has_keys(self) -> bool:
+        """Whether the key store this server will use (keys.db, or a redis named in env) has a key."""
+        from flashhead.api.auth import make_key_store
+        from flashhead.config import Settings
+
+        options = {k[len("FLASHHEAD_"):].lower(): v for k, v in self.env.items() if k.startswith("FLASHHEAD_")}
+        return make_key_store(Settings(**{**options, "data_dir": self.data_dir})).has_keys()
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -272,10 +283,12 @@ def _serve_fake(argv: list[str]) -> None:
     from flashhead.api.app import create_app
     from flashhead.config import Settings
 
+    no_auth = "--no-auth" in argv
+    argv = [x for x in argv if x != "--no-auth"]
     a = dict(zip(argv[1::2], argv[2::2]))
+    mode = server.auth_mode(a["--host"], Path(a["--data-dir"]), no_auth)
     app = create_app(Settings(data_dir=Path(a["--data-dir"])), engines=object(),
-                     workers=int(a["--workers"]), generate=fake_generate)
-    server.check_exposure(a["--host"], Path(a["--data-dir"]))
+                     workers=int(a["--workers"]), generate=fake_generate, auth_mode=mode)
     uvicorn.run(app, host=a["--host"], port=int(a["--port"]), ssl_certfile=a["--ssl-certfile"],
                 ssl_keyfile=a["--ssl-keyfile"], log_level="warning", timeout_graceful_shutdown=3)
 

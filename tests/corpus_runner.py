@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,33 @@ def load_cases() -> list[dict]:
     dupes = {i for i in ids if ids.count(i) > 1}
     assert not dupes, f"duplicate corpus ids: {sorted(dupes)}"
     return cases
+
+
+UPLOAD_KEY = "corpusUploadTarget0123456789abcd.png"   # the storage key the `upload*` tokens name
+
+
+def token_modes(data_dir: Path, key: str, revoked: str) -> dict:
+    """`auth` modes that send a token as `Authorization: Bearer ...` (see README), minted with the
+    token secret the server on `data_dir` will use, the way an attacker holding it could."""
+    import jwt
+
+    from flashhead.api.auth import SqliteKeyStore, token_secret
+
+    secret = token_secret(None, SqliteKeyStore(data_dir), data_dir)
+    live, dead, now = key.split(":")[0], revoked.split(":")[0], int(time.time())
+
+    def mint(typ: str, sub: str = live, exp: int = 300, signer: bytes = secret, **extra) -> str:
+        claims = {"typ": typ, "sub": sub, "iat": now, "exp": now + exp, **extra}
+        return "Bearer " + jwt.encode(claims, signer, algorithm="HS256")
+
+    upload = {"key": UPLOAD_KEY, "ct": "image/png", "name": "a.png"}
+    unsigned = jwt.encode({"typ": "cdn", "sub": live, "iat": now, "exp": now + 300}, None, algorithm="none")
+    return {"cdn": mint("cdn"), "cdn-revoked": mint("cdn", sub=dead), "cdn-expired": mint("cdn", exp=-60),
+            "cdn-forged": mint("cdn", signer=b"x" * 32), "cdn-alg-none": "Bearer " + unsigned,
+            "cdn-no-sub": "Bearer " + jwt.encode({"typ": "cdn", "exp": now + 300}, secret, algorithm="HS256"),
+            "realtime": mint("realtime", apps=["flashhead"]), "upload": mint("upload", **upload),
+            "upload-revoked": mint("upload", sub=dead, **upload),
+            "upload-other-file": mint("upload", **{**upload, "key": "someOtherFile0123456789abcdefghi.png"})}
 
 
 def raw_bytes(spec: dict) -> bytes:
@@ -64,6 +92,8 @@ class Runner:
             return str(self.client.base_url).rstrip("/") + value["$own"]
         if "$upload" in value:
             return self.upload(value["$upload"], raw_bytes(value), value.get("name"))
+        if "$token" in value:
+            return self.keys[value["$token"]].removeprefix("Bearer ")
         return {k: self.materialize(v) for k, v in value.items()}
 
     def send(self, case: dict) -> httpx.Response:
@@ -71,7 +101,7 @@ class Runner:
         auth = self.keys[case.get("auth", "key")]
         if auth is not None:
             headers.setdefault("Authorization", auth)
-        kw: dict = {"headers": headers, "params": case.get("query")}
+        kw: dict = {"headers": headers, "params": self.materialize(case.get("query"))}
         if "json" in case:
             kw["content"] = json.dumps(self.materialize(case["json"])).encode()
             headers.setdefault("Content-Type", "application/json")

@@ -34,7 +34,7 @@ def running_server(data_dir: Path, engines, *, with_key: bool = True):
     from flashhead.config import Settings
 
     settings = Settings(data_dir=data_dir, renderer="cpu", tts="espeak")
-    app = create_app(settings, engines)
+    app = create_app(settings, engines, auth_mode="keys" if with_key else "open")
     key = app.state.ctx.auth.keys.create("tests") if with_key else None
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",

@@ -1,8 +1,12 @@
 """API keys (CLI create/list/revoke, hashed storage), Key auth on every endpoint class,
-realtime JWTs, CDN/upload tokens, and the refusal to serve openly beyond loopback."""
+realtime JWTs, CDN/upload tokens, the two auth modes (keys / open) and the refusal to serve
+openly beyond loopback, tokens dying with their key, the last revocation closing the server,
+and the per-key abuse limits (429 + Retry-After)."""
 from __future__ import annotations
 
+import json
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -11,6 +15,7 @@ import pytest
 
 from api_helpers import PORTRAIT, TEXT_ENDPOINT, Server, make_tls
 from flashhead.api.auth import Auth
+from flashhead.api.server import auth_mode
 from flashhead.errors import Unauthorized
 
 INPUT = {"image_url": "data:image/png;base64,AAAA", "text": "hi"}
@@ -41,11 +46,14 @@ def test_cli_create_list_revoke_and_hashed_storage(tmp_path):
     row = sqlite3.connect(tmp_path / "keys.db").execute("SELECT hash FROM keys").fetchone()
     assert len(row[0]) == 32                                        # a digest, not the secret
     auth = Auth(tmp_path)
-    assert auth.check_key_header(f"Key {key_id}:{secret}") == key_id
+    assert auth.check(f"Key {key_id}:{secret}") == key_id
     assert keys_cli(tmp_path, "revoke", key_id).returncode == 0
     assert "revoked" in keys_cli(tmp_path, "list").stdout
     assert keys_cli(tmp_path, "revoke", key_id).returncode == 1
-    assert not auth.enabled                                          # no active key left: open
+    with pytest.raises(Unauthorized, match="keys create"):          # no active key left: closed
+        auth.check(f"Key {key_id}:{secret}")
+    with pytest.raises(Unauthorized, match="keys create"):
+        auth.check(None)
 
 
 ENDPOINTS = [("POST", f"/{TEXT_ENDPOINT}", INPUT), ("POST", f"/queue/{TEXT_ENDPOINT}", INPUT),
@@ -110,7 +118,125 @@ def test_python_upload_flow_with_keys(setup):
         assert c.post("/cdn/files/upload", content=b"x", headers={"Authorization": "Bearer forged"}).status_code == 401
 
 
-def test_refuses_to_serve_beyond_loopback_without_keys(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "flashhead", "serve", "--host", "0.0.0.0",
+def test_auth_mode_is_keys_unless_no_auth_and_open_only_on_loopback(tmp_path, capsys):
+    assert auth_mode("0.0.0.0", tmp_path) == "keys"                 # no key yet: closed, with a hint
+    assert "keys create" in capsys.readouterr().err
+    assert auth_mode("127.0.0.1", tmp_path, no_auth=True) == "open"
+    assert auth_mode("0.0.0.0", tmp_path, no_auth=True, i_know_this_is_open=True) == "open"
+    with pytest.raises(SystemExit, match="refusing --no-auth"):
+        auth_mode("0.0.0.0", tmp_path, no_auth=True)
+    with pytest.raises(SystemExit, match="goes with --no-auth"):
+        auth_mode("127.0.0.1", tmp_path, i_know_this_is_open=True)
+
+
+def test_cli_refuses_no_auth_beyond_loopback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "flashhead", "serve", "--host", "0.0.0.0", "--no-auth",
                            "--port", "1", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0 and "no API keys" in proc.stderr and "keys create" in proc.stderr
+    assert proc.returncode != 0 and "refusing --no-auth" in proc.stderr and "--i-know-this-is-open" in proc.stderr
+
+
+def test_open_mode_needs_no_key_and_says_so(tmp_path):
+    s = Server(tmp_path / "data", make_tls(tmp_path / "tls"), fake_generate=True, auth="open").start()
+    try:
+        with s.client() as c:
+            assert c.get("/health").json()["auth"] == "open"
+            r = c.post(f"/queue/{TEXT_ENDPOINT}", json=INPUT)
+            assert r.status_code == 200, r.text
+    finally:
+        s.stop()
+
+
+# ---- tokens die with their key; the last revocation closes the server ------------------------
+
+def _ws_first_frame(server: Server, token: str) -> tuple[str | None, int | None]:
+    """(first text frame or None if none within 1.5 s, close code) of a realtime connection."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    url = f"wss://127.0.0.1:{server.port}/{TEXT_ENDPOINT}/realtime?fal_jwt_token={token}"
+    with connect(url, ssl=ssl.create_default_context(cafile=str(server.tls.ca_pem))) as ws:
+        try:
+            frame = ws.recv(timeout=1.5)
+        except TimeoutError:
+            return None, None
+        except ConnectionClosed as exc:
+            return None, exc.rcvd.code if exc.rcvd else None
+        try:
+            ws.recv(timeout=5)
+        except ConnectionClosed as exc:
+            return frame, exc.rcvd.code if exc.rcvd else None
+        return frame, None
+
+
+def _tokens(c, key: str) -> dict:
+    """A realtime token, a CDN token and a signed upload URL, all issued with `key`."""
+    h = {"Authorization": f"Key {key}"}
+    rt = c.post("/rest/tokens/", json={"allowed_apps": ["flashhead"]}, headers=h).json()
+    cdn = c.post("/rest/storage/auth/token", headers=h).json()["token"]
+    url = c.post("/rest/storage/upload/initiate", json={"content_type": "image/png", "file_name": "a.png"},
+                 headers=h).json()["upload_url"]
+    return {"realtime": rt, "cdn": cdn, "upload_url": url}
+
+
+def _token_status(c, server: Server, tokens: dict) -> dict:
+    frame, code = _ws_first_frame(server, tokens["realtime"])
+    return {"cdn": c.post("/cdn/files/upload", content=b"x", headers={"Authorization": f"Bearer {tokens['cdn']}",
+                                                                     "Content-Type": "text/plain"}).status_code,
+            "upload": c.put(tokens["upload_url"], content=PORTRAIT.read_bytes()).status_code,
+            "realtime": code if code is not None else "open", "frame": frame}
+
+
+def test_tokens_die_with_their_key_and_the_last_revocation_closes_the_server(tmp_path):
+    data = tmp_path / "data"
+    k1, k2 = keys_cli(data, "create").stdout.strip(), keys_cli(data, "create").stdout.strip()
+    s = Server(data, make_tls(tmp_path / "tls"), fake_generate=True).start()
+    try:
+        with s.client() as c:
+            assert c.get("/health").json()["auth"] == "keys"
+            t1, t2 = _tokens(c, k1), _tokens(c, k2)
+            claims = json.loads(__import__("base64").urlsafe_b64decode(t1["realtime"].split(".")[1] + "=="))
+            assert claims["sub"] == k1.split(":")[0] and claims["exp"] - claims["iat"] <= 600
+            assert keys_cli(data, "revoke", k1.split(":")[0]).returncode == 0
+            dead = _token_status(c, s, t1)                           # each use checks the key
+            assert (dead["cdn"], dead["upload"], dead["realtime"]) == (401, 401, 1008), dead
+            assert "revoked" in json.loads(dead["frame"])["reason"]
+            live = _token_status(c, s, t2)                           # the other key's tokens live on
+            assert (live["cdn"], live["upload"], live["realtime"]) == (200, 200, "open"), live
+            assert c.post(f"/queue/{TEXT_ENDPOINT}", json=INPUT, headers={"Authorization": f"Key {k1}"}).status_code == 401
+            t2 = _tokens(c, k2)
+            assert keys_cli(data, "revoke", k2.split(":")[0]).returncode == 0    # the last key
+            for method, path, body in ENDPOINTS:
+                r = c.request(method, path, json=body, headers={"Authorization": f"Key {k2}"})
+                assert r.status_code == 401 and "keys create" in r.text, (path, r.text)
+                assert c.request(method, path, json=body).status_code == 401
+            closed = _token_status(c, s, t2)
+            assert (closed["cdn"], closed["upload"], closed["realtime"]) == (401, 401, 1008), closed
+            assert c.get("/health").json()["auth"] == "keys"
+    finally:
+        s.stop()
+
+
+# ---- abuse limits ---------------------------------------------------------------------------
+
+def test_per_key_rate_and_job_limits_answer_429_with_retry_after(tmp_path):
+    data = tmp_path / "data"
+    k1, k2 = keys_cli(data, "create").stdout.strip(), keys_cli(data, "create").stdout.strip()
+    env = {"FLASHHEAD_RATE_LIMIT": "8/minute", "FLASHHEAD_MAX_ACTIVE_JOBS_PER_KEY": "2",
+           "FLASHHEAD_TEST_FAKE_CHUNK_S": "1"}
+    s = Server(data, make_tls(tmp_path / "tls"), fake_generate=True, env=env).start()
+    try:
+        with s.client() as c:
+            h1, h2 = {"Authorization": f"Key {k1}"}, {"Authorization": f"Key {k2}"}
+            codes = [c.post(f"/queue/{TEXT_ENDPOINT}", json=INPUT, headers=h1).status_code for _ in range(3)]
+            assert codes == [200, 200, 429], codes                  # two active jobs at most
+            r = c.post(f"/queue/{TEXT_ENDPOINT}", json=INPUT, headers=h1)
+            assert r.status_code == 429 and r.json()["error_type"] == "rate_limited"
+            assert int(r.headers["retry-after"]) >= 1 and "2" in r.json()["detail"]
+            assert c.post(f"/queue/{TEXT_ENDPOINT}", json=INPUT, headers=h2).status_code == 200   # per key
+            codes = [c.get(f"/queue/{TEXT_ENDPOINT}/requests/x/status", headers=h1).status_code for _ in range(5)]
+            assert codes[:4] == [404] * 4 and codes[4] == 429, codes     # 8 requests a minute
+            r = c.get(f"/queue/{TEXT_ENDPOINT}/requests/x/status", headers=h1)
+            assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60, r.headers
+            assert c.get(f"/queue/{TEXT_ENDPOINT}/requests/x/status", headers=h2).status_code == 404
+    finally:
+        s.stop()

@@ -11,7 +11,7 @@ import pytest
 import time
 
 from api_helpers import PORTRAIT, TEXT_ENDPOINT, Server, make_tls
-from corpus_runner import Runner, load_cases
+from corpus_runner import Runner, load_cases, token_modes
 
 CASES = load_cases()
 MIN_CASES = 100
@@ -33,7 +33,7 @@ def corpus(tmp_path_factory):
     server = Server(data, make_tls(tmp / "tls")).start()
     portrait = "data:image/png;base64," + base64.b64encode(PORTRAIT.read_bytes()).decode()
     keys = {"key": f"Key {key}", "none": None, "bad": "Key 0123456789abcdef:not-a-real-secret",
-            "revoked": f"Key {revoked}"}
+            "revoked": f"Key {revoked}", **token_modes(data, key, revoked)}
     with server.client() as client:
         before = client.post(f"/queue/{TEXT_ENDPOINT}", headers={"Authorization": keys["key"]},
                              json={"image_url": portrait, "text": "Before the corpus."})

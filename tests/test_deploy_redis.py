@@ -224,7 +224,7 @@ def test_two_servers_share_api_keys_and_token_secret(redis_url, tls, tmp_path):
             for c in (ca, cb):
                 r = c.post("/rest/tokens/", json={"allowed_apps": ["flashhead"]},
                            headers={"Authorization": f"Key {key.split(':')[0]}:wrong"})
-                assert r.status_code == 401 and c.get("/health").json()["auth"] is True
+                assert r.status_code == 401 and c.get("/health").json()["auth"] == "keys"
             assert ca.get("/.well-known/jwks.json").json() == cb.get("/.well-known/jwks.json").json()
             rid = ca.post(f"/queue/{TEXT_ENDPOINT}", json={"image_url": "data:,x", "text": "hi"}).json()["request_id"]
             assert cb.get(f"/queue/{TEXT_ENDPOINT}/requests/{rid}/status").status_code in (200, 202)
@@ -249,6 +249,9 @@ def test_two_servers_share_api_keys_and_token_secret(redis_url, tls, tmp_path):
                 assert c.post("/rest/storage/auth/token").status_code == 401
                 assert c.post("/rest/storage/auth/token",
                               headers={"Authorization": f"Key {other}"}).status_code == 200
+                assert c.post("/cdn/files/upload", content=b"x", headers={"Authorization": f"Bearer {cdn}",
+                                                                         "Content-Type": "text/plain"}).status_code == 401
+                assert c.put(f"{parts.path}?{parts.query}", content=b"x").status_code == 401   # tokens die too
     finally:
         a.stop()
         b.stop()

@@ -79,3 +79,10 @@ def test_live_demo_idles_speaks_and_interrupts_in_the_browser(server):
         t0 = page.evaluate("document.querySelector('video').currentTime")
         page.wait_for_function(f"document.querySelector('video').currentTime > {t0 + 0.5}", timeout=30_000)
         page.click("#live-stop")
+        # The key was used (the realtime token above) but nothing in the page kept it.
+        key = server[1]
+        kept = page.evaluate("JSON.stringify([{...localStorage}, {...sessionStorage}, document.cookie, location.href])")
+        assert key not in kept and key.split(":")[1] not in kept, kept
+        page.reload()
+        page.wait_for_function("window.playground && window.playground.ready")
+        assert page.input_value("#key") == ""

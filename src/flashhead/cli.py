@@ -87,6 +87,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="render worker processes")
     p.add_argument("--renderer", default=None, help="cpu | flashhead-lite | flashhead-pro")
     p.add_argument("--weights-dir", default=None)
+    from flashhead.api.server import add_auth_args
+    add_auth_args(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -101,7 +103,8 @@ def cmd_serve(args) -> int:
         os.environ["FLASHHEAD_WEIGHTS_DIR"] = args.weights_dir
     return serve(host=args.host, port=args.port, data_dir=args.data_dir,
                  ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
-                 workers=args.workers) or 0
+                 workers=args.workers, no_auth=args.no_auth,
+                 i_know_this_is_open=args.i_know_this_is_open) or 0
 
 
 def _add_keys(sub) -> None:

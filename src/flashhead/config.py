@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     # --- sec-media ---
     files_url: str | None = Field(None, description="origin of returned /files URLs (e.g. "
                                   "https://files.example.com), to serve stored files from a separate origin")
+    # --- auth and abuse limits (sec-auth) ---
+    token_ttl_s: float = Field(600.0, ge=10, le=3600, description="life of CDN upload tokens and signed "
+                               "upload URLs, and the longest realtime token a client may ask for")
+    rate_limit: str = Field("100/second;6000/minute", description="requests per API key, in the `limits` "
+                            "package's notation ('N/second;M/minute'); empty = no limit")
+    max_active_jobs_per_key: int = Field(100, ge=0, description="queued + running jobs one API key may "
+                                         "have at once (0 = no limit)")
 
 
 @lru_cache(maxsize=1)

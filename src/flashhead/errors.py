@@ -72,3 +72,13 @@ class Unauthorized(FlashheadError):
 
 class QueueFull(FlashheadError):
     error_type = "queue_full"
+
+
+class RateLimited(FlashheadError):
+    """A key made too many requests, or has too many jobs at once: retry after `retry_after` s."""
+
+    error_type = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, field: str | None = None):
+        super().__init__(message, field=field)
+        self.retry_after = retry_after

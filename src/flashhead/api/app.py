@@ -17,8 +17,9 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from flashhead import __version__
 from flashhead.api import errors, ops, queue, run, storage
-from flashhead.api.auth import Auth
+from flashhead.api.auth import KEYS, Auth
 from flashhead.api.deps import AppContext, option
+from flashhead.api.limits import AbuseLimits
 from flashhead.api.observability import Metrics, RequestContextMiddleware, setup_logging
 from flashhead.config import Settings
 from flashhead.jobs.backends import make_storage, make_store
@@ -35,12 +36,12 @@ EXPOSED_HEADERS = ["x-fal-request-id", "x-request-id", "x-fal-error-type", "x-fa
 EXTENSIONS = ("flashhead.api.stream", "flashhead.api.realtime")   # written by the streaming helper
 
 
-def build_context(settings: Settings, engines=None) -> AppContext:
+def build_context(settings: Settings, engines=None, auth_mode: str = KEYS) -> AppContext:
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = make_store(settings, lock_dir=True)      # SQLite: a second server on data_dir exits here
     metrics = Metrics(store)
-    auth = Auth.from_settings(settings)
+    auth = Auth.from_settings(settings, mode=auth_mode)
     shared = getattr(auth.keys, "shared_seed", None)       # several servers: one signing key
     signer = WebhookSigner(data_dir / "webhook_ed25519.key",
                            seed=shared("webhook_ed25519") if shared else None)
@@ -54,7 +55,7 @@ def build_context(settings: Settings, engines=None) -> AppContext:
                            max_response_bytes=settings.webhook_max_response_bytes)
     ctx = AppContext(settings=settings, engines=engines, storage=make_storage(settings),
                      auth=auth, jobs=JobQueue(store), metrics=metrics, webhooks=outbox,
-                     signer=signer)
+                     signer=signer, limits=AbuseLimits.from_settings(settings))
     ctx.jobs.on_terminal(lambda job: _record_metrics(ctx, job))
     ctx.jobs.on_terminal(lambda job: _enqueue_webhook(ctx, job))
     return ctx
@@ -119,14 +120,15 @@ def _worker_mode(settings: Settings, worker_mode: str | None, engines, generate)
 
 
 def create_app(settings: Settings | None = None, engines=None, *, workers: int | None = None,
-               generate=None, worker_mode: str | None = None) -> FastAPI:
+               generate=None, worker_mode: str | None = None, auth_mode: str = KEYS) -> FastAPI:
     """workers: render workers (default FLASHHEAD_WORKERS or 1).
+    auth_mode: "keys" (every protected route needs a key) | "open" (flashhead serve --no-auth).
     worker_mode: "process" | "thread" (FLASHHEAD_WORKER_MODE; see _worker_mode).
     generate: replaces flashhead.pipeline.generate (a seam for tests of the queue itself)."""
     from flashhead.config import get_settings
 
     settings = settings or get_settings()
-    ctx = build_context(settings, engines)
+    ctx = build_context(settings, engines, auth_mode)
     ctx.n_workers = workers or option(settings, "workers", 1, int)
     ctx.worker_mode = _worker_mode(settings, worker_mode, engines, generate)
 

@@ -3,12 +3,17 @@
 Keys live in {data_dir}/keys.db (one server), or in redis (several servers: the job store's
 redis by default when jobs are in redis; FLASHHEAD_KEYS_STORE picks). A secret is 32 random
 bytes, so a fast salted SHA-256 is as strong as a slow KDF here and keeps every authenticated
-request cheap; the comparison is constant-time. Authentication is on as soon as one unrevoked
-key exists.
+request cheap; the comparison is constant-time.
+
+The server runs in one of two modes, chosen at start-up (`flashhead serve`, see api/server.py):
+KEYS (the default): every protected route needs a valid key or a live token; with no key yet,
+or after the last one is revoked, everything protected answers 401. OPEN (`--no-auth`): nothing
+is checked but the signature of signed upload URLs. The mode never changes while running.
 
 Tokens are HS256 JWTs signed with FLASHHEAD_JWT_SECRET when set (give every server the same
 one), else with a secret kept in the keys' redis (shared by the servers using it), else with
-{data_dir}/jwt_secret (this server only).
+{data_dir}/jwt_secret (this server only). Every token names the key that issued it (`sub`) and
+is refused, on every use, once that key is revoked.
 """
 from __future__ import annotations
 
@@ -27,10 +32,12 @@ import jwt
 
 from flashhead.errors import InputError, Unauthorized
 
-TOKEN_TTL_DEFAULT_S = 120
-TOKEN_TTL_MAX_S = 3600
-UPLOAD_TOKEN_TTL_S = 3600
+TOKEN_TTL_DEFAULT_S = 120      # a realtime token, when the client names no token_expiration
 _ALG = "HS256"
+KEYS, OPEN = "keys", "open"    # the two auth modes
+ANONYMOUS = "anonymous"        # `sub` of tokens issued in OPEN mode: never a live key
+NO_KEYS_HINT = ("this server requires API keys and has none yet; create one on the server with "
+                "`flashhead keys create` (same --data-dir or key store as the server)")
 MIN_SECRET_CHARS = 32            # FLASHHEAD_JWT_SECRET: at least 256 bits' worth for HS256
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS keys (
@@ -84,6 +91,10 @@ class SqliteKeyStore:
     def has_keys(self) -> bool:
         return self._db().execute("SELECT 1 FROM keys WHERE revoked_at IS NULL LIMIT 1").fetchone() is not None
 
+    def is_active(self, key_id: str) -> bool:
+        return self._db().execute("SELECT 1 FROM keys WHERE id = ? AND revoked_at IS NULL",
+                                  (key_id,)).fetchone() is not None
+
     def verify(self, key_id: str, secret: str) -> bool:
         row = self._db().execute("SELECT salt, hash FROM keys WHERE id = ? AND revoked_at IS NULL",
                                  (key_id,)).fetchone()
@@ -99,6 +110,15 @@ class SqliteKeyStore:
 KeyStore = SqliteKeyStore
 
 
+_REVOKE = """
+if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+local record = cjson.decode(redis.call('HGET', KEYS[1], ARGV[1]))
+record['revoked_at'] = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
+return 1
+"""
+
+
 class RedisKeyStore:
     """The same keys for every server sharing a redis: `{prefix}keys` hash (id -> JSON record
     with the salted hash, never the secret) and `{prefix}keys:active` set (unrevoked ids)."""
@@ -109,6 +129,7 @@ class RedisKeyStore:
         import redis
         self.r = redis.Redis.from_url(url, decode_responses=True)
         self.k, self.active, self.secret_key = prefix + "keys", prefix + "keys:active", prefix + "jwt_secret"
+        self._revoke = self.r.register_script(_REVOKE)
 
     def create(self, alias: str | None = None) -> str:
         key_id, secret, salt = secrets.token_hex(8), secrets.token_urlsafe(32), os.urandom(16)
@@ -126,14 +147,14 @@ class RedisKeyStore:
                 for k, v in sorted(keys, key=lambda kv: kv[1]["created_at"])]
 
     def revoke(self, key_id: str) -> bool:
-        if not self.r.srem(self.active, key_id):   # atomic: one revoker wins
-            return False
-        record = json.loads(self.r.hget(self.k, key_id))
-        self.r.hset(self.k, key_id, json.dumps({**record, "revoked_at": time.time()}))
-        return True
+        """One Lua script: the active set and the record change together (one revoker wins)."""
+        return bool(self._revoke(keys=[self.k, self.active], args=[key_id, repr(time.time())]))
 
     def has_keys(self) -> bool:
         return self.r.scard(self.active) > 0
+
+    def is_active(self, key_id: str) -> bool:
+        return bool(self.r.sismember(self.active, key_id))
 
     def verify(self, key_id: str, secret: str) -> bool:
         raw = self.r.hget(self.k, key_id)
@@ -190,6 +211,7 @@ def token_secret(configured: str | None, keys, data_dir: Path) -> bytes:
 def _server_secret(data_dir: Path) -> bytes:
     path = data_dir / "jwt_secret"
     if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
@@ -206,54 +228,80 @@ def _app_alias(app: str) -> str:
 
 
 class Auth:
-    """What every endpoint (and the streaming helper) uses to check callers."""
+    """The one check behind every route, WebSocket and SSE stream (see flashhead.api.deps), and
+    the tokens it issues."""
 
     def __init__(self, data_dir: str | Path, keys: SqliteKeyStore | RedisKeyStore | None = None,
-                 secret: str | None = None):
+                 secret: str | None = None, *, mode: str = KEYS, token_ttl_s: float = 600.0):
         """Auth(data_dir): keys.db and jwt_secret in data_dir; see from_settings for the rest."""
+        if mode not in (KEYS, OPEN):
+            raise ValueError(f"auth mode must be {KEYS!r} or {OPEN!r}, got {mode!r}")
+        self.mode = mode
+        self.token_ttl_s = token_ttl_s
         self.data_dir = Path(data_dir)
         self.keys = keys or SqliteKeyStore(self.data_dir)
         self._secret = token_secret(secret, self.keys, self.data_dir)
 
     @classmethod
-    def from_settings(cls, settings) -> "Auth":
+    def from_settings(cls, settings, mode: str = KEYS) -> "Auth":
         from flashhead.jobs.backends import option
-        return cls(settings.data_dir, make_key_store(settings), option(settings, "jwt_secret", None))
+        return cls(settings.data_dir, make_key_store(settings), option(settings, "jwt_secret", None),
+                   mode=mode, token_ttl_s=option(settings, "token_ttl_s", 600.0, float))
 
     @property
-    def enabled(self) -> bool:
-        return self.keys.has_keys()
+    def local(self) -> bool:
+        """True when a check touches no network (keys.db, or OPEN): cheap enough on the event loop."""
+        return self.mode == OPEN or self.keys.local
 
-    def check_key_header(self, header: str | None) -> str | None:
-        """`Authorization` value -> key id; None when auth is off; raises Unauthorized."""
-        if not self.enabled:
+    def check(self, header: str | None, *, token: str | None = None, token_type: str | None = None,
+              app: str | None = None) -> str | None:
+        """The caller's key id (None in OPEN mode); raises Unauthorized. Blocking (keys may be in
+        redis). `Key id:secret` in `header` always works; with token_type, a token of that type
+        also does: `token` (a query parameter) or, when that is None, `Authorization: Bearer`.
+        A realtime token must also name `app`. The one place that decides who may call."""
+        if self.mode == OPEN:
             return None
+        if token_type and token is None:
+            scheme, _, value = (header or "").strip().partition(" ")
+            token = value.strip() if scheme.lower() == "bearer" else None
+        if token_type == "realtime" and token:
+            return self.verify_realtime_token(token, app or "")["sub"]
+        if token_type and token:
+            return self._decode(token, token_type)["sub"]
+        return self._check_key_header(header)
+
+    def _check_key_header(self, header: str | None) -> str:
         scheme, _, value = (header or "").strip().partition(" ")
-        if scheme.lower() != "key" or ":" not in value:
+        key_id, _, secret = value.strip().partition(":")
+        if scheme.lower() == "key" and key_id and secret and self.keys.verify(key_id, secret):
+            return key_id
+        if not self.keys.has_keys():
+            raise Unauthorized(NO_KEYS_HINT, field="Authorization")
+        if scheme.lower() != "key" or not key_id or not secret:
             raise Unauthorized("missing or malformed Authorization header; expected 'Key <id>:<secret>'",
                                field="Authorization")
-        key_id, _, secret = value.strip().partition(":")
-        if not self.keys.verify(key_id, secret):
-            raise Unauthorized("invalid or revoked API key", field="Authorization")
-        return key_id
+        raise Unauthorized("invalid or revoked API key", field="Authorization")
 
     def _issue(self, claims: dict, ttl_s: float) -> str:
         t = int(time.time())
         return jwt.encode({**claims, "iat": t, "exp": t + int(ttl_s)}, self._secret, algorithm=_ALG)
 
     def _decode(self, token: str, typ: str) -> dict:
+        """A valid, unexpired token of type `typ` whose issuing key is still active (KEYS mode)."""
         try:
-            claims = jwt.decode(token, self._secret, algorithms=[_ALG], options={"require": ["exp"]})
+            claims = jwt.decode(token, self._secret, algorithms=[_ALG], options={"require": ["exp", "sub"]})
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}", field="token") from None
         if claims.get("typ") != typ:
             raise Unauthorized(f"token is not a {typ} token", field="token")
+        if self.mode == KEYS and not (isinstance(claims["sub"], str) and self.keys.is_active(claims["sub"])):
+            raise Unauthorized("the key that issued this token is revoked or unknown", field="token")
         return claims
 
     def issue_realtime_token(self, key_id: str | None, allowed_apps: list[str], ttl_s: float) -> str:
-        ttl = min(max(1, int(ttl_s)), TOKEN_TTL_MAX_S)
+        ttl = min(max(1, int(ttl_s)), int(self.token_ttl_s))
         apps = sorted({_app_alias(a) for a in allowed_apps})
-        return self._issue({"typ": "realtime", "sub": key_id or "anonymous", "apps": apps}, ttl)
+        return self._issue({"typ": "realtime", "sub": key_id or ANONYMOUS, "apps": apps}, ttl)
 
     def verify_realtime_token(self, token: str, app: str) -> dict:
         """For the realtime endpoint: the token's claims if it is valid for `app`."""
@@ -262,28 +310,20 @@ class Auth:
             raise Unauthorized(f"token is not valid for app {app!r}", field="fal_jwt_token")
         return claims
 
-    def issue_cdn_token(self, key_id: str | None, ttl_s: float = UPLOAD_TOKEN_TTL_S) -> str:
-        return self._issue({"typ": "cdn", "sub": key_id or "anonymous"}, ttl_s)
+    def issue_cdn_token(self, key_id: str | None) -> str:
+        return self._issue({"typ": "cdn", "sub": key_id or ANONYMOUS}, self.token_ttl_s)
 
-    def issue_upload_token(self, key: str, content_type: str, file_name: str,
+    def issue_upload_token(self, key_id: str | None, key: str, content_type: str, file_name: str,
                            multipart: str | None = None) -> str:
         """Bound to one storage key: the JS client PUTs to this URL with no Authorization."""
-        claims = {"typ": "upload", "key": key, "ct": content_type, "name": file_name}
+        claims = {"typ": "upload", "sub": key_id or ANONYMOUS, "key": key, "ct": content_type, "name": file_name}
         if multipart:
             claims["mp"] = multipart
-        return self._issue(claims, UPLOAD_TOKEN_TTL_S)
+        return self._issue(claims, self.token_ttl_s)
 
     def verify_upload_token(self, token: str, key: str) -> dict:
+        """Checked in every mode (the URL is the only credential); blocking (see check)."""
         claims = self._decode(token, "upload")
         if claims.get("key") != key:
             raise Unauthorized("upload token is for another file", field="token")
         return claims
-
-    def check_upload_auth(self, header: str | None) -> str | None:
-        """CDN endpoints: `Bearer <cdn token>` (Python client) or `Key ...`."""
-        if not self.enabled:
-            return None
-        scheme, _, value = (header or "").strip().partition(" ")
-        if scheme.lower() == "bearer":
-            return self._decode(value.strip(), "cdn").get("sub")
-        return self.check_key_header(header)

@@ -3,8 +3,9 @@
     ctx.settings   flashhead.config.Settings
     ctx.engines    flashhead.pipeline.Engines (None until start-up has loaded them)
     ctx.storage    flashhead.storage.base.Storage: put_file/stat/open_range/url
-    ctx.auth       flashhead.api.auth.Auth: check_key_header(header) -> key id | None (raises
-                   Unauthorized), verify_realtime_token(token, app) -> claims (raises Unauthorized)
+    ctx.auth       flashhead.api.auth.Auth: mode ("keys" | "open"), check(...) -> key id | None
+                   (raises Unauthorized); routes call it only through `authenticate` below
+    ctx.limits     flashhead.api.limits.AbuseLimits: per-key request rate and active-job limits
     ctx.jobs       flashhead.jobs.queue.JobQueue (ctx.jobs.store: the JobStore)
     ctx.metrics    flashhead.api.observability.Metrics (prometheus registry)
     ctx.webhooks   flashhead.jobs.webhooks.WebhookOutbox
@@ -19,8 +20,10 @@ from typing import Any
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 
 from flashhead.api.auth import Auth
+from flashhead.api.limits import AbuseLimits
 from flashhead.api.observability import Metrics
 from flashhead.config import Settings
 from flashhead.jobs.backends import option  # noqa: F401  (re-exported)
@@ -44,6 +47,7 @@ class AppContext:
     n_workers: int = 1
     worker_mode: str = "process"
     startup_error: str | None = None
+    limits: AbuseLimits | None = None
 
     def base_url(self, request: Request) -> str:
         """Where clients reach us: FLASHHEAD_PUBLIC_URL, else the URL this request came in on."""
@@ -54,15 +58,40 @@ def get_ctx(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
+async def authenticate(conn: HTTPConnection, *, token_type: str | None = None,
+                       token_param: str | None = None, app: str | None = None) -> str | None:
+    """THE auth check of every route, WebSocket and SSE stream: the caller's key id (None in
+    OPEN mode), counted against its rate limit. Raises Unauthorized or RateLimited.
+    token_type: also accept a token of that type, from the query parameter `token_param`, else
+    from `Authorization: Bearer` (see Auth.check); app: the app a realtime token must name."""
+    ctx = conn.app.state.ctx
+    header = conn.headers.get("authorization")
+    token = conn.query_params.get(token_param) if token_param else None
+
+    def admit() -> str | None:
+        key_id = ctx.auth.check(header, token=token, token_type=token_type, app=app)
+        if ctx.limits is not None:
+            ctx.limits.hit(key_id)
+        return key_id
+
+    return await off_loop(ctx, admit)
+
+
 async def require_key(request: Request) -> str | None:
-    """Dependency: the caller's key id (None when no keys exist); raises Unauthorized."""
-    return await check_key(get_ctx(request).auth, request.headers.get("authorization"))
+    """Dependency of every key-protected HTTP route: `authenticate` with an API key only."""
+    return await authenticate(request)
 
 
-async def check_key(auth, header: str | None) -> str | None:
-    """Key check from async code. With keys.db it is one read of a local file plus a SHA-256
-    (microseconds), cheaper inline than a hop to the threadpool and back on every request;
-    keys in redis are a network round trip, so that check goes to the threadpool."""
-    if getattr(auth.keys, "local", False):
-        return auth.check_key_header(header)
-    return await run_in_threadpool(auth.check_key_header, header)
+async def require_key_or_cdn_token(request: Request) -> str | None:
+    """Dependency of the CDN upload routes: an API key, or the Bearer token of POST
+    /rest/storage/auth/token (fal-client)."""
+    return await authenticate(request, token_type="cdn")
+
+
+async def off_loop(ctx: AppContext, fn, *args):
+    """Run an auth/limit check: inline when it touches only local files (keys.db, in-memory
+    limits: microseconds, cheaper than two thread switches per request), in the threadpool when
+    it makes redis round trips."""
+    if ctx.auth.local and (ctx.limits is None or ctx.limits.local):
+        return fn(*args)
+    return await run_in_threadpool(fn, *args)

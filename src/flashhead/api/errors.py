@@ -5,6 +5,8 @@ Bodies follow fal: validation errors are a `detail` list (422); every other erro
 """
 from __future__ import annotations
 
+import math
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -15,6 +17,7 @@ TIMEOUT_TYPE_HEADER = "X-Fal-Request-Timeout-Type"
 
 _STATUS: list[tuple[type[E.FlashheadError], int]] = [   # most specific first
     (E.InputError, 422), (E.NotFound, 404), (E.Unauthorized, 401), (E.QueueFull, 429),
+    (E.RateLimited, 429),
     (E.Timeout, 504), (E.Cancelled, 400), (E.BackendUnavailable, 503), (E.RenderFailed, 500),
     (E.FlashheadError, 500),
 ]
@@ -60,8 +63,10 @@ def error_headers(error_type: str, status: int) -> dict:
 def error_response(exc: E.FlashheadError, extra_headers: dict | None = None) -> JSONResponse:
     status = status_for(type(exc))
     body = error_body(exc.message, exc.error_type, exc.field, input_error=isinstance(exc, E.InputError))
-    return JSONResponse(body, status, headers={**error_headers(exc.error_type, status),
-                                               **(extra_headers or {})})
+    headers = error_headers(exc.error_type, status)
+    if isinstance(exc, E.RateLimited):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return JSONResponse(body, status, headers={**headers, **(extra_headers or {})})
 
 
 def install(app: FastAPI) -> None:

@@ -18,7 +18,7 @@ def health(request: Request):
     ctx = get_ctx(request)
     body = {"status": "ok" if ctx.ready.is_set() else "starting", "version": __version__,
             "renderer": ctx.settings.renderer, "queue_depth": ctx.jobs.store.queue_depth(),
-            "running": ctx.jobs.store.running_count(), "auth": ctx.auth.enabled,
+            "running": ctx.jobs.store.running_count(), "auth": ctx.auth.mode,
             "workers": {"mode": ctx.worker_mode, "count": ctx.n_workers},
             "instance": ctx.jobs.store.instance}       # this server's id: owner of the jobs it claims
     error = ctx.startup_error or getattr(ctx.workers, "error", None)

@@ -74,6 +74,7 @@ def _priority(request: Request) -> Priority:
 
 def submit_job(ctx: AppContext, request: Request, endpoint: str, payload: dict, key_id: str | None,
                *, webhook_url: str | None = None, max_queue_length: int | None = None) -> Job:
+    ctx.limits.check_jobs(ctx.jobs.store, key_id)
     base = ctx.base_url(request)
     check_inputs(ctx, payload, base)
     if webhook_url is not None:

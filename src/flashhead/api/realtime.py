@@ -255,23 +255,13 @@ def _option(ctx, name: str, default):
     return option(ctx.settings, name, default, float)
 
 
-def authorize(ws: WebSocket, ctx, endpoint: str) -> None:
-    """Blocking (keys may live in redis): called in a worker thread."""
-    token = ws.query_params.get("fal_jwt_token")
-    header = ws.headers.get("authorization")
-    if token and (ctx.auth.enabled or not header):
-        if ctx.auth.enabled:
-            ctx.auth.verify_realtime_token(token, endpoint)
-        return
-    ctx.auth.check_key_header(header)
-
-
 def realtime_route(ctx, endpoint: str):
     async def handler(ws: WebSocket) -> None:
         await ws.accept()
         conn = Connection(ws, ctx, endpoint)
         try:
-            await asyncio.to_thread(authorize, ws, ctx, endpoint)
+            from flashhead.api.deps import authenticate
+            await authenticate(ws, token_type="realtime", token_param="fal_jwt_token", app=endpoint)
             if ctx.engines is None:
                 from flashhead.errors import BackendUnavailable
                 raise BackendUnavailable("the service is still starting")

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from flashhead.api.auth import make_key_store
+from flashhead.api.auth import KEYS, OPEN, make_key_store
 
 DEFAULT_DATA_DIR = Path("./flashhead-data")
 
@@ -36,17 +36,37 @@ def _keys(data_dir: str | Path):
     return make_key_store(Settings(data_dir=Path(data_dir)))
 
 
-def check_exposure(host: str, data_dir: Path) -> None:
-    """Refuse to serve an open, unauthenticated API beyond this machine."""
-    if not is_loopback(host) and not _keys(data_dir).has_keys():
-        raise SystemExit(
-            f"refusing to listen on {host}: no API keys exist, so anyone who can reach it could use it.\n"
-            f"Create one first:  flashhead keys create --data-dir {data_dir}\n"
-            f"or listen on 127.0.0.1 only.")
+def add_auth_args(parser: argparse.ArgumentParser) -> None:
+    """The serve flags that choose the auth mode (flashhead serve and python -m ...server serve)."""
+    parser.add_argument("--no-auth", action="store_true",
+                        help="OPEN mode: no API keys checked (loopback hosts only, unless "
+                             "--i-know-this-is-open). Default: keys required")
+    parser.add_argument("--i-know-this-is-open", action="store_true",
+                        help="with --no-auth: also serve openly on a non-loopback host")
+
+
+def auth_mode(host: str, data_dir: Path, no_auth: bool = False, i_know_this_is_open: bool = False) -> str:
+    """The auth mode a server starts in: KEYS unless --no-auth, and never an open API beyond this
+    machine without --i-know-this-is-open. Warns when KEYS mode has no key yet (all 401)."""
+    if i_know_this_is_open and not no_auth:
+        raise SystemExit("--i-know-this-is-open goes with --no-auth")
+    if no_auth:
+        if not is_loopback(host) and not i_know_this_is_open:
+            raise SystemExit(
+                f"refusing --no-auth on {host}: anyone who can reach it could use it.\n"
+                f"Listen on 127.0.0.1, drop --no-auth (keys: flashhead keys create --data-dir {data_dir}),\n"
+                f"or add --i-know-this-is-open.")
+        return OPEN
+    if not _keys(data_dir).has_keys():
+        print(f"flashhead: no API key exists yet: every request will be refused (401) until you run\n"
+              f"  flashhead keys create --data-dir {data_dir}\n"
+              f"(or serve on loopback with --no-auth for a local, open server)", file=sys.stderr)
+    return KEYS
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = DEFAULT_DATA_DIR,
-          ssl_certfile: str | None = None, ssl_keyfile: str | None = None, workers: int = 1) -> None:
+          ssl_certfile: str | None = None, ssl_keyfile: str | None = None, workers: int = 1,
+          no_auth: bool = False, i_know_this_is_open: bool = False) -> None:
     """Run the API on uvicorn: one API process plus `workers` render worker processes
     (FLASHHEAD_WORKER_MODE=thread renders in threads of the API process instead)."""
     import uvicorn
@@ -55,10 +75,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = DEFA
     from flashhead.config import Settings
 
     data_dir = Path(data_dir)
-    check_exposure(host, data_dir)
+    mode = auth_mode(host, data_dir, no_auth, i_know_this_is_open)
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise SystemExit("--ssl-certfile and --ssl-keyfile go together")
-    app = create_app(Settings(data_dir=data_dir), workers=workers)
+    app = create_app(Settings(data_dir=data_dir), workers=workers, auth_mode=mode)
     uvicorn.run(app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                 log_level="warning", access_log=False, timeout_graceful_shutdown=5)
 
@@ -88,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--ssl-certfile")
     s.add_argument("--ssl-keyfile")
     s.add_argument("--workers", type=int, default=1, help="render worker processes")
+    add_auth_args(s)
     k = sub.add_parser("keys")
     k.add_argument("action", choices=["create", "list", "revoke"])
     k.add_argument("key_id", nargs="?")
@@ -95,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--alias")
     a = p.parse_args(argv)
     if a.cmd == "serve":
-        serve(a.host, a.port, a.data_dir, a.ssl_certfile, a.ssl_keyfile, a.workers)
+        serve(a.host, a.port, a.data_dir, a.ssl_certfile, a.ssl_keyfile, a.workers, a.no_auth,
+              a.i_know_this_is_open)
     elif a.action == "create":
         print(keys_create(a.data_dir, a.alias))
     elif a.action == "list":

@@ -24,8 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
-from flashhead.api.auth import UPLOAD_TOKEN_TTL_S
-from flashhead.api.deps import AppContext, get_ctx, require_key
+from flashhead.api.deps import AppContext, get_ctx, off_loop, require_key, require_key_or_cdn_token
 from flashhead.errors import InputError, LimitExceeded, Unauthorized
 from flashhead.media.sniff import OCTET, served_type
 from flashhead.storage.base import FILES_PREFIX, StoredFile, check_key, declared_ext, new_key
@@ -72,22 +71,18 @@ async def _store(ctx: AppContext, request: Request, content_type: str | None, fi
         path.unlink(missing_ok=True)
 
 
-def _cdn_auth(request: Request) -> str | None:
-    return get_ctx(request).auth.check_upload_auth(request.headers.get("authorization"))
-
-
 # ---- Python client: token + CDN ----------------------------------------------------------
 
 @router.post("/rest/storage/auth/token", tags=["storage"])
 def cdn_token(request: Request, key_id: str | None = Depends(require_key)):
     ctx = get_ctx(request)
-    expires = datetime.now(timezone.utc) + timedelta(seconds=UPLOAD_TOKEN_TTL_S - 60)
+    expires = datetime.now(timezone.utc) + timedelta(seconds=ctx.auth.token_ttl_s * 0.9)
     return {"token": ctx.auth.issue_cdn_token(key_id), "token_type": "Bearer",
             "base_url": ctx.base_url(request) + CDN_PREFIX, "expires_at": expires.isoformat()}
 
 
 @router.post(f"{CDN_PREFIX}/files/upload", tags=["storage"])
-async def cdn_upload(request: Request, _k: str | None = Depends(_cdn_auth)):
+async def cdn_upload(request: Request, _k: str | None = Depends(require_key_or_cdn_token)):
     ctx = get_ctx(request)
     f = await _store(ctx, request, request.headers.get("content-type"), request.headers.get("x-fal-file-name"))
     return {"access_url": ctx.storage.url(f.key, ctx.base_url(request)), "content_type": f.content_type,
@@ -95,7 +90,7 @@ async def cdn_upload(request: Request, _k: str | None = Depends(_cdn_auth)):
 
 
 @router.post(f"{CDN_PREFIX}/files/upload/multipart", tags=["storage"])
-def cdn_multipart_create(request: Request, _k: str | None = Depends(_cdn_auth)):
+def cdn_multipart_create(request: Request, _k: str | None = Depends(require_key_or_cdn_token)):
     ctx = get_ctx(request)
     key, upload_id = ctx.storage.create_multipart(request.headers.get("content-type"),
                                                   request.headers.get("x-fal-file-name"))
@@ -104,13 +99,13 @@ def cdn_multipart_create(request: Request, _k: str | None = Depends(_cdn_auth)):
 
 @router.put(f"{FILES_PREFIX}/{{key}}/multipart/{{upload_id}}/{{number}}", tags=["storage"])
 async def cdn_multipart_part(key: str, upload_id: str, number: int, request: Request,
-                             _k: str | None = Depends(_cdn_auth)):
+                             _k: str | None = Depends(require_key_or_cdn_token)):
     return await _put_part(get_ctx(request), request, key, upload_id, number)
 
 
 @router.post(f"{FILES_PREFIX}/{{key}}/multipart/{{upload_id}}/complete", tags=["storage"])
 def cdn_multipart_complete(key: str, upload_id: str, body: CompleteBody, request: Request,
-                           _k: str | None = Depends(_cdn_auth)):
+                           _k: str | None = Depends(require_key_or_cdn_token)):
     return _complete(get_ctx(request), request, key, upload_id, body)
 
 
@@ -135,35 +130,35 @@ def _complete(ctx: AppContext, request: Request, key: str, upload_id: str, body:
 
 # ---- JS client: initiate + PUT ---------------------------------------------------------------
 
-def _initiate(request: Request, body: InitiateBody, multipart: bool) -> dict:
+def _initiate(request: Request, body: InitiateBody, multipart: bool, key_id: str | None) -> dict:
     ctx = get_ctx(request)
     base = ctx.base_url(request)
     ctype = body.content_type            # a hint only: the stored type is sniffed from the bytes
     if multipart:
         key, upload_id = ctx.storage.create_multipart(ctype, body.file_name)
-        token = ctx.auth.issue_upload_token(key, ctype, body.file_name, multipart=upload_id)
+        token = ctx.auth.issue_upload_token(key_id, key, ctype, body.file_name, multipart=upload_id)
         upload_url = f"{base}{CDN_PREFIX}/uploads/{key}/multipart/{upload_id}?token={token}"
     else:
         key = new_key(declared_ext(ctype))
-        token = ctx.auth.issue_upload_token(key, ctype, body.file_name)
+        token = ctx.auth.issue_upload_token(key_id, key, ctype, body.file_name)
         upload_url = f"{base}{CDN_PREFIX}/uploads/{key}?token={token}"
     return {"upload_url": upload_url, "file_url": ctx.storage.url(key, base)}
 
 
 @router.post("/rest/storage/upload/initiate", tags=["storage"])
-def initiate(body: InitiateBody, request: Request, _k: str | None = Depends(require_key)):
-    return _initiate(request, body, multipart=False)
+def initiate(body: InitiateBody, request: Request, key_id: str | None = Depends(require_key)):
+    return _initiate(request, body, False, key_id)
 
 
 @router.post("/rest/storage/upload/initiate-multipart", tags=["storage"])
-def initiate_multipart(body: InitiateBody, request: Request, _k: str | None = Depends(require_key)):
-    return _initiate(request, body, multipart=True)
+def initiate_multipart(body: InitiateBody, request: Request, key_id: str | None = Depends(require_key)):
+    return _initiate(request, body, True, key_id)
 
 
 @router.put(f"{CDN_PREFIX}/uploads/{{key}}", tags=["storage"])
 async def signed_put(key: str, request: Request, token: str = ""):
     ctx = get_ctx(request)
-    claims = ctx.auth.verify_upload_token(token, check_key(key))
+    claims = await off_loop(ctx, ctx.auth.verify_upload_token, token, check_key(key))
     if "mp" in claims:
         raise Unauthorized("this token is for a multipart upload", field="token")
     f = await _store(ctx, request, claims["ct"], claims["name"], key=key)
@@ -173,7 +168,7 @@ async def signed_put(key: str, request: Request, token: str = ""):
 @router.put(f"{CDN_PREFIX}/uploads/{{key}}/multipart/{{upload_id}}/{{number}}", tags=["storage"])
 async def signed_part(key: str, upload_id: str, number: int, request: Request, token: str = ""):
     ctx = get_ctx(request)
-    _check_mp_token(ctx, token, key, upload_id)
+    await off_loop(ctx, _check_mp_token, ctx, token, key, upload_id)
     return await _put_part(ctx, request, key, upload_id, number)
 
 

@@ -175,12 +175,12 @@ async def sse_body(events: Iterator[dict], cancel: threading.Event):
 
 def stream_route(ctx, endpoint: str):
     async def handler(request: Request):
-        from flashhead.api.deps import check_key
+        from flashhead.api.deps import authenticate
         from flashhead.api.errors import error_response
         from flashhead.errors import BackendUnavailable, InputError
 
         try:
-            await check_key(ctx.auth, request.headers.get("authorization"))
+            await authenticate(request)
             if ctx.engines is None:
                 raise BackendUnavailable("the service is still starting")
             try:

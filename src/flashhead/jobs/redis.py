@@ -316,6 +316,14 @@ class RedisJobStore:
     def close(self) -> None:
         self.r.close()
 
+    def active_count(self, key_id: str) -> int:
+        """Queued + running jobs of one API key: one pipelined read of the active jobs' owners."""
+        ids = self.r.zrange(self._k("queue"), 0, -1) + list(self.r.smembers(self._k("running")))
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self._k("job", job_id), "key_id")
+        return sum(1 for owner in pipe.execute() if owner == key_id)
+
 
 def _hash_to_job(h: dict) -> Job:
     f = lambda k: float(h[k]) if k in h else None  # noqa: E731

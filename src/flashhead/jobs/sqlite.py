@@ -250,6 +250,11 @@ class SqliteJobStore:
             db.close()
             self._local.db = None
 
+    def active_count(self, key_id: str) -> int:
+        """Queued + running jobs of one API key (the state index keeps it to active jobs)."""
+        return int(self._db().execute("SELECT COUNT(*) FROM jobs WHERE state IN (?, ?) AND key_id = ?",
+                                      (_Q, _P, key_id)).fetchone()[0])
+
 
 class DataDirBusy(SystemExit):
     """Another server holds the data dir: a start-up error with a message, not a traceback."""

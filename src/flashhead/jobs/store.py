@@ -146,6 +146,8 @@ class JobStore(Protocol):
         (re-queued, failed or cancelled), by the same policy as recover. Call it after the
         process has exited and before a new one gets the index."""
     def close(self) -> None: ...
+    def active_count(self, key_id: str) -> int:
+        """Queued + running jobs submitted with this API key (per-key job limit)."""
 
 
 def now() -> float:

@@ -12,9 +12,10 @@ function log(line) {
   el.textContent = `${line}\n${el.textContent}`.slice(0, 4000);
 }
 
+// The API key lives only in this tab's #key input (memory): never in localStorage,
+// sessionStorage, cookies or the URL, so no other page or later visitor can read it back.
 function authHeaders() {
   const key = $("key").value.trim();
-  localStorage.setItem("flashhead-key", key);
   return key ? { Authorization: `Key ${key}` } : {};
 }
 
@@ -154,7 +155,7 @@ async function realtimeUrl(endpoint) {
   });
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const base = `${scheme}://${location.host}/${endpoint}/realtime`;
-  if (!r.ok) return base;  // servers without auth accept the socket as is
+  if (!r.ok) return base;  // no token (no or a bad key): the socket will say why
   return `${base}?fal_jwt_token=${encodeURIComponent(await r.json())}`;
 }
 
@@ -218,7 +219,6 @@ function setLive(on) {
 // --- wiring -----------------------------------------------------------------------------------
 async function main() {
   config = await (await fetch("/playground/config.json")).json();
-  $("key").value = localStorage.getItem("flashhead-key") || "";
   for (const v of config.voices) $("voice").add(new Option(v, v, v === config.default_voice, v === config.default_voice));
   $("portrait-preview").src = config.sample_portrait;
   document.querySelectorAll("input[name=portrait]").forEach((el) => el.addEventListener("change", () => { portraitUrl = null; }));
