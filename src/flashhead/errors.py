@@ -72,3 +72,27 @@ class Unauthorized(FlashheadError):
 
 class QueueFull(FlashheadError):
     error_type = "queue_full"
+
+
+class PayloadTooLarge(FlashheadError):
+    """A request body over its size limit, refused while it is being read."""
+
+    error_type = "payload_too_large"
+
+
+class BodyTimeout(FlashheadError):
+    """A request body that did not arrive within its read timeout."""
+
+    error_type = "request_timeout"
+
+
+class StorageFull(FlashheadError):
+    """The disk (or bucket quota) holding files is full: nothing new can be written."""
+
+    error_type = "storage_full"
+
+
+class RateLimited(BackendUnavailable):
+    """An upstream service (ElevenLabs) kept answering 429 after the retries: try again later."""
+
+    error_type = "rate_limited"

@@ -22,10 +22,9 @@ from pydantic import BaseModel
 
 from flashhead.api.auth import UPLOAD_TOKEN_TTL_S
 from flashhead.api.deps import AppContext, get_ctx, require_key
-from flashhead.errors import InputError, LimitExceeded, Unauthorized
-from flashhead.storage.base import FILES_PREFIX, StoredFile, check_key, content_type_for, new_key
+from flashhead.errors import InputError, Unauthorized
+from flashhead.storage.base import FILES_PREFIX, UPLOAD, StoredFile, check_key, content_type_for, disk_errors, new_key
 
-MAX_UPLOAD_BYTES = 1024 * 1024 * 1024     # one upload (or one multipart file) at most 1 GiB
 CDN_PREFIX = "/cdn"
 
 router = APIRouter()
@@ -41,15 +40,15 @@ class CompleteBody(BaseModel):
 
 
 async def _body_to_file(request: Request, ctx: AppContext) -> Path:
-    """Stream the request body to a staging file, refusing more than MAX_UPLOAD_BYTES."""
-    fd, name = tempfile.mkstemp(dir=ctx.storage.staging, prefix="body-")
+    """Stream the request body to a staging file, refusing more than Settings.max_upload_bytes."""
+    with disk_errors():
+        fd, name = tempfile.mkstemp(dir=ctx.storage.staging, prefix="body-")
     size = 0
     try:
-        with os.fdopen(fd, "wb") as out:
+        with disk_errors(), os.fdopen(fd, "wb") as out:
             async for block in request.stream():
                 size += len(block)
-                if size > MAX_UPLOAD_BYTES:
-                    raise LimitExceeded(f"uploads are limited to {MAX_UPLOAD_BYTES} bytes", field="body")
+                ctx.storage.check_total(size)
                 out.write(block)
     except BaseException:
         os.unlink(name)
@@ -61,7 +60,7 @@ async def _store(ctx: AppContext, request: Request, content_type: str | None, fi
                  key: str | None = None) -> StoredFile:
     path = await _body_to_file(request, ctx)
     try:
-        return await run_in_threadpool(ctx.storage.put_file, path, content_type, file_name, key)
+        return await run_in_threadpool(ctx.storage.put_file, path, content_type, file_name, key, UPLOAD)
     finally:
         path.unlink(missing_ok=True)
 
