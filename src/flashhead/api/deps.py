@@ -60,9 +60,6 @@ async def require_key(request: Request) -> str | None:
 
 
 async def check_key(auth, header: str | None) -> str | None:
-    """Key check from async code. With keys.db it is one read of a local file plus a SHA-256
-    (microseconds), cheaper inline than a hop to the threadpool and back on every request;
-    keys in redis are a network round trip, so that check goes to the threadpool."""
-    if getattr(auth.keys, "local", False):
-        return auth.check_key_header(header)
+    """Key check from async code, in the threadpool: keys.db is a SQLite read that can wait on a
+    writer's lock (busy timeout), keys in redis a network round trip; neither may stall the loop."""
     return await run_in_threadpool(auth.check_key_header, header)

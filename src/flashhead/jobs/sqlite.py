@@ -57,7 +57,6 @@ def _row_to_job(r: sqlite3.Row) -> Job:
 
 
 class SqliteJobStore:
-    local_reads = True        # reads hit a local file and never wait for a writer (WAL)
 
     def __init__(self, path: str | Path, *, instance: str | None = None):
         self.path = Path(path)
