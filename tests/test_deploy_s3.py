@@ -48,7 +48,7 @@ def test_put_then_stat_and_the_object_layout(s3, storage, tmp_path):
     assert storage.stat(f.key) == f
     raw = s3.client().get_object(Bucket="media", Key=f"run-a/{f.key}")      # prefix got its '/'
     assert raw["Body"].read() == data and raw["ContentType"] == "image/png"
-    assert raw["Metadata"] == {"file-name": "My_Face_1_.png"}
+    assert raw["Metadata"] == {"file-name": "My_Face_1_.png", "kind": "result"}
 
 
 def test_content_type_is_sniffed_not_declared(storage, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -12,7 +13,8 @@ import pytest
 
 from flashhead import constants as C
 from flashhead.config import Settings
-from flashhead.errors import BackendUnavailable, InputError, LimitExceeded
+from flashhead.api.errors import status_for
+from flashhead.errors import BackendUnavailable, InputError, RateLimited
 from flashhead.speech import factory
 from flashhead.speech.elevenlabs import ElevenLabsEngine
 from flashhead.speech.espeak import EspeakEngine
@@ -42,6 +44,7 @@ def fake_speech(text: str) -> dict:
 
 class Handler(BaseHTTPRequestHandler):
     requests: list = []
+    failures: dict = {}          # text -> (status, answers left with that status) before a 200
 
     def log_message(self, *args):
         pass
@@ -70,6 +73,12 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(body.get("text"), str) or not 0 <= vs.get("stability", -1) <= 1:
             return self.reply(422, {"detail": [{"loc": ["body", "text"], "msg": "bad",
                                                 "type": "value_error"}]})
+        if body["text"] == "slow":
+            time.sleep(2.0)
+        status, left = Handler.failures.get(body["text"], (0, 0))
+        if left:
+            Handler.failures[body["text"]] = (status, left - 1)
+            return self.reply(status, {"detail": "try again"})
         if body["text"] == "overload":
             return self.reply(503, {"detail": "service unavailable"})
         if body["text"] == "too many":
@@ -90,8 +99,9 @@ def server():
 
 @pytest.fixture()
 def tts(server):
-    engine = ElevenLabsEngine(KEY, base_url=server)
+    engine = ElevenLabsEngine(KEY, base_url=server, backoff_s=0.01, max_tries=3)
     Handler.requests.clear()
+    Handler.failures.clear()
     yield engine
     engine.close()
 
@@ -136,11 +146,37 @@ def test_bad_key_is_backend_unavailable(server):
         engine.synthesize("hello")
 
 
-@pytest.mark.parametrize("text,error", [("overload", BackendUnavailable),
-                                        ("too many", LimitExceeded)])
-def test_server_errors(tts, text, error):
-    with pytest.raises(error):
+@pytest.mark.parametrize("text,error,status", [("overload", BackendUnavailable, 503),
+                                               ("too many", RateLimited, 503)])
+def test_server_errors_are_retried_then_retryable(tts, text, error, status):
+    with pytest.raises(error) as e:
         tts.synthesize(text)
+    assert len(Handler.requests) == 3                      # max_tries
+    assert status_for(type(e.value)) == status and not isinstance(e.value, InputError)
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
+def test_transient_errors_are_retried(tts, status):
+    Handler.failures["hello"] = (status, 2)
+    assert tts.synthesize("hello").duration > 0
+    assert len(Handler.requests) == 3
+
+
+def test_client_errors_are_not_retried(tts, monkeypatch):
+    monkeypatch.setattr("flashhead.speech.elevenlabs.check_stability", lambda s: 7.0)   # the stub's 422
+    with pytest.raises(InputError):
+        tts.synthesize("hello")
+    assert len(Handler.requests) == 1
+
+
+def test_overall_deadline(server):
+    engine = ElevenLabsEngine(KEY, base_url=server, deadline_s=1.5, backoff_s=0.01, max_tries=10)
+    Handler.requests.clear()
+    t0 = time.monotonic()
+    with pytest.raises(BackendUnavailable):
+        engine.synthesize("slow")                           # the stub takes 2 s to answer
+    assert time.monotonic() - t0 < 2.5 and len(Handler.requests) == 1
+    engine.close()
 
 
 def test_validation_error_is_input_error(tts, monkeypatch):

@@ -187,3 +187,17 @@ def test_same_audio_a_second_later():
     time.sleep(1.1)
     again = engine.synthesize("Same seed, same frames.", "Aria", 0.5, 5).audio
     assert np.array_equal(first, again)
+
+
+def test_no_temp_folder_is_left_behind(tmp_path):
+    """Every process that used the engine once left an empty flashhead-espeak-* folder."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from flashhead.speech.espeak import EspeakEngine\n"
+            "EspeakEngine().synthesize('Hello there.')\n"
+            "import os, sys; sys.exit(len([n for n in os.listdir(sys.argv[1]) if 'espeak' in n]))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])     # none while running
+    assert list(tmp_path.iterdir()) == []                                    # none after exit

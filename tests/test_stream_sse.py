@@ -93,6 +93,8 @@ def test_error_mid_stream_is_an_event_then_close(server, client, monkeypatch):
     events = list(client.stream(C.TEXT_ENDPOINT, {"image_url": data_uri(PORTRAIT, "image/png"), "text": TEXT}))
     assert [e.get("type") for e in events[:-1]] == ["chunk", "chunk"]
     assert events[-1] == {"detail": "injected failure", "error_type": "render_failed"}
+    streams = Path(server[2].state.ctx.settings.data_dir) / "streams"
+    assert list(streams.glob("*.mp4")) == []           # the partial MP4 went with the failure
 
 
 def test_js_client_stream_done_resolves_to_the_final_output(server, tmp_path):

@@ -1,4 +1,4 @@
-"""`flashhead` command line: generate | serve | keys | weights | bench."""
+"""`flashhead` command line: generate | serve | keys | gc | weights | bench."""
 from __future__ import annotations
 
 import argparse
@@ -123,6 +123,32 @@ def cmd_keys(args) -> int:
     return server.main(argv + (["--alias", args.alias] if args.alias else []))
 
 
+def _add_gc(sub) -> None:
+    p = sub.add_parser("gc", help="delete expired jobs, files and staging now (the server also does it "
+                                  "every FLASHHEAD_RETENTION_SWEEP_S)")
+    p.add_argument("--data-dir", default="./flashhead-data")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    p.set_defaults(func=cmd_gc)
+
+
+def cmd_gc(args) -> int:
+    from flashhead.config import Settings
+    from flashhead.jobs.backends import make_storage, make_store
+    from flashhead.jobs.retention import Retention
+
+    settings = Settings(data_dir=Path(args.data_dir))
+    store = make_store(settings)
+    try:
+        report = Retention(settings, store, make_storage(settings)).sweep(dry_run=args.dry_run)
+    finally:
+        store.close()
+    listed = "would_delete" if args.dry_run else "deleted"
+    print(json.dumps({"dry_run": args.dry_run, "counts": report.counts(), "errors": report.errors,
+                      listed: {"jobs": report.jobs, "files": report.files, "staging": report.staging}},
+                     indent=2))
+    return 1 if report.errors else 0
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="render-speed benchmark (see bench/ for the others)")
     p.add_argument("--seconds", type=float, nargs="+", default=[30.0, 300.0])
@@ -141,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_serve(sub)
     _add_keys(sub)
+    _add_gc(sub)
     _add_bench(sub)
     try:
         from flashhead.render.neural.cli import add_cli

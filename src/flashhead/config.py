@@ -71,6 +71,17 @@ class Settings(BaseSettings):
                             "package's notation ('N/second;M/minute'); empty = no limit")
     max_active_jobs_per_key: int = Field(100, ge=0, description="queued + running jobs one API key may "
                                          "have at once (0 = no limit)")
+    # --- bounds and retention ---
+    job_retention_s: float = Field(7 * 86400.0, gt=0, description="finished jobs and their logs are kept")
+    result_retention_s: float = Field(7 * 86400.0, gt=0, description="result files (videos) are kept")
+    upload_retention_s: float = Field(86400.0, gt=0, description="uploaded files are kept")
+    staging_retention_s: float = Field(3600.0, gt=0, description="multipart staging and partial files")
+    retention_sweep_s: float = Field(600.0, gt=0, description="the API process sweeps expired items every")
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="JSON and other non-upload bodies")
+    max_upload_bytes: int = Field(1024 ** 3, gt=0, description="one upload, or one multipart file in total")
+    body_read_timeout_s: float = Field(60.0, gt=0, description="a request body must arrive within")
+    elevenlabs_deadline_s: float = Field(120.0, gt=0, description="one ElevenLabs synthesis, retries included")
+    elevenlabs_max_tries: int = Field(4, ge=1, description="ElevenLabs tries on 429 / 5xx")
 
 
 @lru_cache(maxsize=1)

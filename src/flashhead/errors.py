@@ -75,10 +75,29 @@ class QueueFull(FlashheadError):
 
 
 class RateLimited(FlashheadError):
-    """A key made too many requests, or has too many jobs at once: retry after `retry_after` s."""
+    """Too many requests: a key over its rate or active-job limit, or an upstream service
+    (ElevenLabs) that kept answering 429 after the retries. Retry after `retry_after` s."""
 
     error_type = "rate_limited"
 
-    def __init__(self, message: str, *, retry_after: float, field: str | None = None):
+    def __init__(self, message: str, *, retry_after: float = 30.0, field: str | None = None):
         super().__init__(message, field=field)
         self.retry_after = retry_after
+
+
+class PayloadTooLarge(FlashheadError):
+    """A request body over its size limit, refused while it is being read."""
+
+    error_type = "payload_too_large"
+
+
+class BodyTimeout(FlashheadError):
+    """A request body that did not arrive within its read timeout."""
+
+    error_type = "request_timeout"
+
+
+class StorageFull(FlashheadError):
+    """The disk (or bucket quota) holding files is full: nothing new can be written."""
+
+    error_type = "storage_full"

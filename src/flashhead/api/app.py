@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from flashhead import __version__
 from flashhead.api import errors, ops, queue, run, storage
 from flashhead.api.auth import KEYS, Auth
+from flashhead.api.bodies import BodyLimitMiddleware
 from flashhead.api.deps import AppContext, option
 from flashhead.api.limits import AbuseLimits
 from flashhead.api.observability import Metrics, RequestContextMiddleware, setup_logging
@@ -25,6 +26,7 @@ from flashhead.config import Settings
 from flashhead.jobs.backends import make_storage, make_store
 from flashhead.jobs.processes import ProcessWorkerPool
 from flashhead.jobs.queue import JobQueue
+from flashhead.jobs.retention import Retention, Sweeper
 from flashhead.jobs.state import JobState
 from flashhead.jobs.store import Job
 from flashhead.jobs.webhooks import RetryPolicy, WebhookOutbox, WebhookSigner, webhook_payload
@@ -56,6 +58,7 @@ def build_context(settings: Settings, engines=None, auth_mode: str = KEYS) -> Ap
     ctx = AppContext(settings=settings, engines=engines, storage=make_storage(settings),
                      auth=auth, jobs=JobQueue(store), metrics=metrics, webhooks=outbox,
                      signer=signer, limits=AbuseLimits.from_settings(settings))
+    ctx.storage.max_upload_bytes = settings.max_upload_bytes
     ctx.jobs.on_terminal(lambda job: _record_metrics(ctx, job))
     ctx.jobs.on_terminal(lambda job: _enqueue_webhook(ctx, job))
     return ctx
@@ -141,7 +144,10 @@ def create_app(settings: Settings | None = None, engines=None, *, workers: int |
             ctx.workers = ProcessWorkerPool(ctx.jobs, ctx.settings, ctx.n_workers)
             ctx.workers.start()
         threading.Thread(target=_start_workers, args=(ctx, generate), name="startup", daemon=True).start()
+        sweeper = Sweeper(Retention(ctx.settings, ctx.jobs.store, ctx.storage), ctx.settings.retention_sweep_s)
+        sweeper.start()
         yield
+        sweeper.stop()
         if ctx.workers:
             ctx.workers.stop()
         ctx.jobs.stop()
@@ -154,6 +160,7 @@ def create_app(settings: Settings | None = None, engines=None, *, workers: int |
     errors.install(app)
     for module in (ops, storage, queue, run):
         app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
                        expose_headers=EXPOSED_HEADERS)
     app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics)

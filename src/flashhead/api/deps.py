@@ -89,9 +89,7 @@ async def require_key_or_cdn_token(request: Request) -> str | None:
 
 
 async def off_loop(ctx: AppContext, fn, *args):
-    """Run an auth/limit check: inline when it touches only local files (keys.db, in-memory
-    limits: microseconds, cheaper than two thread switches per request), in the threadpool when
-    it makes redis round trips."""
-    if ctx.auth.local and (ctx.limits is None or ctx.limits.local):
-        return fn(*args)
+    """Run an auth/limit check in the threadpool: keys.db is a SQLite read that can wait on a
+    writer's lock (busy timeout), keys and limits in redis are network round trips; neither may
+    stall the event loop."""
     return await run_in_threadpool(fn, *args)

@@ -14,8 +14,10 @@ from fastapi.responses import JSONResponse
 from flashhead import errors as E
 
 TIMEOUT_TYPE_HEADER = "X-Fal-Request-Timeout-Type"
+RETRY_AFTER_S = 30          # rate-limited upstream, full disk: worth another try later
 
 _STATUS: list[tuple[type[E.FlashheadError], int]] = [   # most specific first
+    (E.PayloadTooLarge, 413), (E.BodyTimeout, 408), (E.StorageFull, 507),
     (E.InputError, 422), (E.NotFound, 404), (E.Unauthorized, 401), (E.QueueFull, 429),
     (E.RateLimited, 429),
     (E.Timeout, 504), (E.Cancelled, 400), (E.BackendUnavailable, 503), (E.RenderFailed, 500),
@@ -57,6 +59,8 @@ def error_headers(error_type: str, status: int) -> dict:
         headers[TIMEOUT_TYPE_HEADER] = "user"   # a user deadline: fal clients do not retry it
     if status == 401:
         headers["WWW-Authenticate"] = "Key"
+    if error_type in (E.RateLimited.error_type, E.StorageFull.error_type):
+        headers["Retry-After"] = str(RETRY_AFTER_S)
     return headers
 
 

@@ -122,7 +122,8 @@ def job_response(job: Job) -> JSONResponse:
 def _own_job(ctx: AppContext, job_id: str, key_id: str | None) -> Job:
     job = ctx.jobs.store.get(job_id, with_input=False)
     if job is None or (key_id is not None and job.key_id not in (None, key_id)):
-        raise NotFound(f"request {job_id} not found", field="request_id")
+        raise NotFound(f"request {job_id} not found: it never existed, or it expired (finished requests "
+                       f"are kept for {ctx.settings.job_retention_s / 86400:g} days)", field="request_id")
     return job
 
 
@@ -152,11 +153,8 @@ for _endpoint, _model in ((C.TEXT_ENDPOINT, FlashHeadRequest), (C.AUDIO_ENDPOINT
 
 
 async def store_read(ctx: AppContext, fn, *args, **kwargs):
-    """Status polls are the hottest route: a store that answers from a local file (SQLite, WAL:
-    readers never wait for writers) is read inline on the event loop, skipping two thread
-    switches per request; a network store (redis) is read in the threadpool."""
-    if getattr(ctx.jobs.store, "local_reads", False):
-        return fn(*args, **kwargs)
+    """Store reads from async routes go to the threadpool: SQLite can wait on a lock (and its
+    queue_position is a COUNT over the queue), redis is a network round trip."""
     return await run_in_threadpool(partial(fn, *args, **kwargs))
 
 
@@ -178,12 +176,17 @@ async def status_stream(request_id: str, request: Request, logs: str | None = No
                              headers={REQUEST_ID_HEADER: job.id, "Cache-Control": "no-cache"})
 
 
+def _poll(ctx: AppContext, job_id: str, logs: bool, since: int) -> tuple[Job, dict]:
+    """One SSE poll: the job and its status body, read together in one threadpool hop."""
+    job = ctx.jobs.store.get(job_id, with_input=False)
+    return job, status_body(ctx, job, logs=logs, since=since)
+
+
 async def _status_events(ctx: AppContext, job_id: str, logs: bool):
     """An event whenever the status, position or logs change; only new log lines each time."""
     sent_logs, last, last_sent = 0, None, time.monotonic()
     while True:
-        job = await store_read(ctx, ctx.jobs.store.get, job_id, with_input=False)
-        body = await store_read(ctx, status_body, ctx, job, logs=logs, since=sent_logs)
+        job, body = await store_read(ctx, _poll, ctx, job_id, logs, sent_logs)
         key = (body["status"], body.get("queue_position"), bool(body["logs"]))
         if key != last or body["logs"]:
             sent_logs += len(body["logs"] or [])

@@ -27,9 +27,8 @@ from pydantic import BaseModel
 from flashhead.api.deps import AppContext, get_ctx, off_loop, require_key, require_key_or_cdn_token
 from flashhead.errors import InputError, LimitExceeded, Unauthorized
 from flashhead.media.sniff import OCTET, served_type
-from flashhead.storage.base import FILES_PREFIX, StoredFile, check_key, declared_ext, new_key
+from flashhead.storage.base import FILES_PREFIX, UPLOAD, StoredFile, check_key, declared_ext, disk_errors, new_key
 
-MAX_UPLOAD_BYTES = 1024 * 1024 * 1024     # one upload (or one multipart file) at most 1 GiB
 CDN_PREFIX = "/cdn"
 FILES_CSP = "default-src 'none'; sandbox"
 
@@ -46,15 +45,15 @@ class CompleteBody(BaseModel):
 
 
 async def _body_to_file(request: Request, ctx: AppContext) -> Path:
-    """Stream the request body to a staging file, refusing more than MAX_UPLOAD_BYTES."""
-    fd, name = tempfile.mkstemp(dir=ctx.storage.staging, prefix="body-")
+    """Stream the request body to a staging file, refusing more than Settings.max_upload_bytes."""
+    with disk_errors():
+        fd, name = tempfile.mkstemp(dir=ctx.storage.staging, prefix="body-")
     size = 0
     try:
-        with os.fdopen(fd, "wb") as out:
+        with disk_errors(), os.fdopen(fd, "wb") as out:
             async for block in request.stream():
                 size += len(block)
-                if size > MAX_UPLOAD_BYTES:
-                    raise LimitExceeded(f"uploads are limited to {MAX_UPLOAD_BYTES} bytes", field="body")
+                ctx.storage.check_total(size)
                 out.write(block)
     except BaseException:
         os.unlink(name)
@@ -66,7 +65,7 @@ async def _store(ctx: AppContext, request: Request, content_type: str | None, fi
                  key: str | None = None) -> StoredFile:
     path = await _body_to_file(request, ctx)
     try:
-        return await run_in_threadpool(ctx.storage.put_file, path, content_type, file_name, key)
+        return await run_in_threadpool(ctx.storage.put_file, path, content_type, file_name, key, UPLOAD)
     finally:
         path.unlink(missing_ok=True)
 

@@ -68,10 +68,19 @@ class StreamOutput:
 def stream_events(prep: Prepared, engines, out: StreamOutput, *,
                   should_cancel: Callable[[], bool] | None = None) -> Iterator[dict]:
     """Render `prep` once: yield a chunk event per chunk, then the final output."""
-    from flashhead.video.encode import Mp4Writer
-
     t0 = time.perf_counter()
     path = out.work_dir / f"flashhead-{prep.seed}-{int(time.time() * 1000)}.mp4"
+    try:
+        yield from _render_events(prep, engines, out, should_cancel, path, t0)
+    except BaseException:         # failed, or cancelled (the client left): no partial MP4 stays
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _render_events(prep: Prepared, engines, out: StreamOutput, should_cancel, path: Path,
+                   t0: float) -> Iterator[dict]:
+    from flashhead.video.encode import Mp4Writer
+
     render_s = encode_s = 0.0
     with new_fmp4_encoder() as encoder, Mp4Writer(path) as writer:
         t = time.perf_counter()

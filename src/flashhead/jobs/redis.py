@@ -138,6 +138,16 @@ end
 return 'already_completed'
 """
 
+# KEYS: job hash, its logs. Deletes them only if the job is terminal (retention).
+_DELETE_TERMINAL = """
+local s = redis.call('HGET', KEYS[1], 'state')
+if s == 'COMPLETED' or s == 'FAILED' or s == 'CANCELLED' or s == 'TIMED_OUT' then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 1
+end
+return 0
+"""
+
 _FIELDS_JSON = ("input", "result")
 _FIELDS = ("id", "endpoint", "state", "priority", "seq", "created_at", "deadline", "started_at",
            "finished_at", "attempts", "cancel_requested", "result", "error", "error_type",
@@ -323,6 +333,46 @@ class RedisJobStore:
         for job_id in ids:
             pipe.hget(self._k("job", job_id), "key_id")
         return sum(1 for owner in pipe.execute() if owner == key_id)
+    # --- bounds and retention ---
+    def expired_jobs(self, before: float, limit: int = 1000) -> list[str]:
+        """Terminal jobs finished before `before` whose hooks have run. There is no index of
+        finished jobs, so this SCANs the job hashes: fine every few minutes, not per request."""
+        pending = set(self.r.lrange(self._k("terminal"), 0, -1))      # hooks not run yet
+        out: list[str] = []
+        batch: list[str] = []
+        for key in self.r.scan_iter(match=self._k("job", "*"), count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                out += self._finished_before(batch, before, pending)
+                batch = []
+            if len(out) >= limit:
+                return out[:limit]
+        return (out + self._finished_before(batch, before, pending))[:limit]
+
+    def _finished_before(self, keys: list[str], before: float, pending: set[str]) -> list[str]:
+        pipe = self.r.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, "id", "state", "finished_at")
+        out = []
+        for job_id, state, finished in pipe.execute():
+            if (job_id and state and finished and job_id not in pending and JobState(state).is_terminal()
+                    and float(finished) < before):
+                out.append(job_id)
+        return out
+
+    def delete_jobs(self, job_ids: list[str]) -> int:
+        """Remove terminal jobs (hash, logs); a job not terminal is left alone."""
+        n = 0
+        for job_id in job_ids:
+            n += int(self._delete_terminal(keys=[self._k("job", job_id), self._k("logs", job_id)]) or 0)
+        return n
+
+    @property
+    def _delete_terminal(self):
+        script = getattr(self, "_delete_script", None)
+        if script is None:
+            script = self._delete_script = self.r.register_script(_DELETE_TERMINAL)
+        return script
 
 
 def _hash_to_job(h: dict) -> Job:

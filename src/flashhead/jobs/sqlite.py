@@ -60,7 +60,6 @@ def _row_to_job(r: sqlite3.Row) -> Job:
 
 
 class SqliteJobStore:
-    local_reads = True        # reads hit a local file and never wait for a writer (WAL)
 
     def __init__(self, path: str | Path, *, instance: str | None = None, worker: int | None = None,
                  lock_dir: bool = False):
@@ -273,6 +272,25 @@ def lock_data_dir(data_dir: Path) -> int:
                           f"other server, give this one its own --data-dir, or share jobs through redis "
                           f"(FLASHHEAD_JOB_STORE=redis://...).") from None
     return fd
+    # --- bounds and retention ---
+    def expired_jobs(self, before: float, limit: int = 1000) -> list[str]:
+        """Terminal jobs finished before `before` whose hooks have run (oldest first)."""
+        rows = self._db().execute(
+            f"SELECT id FROM jobs WHERE hooked = 1 AND finished_at < ?"
+            f" AND state IN ({','.join('?' * len(_TERMINAL))}) ORDER BY finished_at LIMIT ?",
+            (before, *_TERMINAL, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def delete_jobs(self, job_ids: list[str]) -> int:
+        """Remove terminal jobs and their logs; returns how many jobs went."""
+        if not job_ids:
+            return 0
+        marks = ",".join("?" * len(job_ids))
+        with self._tx() as db:
+            n = db.execute(f"DELETE FROM jobs WHERE id IN ({marks}) AND state IN"
+                           f" ({','.join('?' * len(_TERMINAL))})", (*job_ids, *_TERMINAL)).rowcount
+            db.execute(f"DELETE FROM logs WHERE job_id IN ({marks})", job_ids)
+        return n
 
 
 class _Tx:

@@ -6,17 +6,22 @@ Answer: {audio_base64: raw 16-bit little-endian mono PCM at 16 kHz,
          alignment / normalized_alignment: {characters, character_start_times_seconds,
                                             character_end_times_seconds}}.
 The characters become the phoneme timeline (phoneme_set "letters"; digraphs such as "th" merged).
+Bounded: every try has TIMEOUT_S, the whole synthesis (retries included) deadline_s; 429 and 5xx
+answers and connection errors are retried (max_tries, exponential backoff, Retry-After honoured).
+A 429 that outlasts the retries is RateLimited (503 + Retry-After: clients retry), not an input error.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import random
+import time
 
 import httpx
 import numpy as np
 
 from flashhead import constants as C
-from flashhead.errors import BackendUnavailable, FlashheadError, InputError, LimitExceeded
+from flashhead.errors import BackendUnavailable, FlashheadError, InputError, RateLimited
 from flashhead.speech.base import Phoneme, Speech, TTSEngine
 from flashhead.speech.espeak import PAD_SECONDS, PAUSE, check_stability, clean_text
 from flashhead.speech.voices import resolve_voice
@@ -26,16 +31,24 @@ DEFAULT_MODEL = "eleven_multilingual_v2"
 SIMILARITY_BOOST = 0.75
 OUTPUT_FORMAT = "pcm_16000"
 TIMEOUT_S = 60.0
+DEADLINE_S = 120.0         # Settings.elevenlabs_deadline_s
+MAX_TRIES = 4              # Settings.elevenlabs_max_tries
+BACKOFF_S = 0.5            # first pause between tries; doubles each time (+ up to 50 % jitter)
+RETRY_STATUS = (429, 500, 502, 503, 504)
 
 
 class ElevenLabsEngine(TTSEngine):
     name = "elevenlabs"
 
     def __init__(self, api_key: str, base_url: str = "https://api.elevenlabs.io",
-                 model_id: str = DEFAULT_MODEL, timeout_s: float = TIMEOUT_S) -> None:
+                 model_id: str = DEFAULT_MODEL, timeout_s: float = TIMEOUT_S, *,
+                 deadline_s: float = DEADLINE_S, max_tries: int = MAX_TRIES,
+                 backoff_s: float = BACKOFF_S) -> None:
         if not api_key:
             raise BackendUnavailable("ElevenLabs needs an API key (ELEVENLABS_API_KEY)")
         self.model_id = model_id
+        self.timeout_s, self.deadline_s = timeout_s, deadline_s
+        self.max_tries, self.backoff_s = max(1, max_tries), backoff_s
         self._client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
                                     headers={"xi-api-key": api_key})
 
@@ -57,16 +70,46 @@ class ElevenLabsEngine(TTSEngine):
         return _pad(audio, phonemes, meta)
 
     def _post(self, path: str, body: dict) -> dict:
-        try:
-            r = self._client.post(path, params={"output_format": OUTPUT_FORMAT}, json=body)
-        except httpx.HTTPError as e:
-            raise BackendUnavailable(f"ElevenLabs unreachable: {e}") from e
-        if r.status_code != 200:
-            raise _error(r)
-        try:
-            return r.json()
-        except ValueError as e:
-            raise BackendUnavailable("ElevenLabs answered with invalid JSON") from e
+        deadline = time.monotonic() + self.deadline_s
+        for attempt in range(1, self.max_tries + 1):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                r = self._client.post(path, params={"output_format": OUTPUT_FORMAT}, json=body,
+                                      timeout=min(self.timeout_s, left))
+            except httpx.HTTPError as e:
+                error: FlashheadError = BackendUnavailable(f"ElevenLabs unreachable: {e}")
+                wait = None
+            else:
+                if r.status_code == 200:
+                    return _json(r)
+                error = _error(r)
+                if r.status_code not in RETRY_STATUS:
+                    raise error
+                wait = _retry_after(r)
+            if attempt == self.max_tries:
+                raise error
+            pause = wait if wait is not None else self.backoff_s * 2 ** (attempt - 1) * (1 + random.random() / 2)
+            if time.monotonic() + pause >= deadline:
+                raise error
+            time.sleep(pause)
+        raise BackendUnavailable(f"ElevenLabs did not answer within the {self.deadline_s:g} s deadline")
+
+
+def _json(r: httpx.Response) -> dict:
+    try:
+        return r.json()
+    except ValueError as e:
+        raise BackendUnavailable("ElevenLabs answered with invalid JSON") from e
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is ignored: the backoff applies)."""
+    try:
+        return max(0.0, float(r.headers.get("retry-after", "")))
+    except ValueError:
+        return None
 
 
 def _error(r: httpx.Response) -> FlashheadError:
@@ -80,7 +123,7 @@ def _error(r: httpx.Response) -> FlashheadError:
     if r.status_code in (400, 422):
         return InputError(msg, field="text")
     if r.status_code == 429:
-        return LimitExceeded(f"{msg} (rate limit or quota)", field="text")
+        return RateLimited(f"{msg} (rate limit or quota; retried)")
     return BackendUnavailable(msg)   # 401/403 bad key, 5xx outage, anything else
 
 

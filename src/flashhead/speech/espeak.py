@@ -86,7 +86,6 @@ class _Espeak:
         except (ImportError, RuntimeError) as e:
             raise BackendUnavailable(f"espeakng-loader is not usable: {e}") from e
         self.lock = threading.Lock()
-        self._dir = tempfile.mkdtemp(prefix="flashhead-espeak-")
         self._take: _Take | None = None
         self._callback = _Callback(self._on_synth)  # keep a reference: C holds the pointer
         with self.lock, self.session():
@@ -94,16 +93,16 @@ class _Espeak:
 
     @contextmanager
     def session(self):
-        """A freshly initialised library instance (caller holds self.lock)."""
-        copy = os.path.join(self._dir, "libespeak-ng.so")
+        """A freshly initialised library instance (caller holds self.lock). The private copy
+        lives only until it is loaded (the mapping stays valid), in a folder removed with it, so
+        no process leaves a flashhead-espeak-* folder behind."""
         try:
-            shutil.copyfile(self.lib_path, copy)
-            lib = ctypes.CDLL(copy)
+            with tempfile.TemporaryDirectory(prefix="flashhead-espeak-") as folder:
+                copy = os.path.join(folder, "libespeak-ng.so")
+                shutil.copyfile(self.lib_path, copy)
+                lib = ctypes.CDLL(copy)
         except OSError as e:
             raise BackendUnavailable(f"libespeak-ng could not be loaded: {e}") from e
-        finally:
-            if os.path.exists(copy):
-                os.unlink(copy)
         try:
             lib.espeak_Initialize.restype = ctypes.c_int
             flags = _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_DONT_EXIT

@@ -36,6 +36,8 @@ def get_engine(settings: Settings) -> TTSEngine:
 def _create(choice: str, settings: Settings, key: str) -> TTSEngine:
     if choice == "elevenlabs":
         from flashhead.speech.elevenlabs import ElevenLabsEngine
-        return ElevenLabsEngine(key, base_url=settings.elevenlabs_base_url)
+        return ElevenLabsEngine(key, base_url=settings.elevenlabs_base_url,
+                                deadline_s=settings.elevenlabs_deadline_s,
+                                max_tries=settings.elevenlabs_max_tries)
     from flashhead.speech.espeak import EspeakEngine
     return EspeakEngine()

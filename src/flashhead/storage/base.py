@@ -7,17 +7,19 @@ application/octet-stream, whatever its uploader declared or named it.
 """
 from __future__ import annotations
 
+import errno
 import json
 import re
 import secrets
 import shutil
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from flashhead.errors import InputError, NotFound
+from flashhead.errors import InputError, NotFound, PayloadTooLarge, StorageFull
 from flashhead.media.sniff import AUDIO, HEAD_BYTES, IMAGE, OCTET, served_type, stored_type
 
 FILES_PREFIX = "/files"
@@ -26,12 +28,19 @@ READ_BLOCK = 256 * 1024
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]{32}(\.[A-Za-z0-9]{1,10})?$")
 
 
+# What a stored file is: retention keeps uploads and results for different times.
+UPLOAD, RESULT = "upload", "result"
+GONE = "no such file: it never existed, or it expired (stored files are kept for a limited time)"
+STAGING_PATTERNS = ("mp-*", "put-*", "join-*", "body-*")      # everything put under staging_dir
+
+
 @dataclass
 class StoredFile:
     key: str
     size: int
     content_type: str
     file_name: str
+    kind: str = RESULT                 # UPLOAD | RESULT; files stored before kinds existed: RESULT
 
 
 def new_key(ext: str = "") -> str:
@@ -53,12 +62,15 @@ def check_key(key: str) -> str:
     return key
 
 
-def describe_file(path: Path, declared: str | None, file_name: str | None, key: str | None) -> StoredFile:
-    """The StoredFile for bytes about to be stored: type sniffed from them, a new key unless given."""
+def describe_file(path: Path, declared: str | None, file_name: str | None, key: str | None,
+                  kind: str = RESULT) -> StoredFile:
+    """The StoredFile for bytes about to be stored: type sniffed from them, a new key unless given.
+    kind: UPLOAD or RESULT (retention keeps them for different times)."""
     with open(path, "rb") as fh:
-        kind = stored_type(fh.read(HEAD_BYTES), declared)
-    key = key or new_key(kind.ext if kind else "")
-    return StoredFile(key, Path(path).stat().st_size, kind.mime if kind else OCTET, safe_name(file_name, key))
+        media = stored_type(fh.read(HEAD_BYTES), declared)
+    key = key or new_key(media.ext if media else "")
+    return StoredFile(key, Path(path).stat().st_size, media.mime if media else OCTET,
+                      safe_name(file_name, key), kind)
 
 
 def safe_name(file_name: str | None, key: str) -> str:
@@ -77,7 +89,7 @@ class Storage(ABC):
 
     @abstractmethod
     def put_file(self, path: Path, content_type: str | None, file_name: str | None,
-                 key: str | None = None) -> StoredFile: ...
+                 key: str | None = None, kind: str = RESULT) -> StoredFile: ...
 
     @abstractmethod
     def stat(self, key: str) -> StoredFile: ...
@@ -99,8 +111,9 @@ class Storage(ABC):
 
     def put_bytes(self, data: bytes, content_type: str | None, file_name: str | None) -> StoredFile:
         tmp = self.staging / f"put-{secrets.token_hex(8)}"
-        tmp.write_bytes(data)
         try:
+            with disk_errors():
+                tmp.write_bytes(data)
             return self.put_file(tmp, content_type, file_name)
         finally:
             tmp.unlink(missing_ok=True)
@@ -109,9 +122,10 @@ class Storage(ABC):
     def create_multipart(self, content_type: str | None, file_name: str | None) -> tuple[str, str]:
         key, upload_id = new_key(declared_ext(content_type)), secrets.token_urlsafe(16)
         d = self.staging / f"mp-{upload_id}"
-        d.mkdir()
-        (d / "meta.json").write_text(json.dumps({"key": key, "content_type": content_type,
-                                                 "file_name": file_name}))
+        with disk_errors():
+            d.mkdir()
+            (d / "meta.json").write_text(json.dumps({"key": key, "content_type": content_type,
+                                                     "file_name": file_name}))
         return key, upload_id
 
     def _multipart_dir(self, key: str, upload_id: str) -> tuple[Path, dict]:
@@ -131,7 +145,10 @@ class Storage(ABC):
         if not 1 <= number <= 10_000:
             raise InputError("part number must be 1..10000", field="partNumber")
         dest = d / f"part-{number:05d}"
-        shutil.move(str(src), dest)
+        others = sum(f.stat().st_size for f in d.glob("part-*") if f != dest)
+        self.check_total(others + Path(src).stat().st_size)
+        with disk_errors():
+            shutil.move(str(src), dest)
         return f"{number}-{dest.stat().st_size}"
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[int] | None) -> StoredFile:
@@ -141,13 +158,14 @@ class Storage(ABC):
             raise InputError("no parts were uploaded", field="parts")
         if parts is not None and sorted(parts) != [int(f.name[5:]) for f in files]:
             raise InputError("the part list does not match the uploaded parts", field="parts")
+        self.check_total(sum(f.stat().st_size for f in files))
         joined = self.staging / f"join-{upload_id}"
-        with open(joined, "wb") as out:
-            for f in files:
-                with open(f, "rb") as src:
-                    shutil.copyfileobj(src, out, READ_BLOCK)
         try:
-            return self.put_file(joined, meta["content_type"], meta["file_name"], key=key)
+            with disk_errors(), open(joined, "wb") as out:
+                for f in files:
+                    with open(f, "rb") as src:
+                        shutil.copyfileobj(src, out, READ_BLOCK)
+            return self.put_file(joined, meta["content_type"], meta["file_name"], key=key, kind=UPLOAD)
         finally:
             joined.unlink(missing_ok=True)
             shutil.rmtree(d, ignore_errors=True)
@@ -155,3 +173,55 @@ class Storage(ABC):
     @staticmethod
     def meta_json(f: StoredFile) -> str:
         return json.dumps(asdict(f))
+
+    # --- bounds and retention ---
+    max_upload_bytes: int = 1024 ** 3       # the server sets Settings.max_upload_bytes
+
+    def check_total(self, size: int) -> None:
+        """One upload, multipart parts all together included, is at most max_upload_bytes."""
+        if size > self.max_upload_bytes:
+            raise PayloadTooLarge(f"uploads are limited to {self.max_upload_bytes} bytes in total",
+                                  field="body")
+
+    def list_expired(self, before: dict[str, float]) -> list[str]:
+        """Keys of the files of each kind stored before `before[kind]` (unix time)."""
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        """Remove a file; a missing one is not an error."""
+        raise NotImplementedError
+
+    def staging_expired(self, before: float) -> list[Path]:
+        """Staging entries (multipart uploads, bodies being received) last touched before `before`."""
+        found = {p for pattern in STAGING_PATTERNS for p in self.staging.glob(pattern)}
+        return sorted(p for p in found if mtime(p) < before)
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def disk_errors():
+    """A full disk (or quota) while writing -> StorageFull, so the request or job names the cause.
+    Nothing is remembered: the next write tries again, so service resumes once space is back."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL_ERRNOS:
+            raise StorageFull("no space left to store files; try again later", field="storage") from None
+        raise
+
+
+def mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")           # gone meanwhile: nothing to delete
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or a folder; one already gone is fine."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -12,10 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from flashhead.errors import BackendUnavailable, NotFound
-from flashhead.storage.base import READ_BLOCK, Storage, StoredFile, check_key, describe_file
+from flashhead.errors import BackendUnavailable, NotFound, StorageFull
+from flashhead.storage.base import GONE, READ_BLOCK, RESULT, Storage, StoredFile, check_key, describe_file
 
 _MISSING = ("404", "NoSuchKey", "NotFound")
+_FULL = ("QuotaExceeded", "XMinioStorageFull", "EntityTooLarge")   # bucket quota / full MinIO disk
 
 
 def normalize_prefix(prefix: str | None) -> str:
@@ -29,7 +30,9 @@ def _error(exc: Exception, what: str) -> Exception:
     connection, bad credentials, a missing bucket) -> BackendUnavailable."""
     code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
     if code in _MISSING:
-        return NotFound("no such file", field="key")
+        return NotFound(GONE, field="key")
+    if code in _FULL:
+        return StorageFull(f"S3 {what} failed: the storage is full ({code})", field="storage")
     return BackendUnavailable(f"S3 {what} failed: {exc}", field="storage")
 
 
@@ -46,12 +49,15 @@ class S3Storage(Storage):
         return self.prefix + check_key(key)
 
     def put_file(self, path: Path, content_type: str | None, file_name: str | None,
-                 key: str | None = None) -> StoredFile:
-        f = describe_file(path, content_type, file_name, key)
+                 key: str | None = None, kind: str = RESULT) -> StoredFile:
+        f = describe_file(path, content_type, file_name, key, kind)
         try:
             self.s3.upload_file(str(path), self.bucket, self._obj(f.key), ExtraArgs={
-                "ContentType": f.content_type, "Metadata": {"file-name": f.file_name}})
+                "ContentType": f.content_type, "Metadata": {"file-name": f.file_name, "kind": kind}})
         except Exception as exc:  # botocore and s3transfer raise many unrelated classes
+            err = _error(getattr(exc, "last_exception", None) or exc, "upload")
+            if isinstance(err, StorageFull):
+                raise err from exc
             raise BackendUnavailable(f"S3 upload failed: {exc}", field="storage") from exc
         return f
 
@@ -62,8 +68,9 @@ class S3Storage(Storage):
             raise
         except Exception as exc:
             raise _error(exc, "stat") from exc
+        meta = h.get("Metadata", {})
         return StoredFile(key, int(h["ContentLength"]), h.get("ContentType") or "application/octet-stream",
-                          h.get("Metadata", {}).get("file-name", key))
+                          meta.get("file-name", key), meta.get("kind", RESULT))
 
     def open_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
         """The GET is made here, before the caller starts a response, so a missing object or an
@@ -75,6 +82,38 @@ class S3Storage(Storage):
         except Exception as exc:
             raise _error(exc, "read") from exc
         return _blocks(obj["Body"])
+
+    # --- bounds and retention ---
+    def list_expired(self, before: dict[str, float]) -> list[str]:
+        """Objects under the prefix stored before their kind's cutoff (LastModified). The kind is
+        user metadata, so only objects old enough for the shortest cutoff get a HEAD."""
+        if not before:
+            return []
+        out, oldest_cutoff = [], max(before.values())
+        try:
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][len(self.prefix):]
+                    stored_at = obj["LastModified"].timestamp()
+                    if "/" in key or stored_at >= oldest_cutoff:
+                        continue
+                    try:
+                        kind = self.stat(key).kind
+                    except NotFound:
+                        continue
+                    if kind in before and stored_at < before[kind]:
+                        out.append(key)
+        except (NotFound, BackendUnavailable):
+            raise
+        except Exception as exc:
+            raise _error(exc, "list") from exc
+        return sorted(out)
+
+    def delete(self, key: str) -> None:
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=self._obj(key))
+        except Exception as exc:
+            raise _error(exc, "delete") from exc
 
 
 def _blocks(body) -> Iterator[bytes]:
