@@ -165,3 +165,13 @@ def test_strict_load_round_trip_and_clear_failure(tmp_path):
     assert "1 missing key(s): blocks.1.cross_attn.norm_k.weight" in text
     assert "1 unexpected key(s): blocks.1.cross_attn.k_img.weight" in text
     assert "head.head.weight expected [4, 32] found [3, 32]" in text
+
+
+def test_bf16_timestep_is_cast_to_the_model_dtype_before_embedding():
+    model = tiny_model("lite").to(torch.bfloat16)
+    x, y, ctx = tiny_inputs("lite")
+    with torch.no_grad():
+        out = {t: model(x, t, ctx, y) for t in (937.5, 936.0, 940.0, 833.3333, 832.0)}
+    assert torch.equal(out[937.5], out[936.0])          # 937.5 is 936 in bf16, as in the original
+    assert torch.equal(out[833.3333], out[832.0])
+    assert not torch.equal(out[936.0], out[940.0])      # the timestep still matters

@@ -12,6 +12,7 @@ from flashhead import constants as C
 from flashhead.errors import BackendUnavailable, InputError
 from flashhead.render.base import SpeechSpan
 from flashhead.render.neural import sampler as sampler_mod
+from flashhead.render.neural import stream as stream_mod
 from flashhead.render.neural.cli import add_cli
 from flashhead.render.neural.dit import FlashHeadDiT, tiny_config
 from flashhead.render.neural.renderer import NeuralRenderer
@@ -42,8 +43,8 @@ def test_variant_geometry():
 def test_chunk_k_plus_1_starts_from_chunk_k_motion(variant, monkeypatch):
     engine = build_tiny_engine(variant)
     portrait = engine.prepare(PORTRAIT)
-    assert portrait.latent.shape[2] == VARIANTS[variant].latent_frames
     state = engine.new_stream(portrait, seed=5)
+    assert state.ref.shape[2] == VARIANTS[variant].latent_frames
     seen = []
     real = sampler_mod.sample
 
@@ -57,8 +58,8 @@ def test_chunk_k_plus_1_starts_from_chunk_k_motion(variant, monkeypatch):
     v = VARIANTS[variant]
     frames = engine.step([state], [speech(v.new_frames)])
     assert frames.shape == (1, v.new_frames, 64, 64, 3) and frames.dtype == np.uint8
-    assert torch.equal(seen[0], portrait.latent[:, :, :1])           # chunk 0: reference frame 0
-    assert torch.equal(seen[1][:, :, :1], portrait.latent[:, :, :1])  # written once more before decoding
+    assert torch.equal(seen[0], state.ref[:, :, :1])           # chunk 0: reference frame 0
+    assert torch.equal(seen[1][:, :, :1], state.ref[:, :, :1])  # written once more before decoding
     motion_after_0 = state.motion.clone()
     assert motion_after_0.shape[2] == 2
     engine.step([state], [speech(v.new_frames, 1)])
@@ -112,8 +113,13 @@ def test_setup_fails_clearly_at_start_up(tmp_path):
             NeuralRenderer("pro", weights_dir=tmp_path, device="cuda").setup()
     with pytest.raises(BackendUnavailable, match="weights-dir"):
         NeuralRenderer("lite", device="cpu").setup()
-    with pytest.raises(BackendUnavailable, match="Model_Lite/config.json"):
+    with pytest.raises(BackendUnavailable, match="weights download --variant lite`"):
+        NeuralRenderer("lite", device="cpu").setup()
+    with pytest.raises(BackendUnavailable, match="Model_Lite/config.json") as info:
         NeuralRenderer("lite", weights_dir=tmp_path, device="cpu").setup()
+    hint = info.value.args[0].splitlines()[-1]
+    assert hint.startswith("missing or incomplete: Model_Lite/config.json, Model_Lite/diffusion_pytorch_model")
+    assert hint.endswith(f"fetch with `flashhead weights download --variant lite --dir {tmp_path}`")
     with pytest.raises(InputError):
         NeuralRenderer("ultra")
 
@@ -158,3 +164,37 @@ def test_cli_manifest_and_check(tmp_path, capsys):
     assert args.func(args) == 1
     report = json.loads(capsys.readouterr().out)[0]
     assert report["ok"] is False and report["files"][0]["path"] == "Model_Lite/config.json"
+
+
+def test_reference_and_motion_latents_are_drawn_from_the_session_seed(monkeypatch):
+    engine = build_tiny_engine("lite")
+    portrait = engine.prepare(PORTRAIT)
+    a, b, c = (engine.new_stream(portrait, s) for s in (5, 5, 6))
+    expected = engine.vae.latent_from(*portrait.posterior, [torch.Generator().manual_seed(5)])
+    assert torch.equal(a.ref, expected) and torch.equal(a.ref, b.ref) and not torch.allclose(a.ref, c.ref)
+    mode = build_tiny_engine("lite", sample_posterior=False)
+    assert torch.equal(mode.new_stream(portrait, 5).ref, mode.new_stream(portrait, 6).ref)
+    # the colour-corrected chunk is re-encoded with each session's generator, from the raw decode
+    seen = {}
+    real_match = stream_mod.match_colors
+
+    def spy(video, stats, strength):
+        seen["decoded"] = video.clone()
+        return real_match(video, stats, strength)
+
+    monkeypatch.setattr(stream_mod, "match_colors", spy)
+    latents = torch.randn(1, 4, 5, 2, 2) * 3
+    state = engine.new_stream(portrait, 5)
+    engine.finish([state], latents)
+    assert torch.equal(seen["decoded"], engine.vae.decode(latents))     # not clamped before correction
+    assert seen["decoded"].abs().max() > 1
+    tail = real_match(seen["decoded"], portrait.color, 1.0)[:, :, -9:]
+    gen = torch.Generator().manual_seed(5)
+    engine.vae.latent_from(*portrait.posterior, [gen])                   # the reference draw came first
+    assert torch.equal(state.motion, engine.vae.encode(tail, [gen]))
+
+
+def test_uint8_conversion_truncates_like_the_original():
+    levels = torch.tensor([0.0, 254.99, 127.6, 255.0, -3.0, 300.0]) / 127.5 - 1
+    got = stream_mod.to_uint8(levels.view(1, 1, 6, 1, 1).expand(1, 3, 6, 1, 1))
+    assert got[0, :, 0, 0, 0].tolist() == [0, 254, 127, 255, 0, 255]

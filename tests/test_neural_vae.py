@@ -9,6 +9,8 @@ from flashhead.render.neural.color import lab_stats, lab_to_rgb, match_colors, r
 from flashhead.render.neural.vae import (diffusers_key_to_wan, load_wan_vae, tiny_ltx_vae, tiny_wan_vae,
                                          wan_key_to_diffusers)
 
+VIDEO = torch.rand(1, 3, 33, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+
 
 @pytest.mark.parametrize("original,converted", [
     ("conv1.weight", "quant_conv.weight"),
@@ -66,7 +68,7 @@ def test_vae_shapes_chunk_and_motion(make, latent):
     z = vae.encode(video)
     assert z.shape == latent
     out = vae.decode(z)
-    assert out.shape == video.shape and out.abs().max() <= 1
+    assert out.shape == video.shape and (out.abs().max() <= 1) == vae.clamp_decode   # LTX: raw decode
     motion_frames = 1 + (latent[2] == 9 and 4 or 8)
     assert vae.encode(video[:, :, -motion_frames:]).shape[2] == 2
 
@@ -95,3 +97,35 @@ def test_lab_round_trip_and_mean_std_transfer():
     assert torch.equal(match_colors(video, lab_stats(ref), 0.0), video)
     with pytest.raises(ValueError):
         match_colors(video, lab_stats(ref), 1.5)
+
+
+def test_ltx_latents_normalised_with_the_vae_buffers_and_decode_inverts():
+    torch.manual_seed(0)
+    vae = tiny_ltx_vae(sample_posterior=False)
+    mean, std = vae.model.latents_mean.view(1, -1, 1, 1, 1), vae.model.latents_std.view(1, -1, 1, 1, 1)
+    assert (mean.abs() > 0.01).all() and ((std - 1).abs() > 0.01).all()      # not the 0/1 defaults
+    raw = vae.model.encode(VIDEO).latent_dist.mode()
+    z = vae.encode(VIDEO)
+    assert torch.allclose(z, (raw - mean) / std, atol=1e-6)
+    decoded = vae.decode(z)
+    assert torch.allclose(decoded, vae.model.decode(raw).sample, atol=1e-5)  # un-normalised first
+    assert decoded.abs().max() > 1.05                                          # and not clamped
+
+
+def test_ltx_posterior_draw_is_seeded_and_mode_is_an_option():
+    torch.manual_seed(0)
+    vae = tiny_ltx_vae()
+    mu, sd = vae.posterior(VIDEO)
+
+    def draw(seed):
+        return vae.encode(VIDEO, [torch.Generator().manual_seed(seed)])
+
+    a, b, c = draw(5), draw(5), draw(6)
+    noise = torch.randn(mu.shape[1:], generator=torch.Generator().manual_seed(5))[None]
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    assert torch.allclose(a, vae.normalise(mu + sd * noise), atol=1e-6)
+    assert torch.allclose(vae.encode(VIDEO), vae.normalise(mu))                # no generators: the mode
+    vae.sample_posterior = False
+    assert torch.allclose(draw(5), vae.normalise(mu))                          # option: the mode
+    wan = tiny_wan_vae()                                                       # Pro: always the mode
+    assert torch.equal(wan.encode(VIDEO, [torch.Generator().manual_seed(5)]), wan.encode(VIDEO))

@@ -46,3 +46,18 @@ def test_chunks_are_aligned_with_the_audio(neural_engines, portrait_path):
     raw = np.concatenate(raw + [r.flush(session)])
     assert r.latency_frames > 0
     assert np.array_equal(frames, raw[r.latency_frames: r.latency_frames + n_frames])
+
+
+def test_generate_names_the_command_that_fetches_missing_weights(portrait_path, tmp_path, capfd,
+                                                                 monkeypatch):
+    from flashhead.cli import main
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)   # get past the GPU check
+    monkeypatch.setenv("FLASHHEAD_NATIVE_LOGS", "1")               # keep stderr as it is
+    (tmp_path / "Model_Lite").mkdir()
+    code = main(["generate", "--image", str(portrait_path), "--text", "hi", "--renderer", "flashhead-lite",
+                 "--weights-dir", str(tmp_path), "-o", str(tmp_path / "out.mp4")])
+    err = capfd.readouterr().err
+    assert code == 2
+    assert "[!!] Model_Lite/config.json (missing)" in err
+    assert f"fetch with `flashhead weights download --variant lite --dir {tmp_path}`" in err

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -82,6 +83,13 @@ class Settings(BaseSettings):
     body_read_timeout_s: float = Field(60.0, gt=0, description="a request body must arrive within")
     elevenlabs_deadline_s: float = Field(120.0, gt=0, description="one ElevenLabs synthesis, retries included")
     elevenlabs_max_tries: int = Field(4, ge=1, description="ElevenLabs tries on 429 / 5xx")
+    # --- neural renderer ---
+    reference_crop: Literal["face", "cover"] = Field(
+        "face", description="portrait -> 512 reference: face (detect, square around the face; any "
+        "portrait) | cover (the original's default: cover 512x512 and centre-crop, no detection)")
+    neural_posterior: Literal["sample", "mode"] = Field(
+        "sample", description="Lite VAE latents: sample (the original's .sample(), seeded by the "
+        "request seed) | mode (the posterior mean, the same for every seed)")
 
 
 @lru_cache(maxsize=1)

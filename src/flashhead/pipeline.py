@@ -162,16 +162,17 @@ def load_portrait(image_ref: str, engines: Engines, *, allow_paths: bool = False
                   ) -> tuple[np.ndarray, Framing]:
     """Fetch, decode and face-crop the portrait -> ((512, 512, 3) uint8 RGB crop, framing)."""
     from flashhead.media.fetch import fetch
-    from flashhead.media.image import crop_face, load_image
+    from flashhead.media.image import crop_cover, crop_face, load_image
 
     s = engines.settings
     data, _ = fetch(image_ref, field="image_url", max_bytes=s.max_image_bytes,
                     timeout=s.fetch_timeout_s, allow=s.fetch_allow, allow_paths=allow_paths)
-    key = hashlib.sha256(data).hexdigest()
+    key = hashlib.sha256(data + s.reference_crop.encode()).hexdigest()
     cached = engines.portraits.crops.get(key)
     if cached is None:
         original = load_image(data, field="image_url", max_pixels=s.max_image_pixels)
-        crop, info = crop_face(original, field="image_url")
+        crop, info = (crop_cover(original) if s.reference_crop == "cover"
+                      else crop_face(original, field="image_url"))
         h, w = original.shape[:2]
         cached = (crop, Framing(np.ascontiguousarray(original[: h - h % 2, : w - w % 2]), info))
         if h * w <= CACHE_MAX_PIXELS:   # huge originals are not worth their memory

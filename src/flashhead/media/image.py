@@ -198,3 +198,19 @@ def paste_back(original: np.ndarray, frame: np.ndarray, info: CropInfo) -> np.nd
     y1 = min(info.top + info.side, info.image_height)
     out[y0:y1, x0:x1] = square[y0 - info.top:y1 - info.top, x0 - info.left:x1 - info.left]
     return out
+
+
+def crop_cover(rgb: np.ndarray) -> tuple[np.ndarray, CropInfo]:
+    """The original SoulX-FlashHead's default reference (no face detection): resize to cover
+    SIZE x SIZE and centre-crop, i.e. the centred square of side min(h, w) resized to SIZE.
+    It never leaves the image. (The face crop above pads by edge replication where its square
+    leaves the image; the original's optional face crop clamps the box to the image instead,
+    which makes it non-square near a border and then distorts it when resizing to SIZE.)"""
+    height, width = rgb.shape[:2]
+    side = min(height, width)
+    left, top = (width - side) // 2, (height - side) // 2
+    square = rgb[top:top + side, left:left + side]
+    interpolation = cv2.INTER_AREA if side > C.SIZE else cv2.INTER_LANCZOS4
+    out = cv2.resize(square, (C.SIZE, C.SIZE), interpolation=interpolation)
+    centre = (left + side / 2, top + side / 2, side / 2, side / 2)
+    return np.ascontiguousarray(out), CropInfo(left, top, side, width, height, centre)

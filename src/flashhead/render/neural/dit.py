@@ -129,7 +129,9 @@ class FlashHeadDiT(ModelMixin, ConfigMixin):
         tokens = tokens.flatten(2).transpose(1, 2)                       # B x L x D
         # 2. timestep embedding (one scalar per sample) and the six adaLN vectors
         b = tokens.shape[0]
-        t = torch.as_tensor(timestep, device=tokens.device).reshape(-1).expand(b)
+        # the original casts the timestep to the model dtype before embedding it: in bf16
+        # 937.5 / 833.3 / 625 become 936 / 832 / 624
+        t = torch.as_tensor(timestep, device=tokens.device).reshape(-1).expand(b).to(dtype)
         t_emb = self.time_embedding(sinusoidal_embedding(t, self.config.freq_dim).to(dtype))
         t_mod = self.time_projection(t_emb).unflatten(1, (6, self.config.dim))
         # 3. audio windows -> 32 tokens per latent frame

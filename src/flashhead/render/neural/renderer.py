@@ -21,6 +21,7 @@ import torch
 from flashhead import constants as C
 from flashhead.errors import BackendUnavailable, InputError
 from flashhead.render.base import Renderer, SpeechSpan
+from flashhead.render.neural.download import download_command, fetch_hint
 from flashhead.render.neural.stream import VARIANTS, ChunkEngine, Portrait, StreamState
 
 
@@ -42,14 +43,20 @@ class NeuralRenderer(Renderer):
     """`flashhead-lite` / `flashhead-pro`. Weights load in setup(); errors are raised there."""
 
     def __init__(self, variant: str = "lite", weights_dir: str | Path | None = None, device: str = "cuda",
-                 dtype: torch.dtype = torch.bfloat16, face_crop: bool = False,
+                 dtype: torch.dtype = torch.bfloat16, sample_posterior: bool | None = None,
                  engine: ChunkEngine | None = None):
+        """sample_posterior: Lite VAE latents drawn from the posterior (seeded) or its mode;
+        None: Settings.neural_posterior."""
         if variant not in VARIANTS:
             raise InputError(f"must be one of {sorted(VARIANTS)}, got {variant!r}", field="variant")
         self.variant = VARIANTS[variant]
         self.name = f"flashhead-{variant}"
         self.weights_dir = Path(weights_dir) if weights_dir else None
-        self.device, self.dtype, self.face_crop = device, dtype, face_crop
+        self.device, self.dtype = device, dtype
+        if sample_posterior is None:
+            from flashhead.config import get_settings
+            sample_posterior = get_settings().neural_posterior == "sample"
+        self.sample_posterior = sample_posterior
         self.engine = engine
 
     @classmethod
@@ -71,11 +78,13 @@ class NeuralRenderer(Renderer):
                                      "use --renderer cpu", field="renderer")
         if self.weights_dir is None:
             raise BackendUnavailable(f"{self.name} needs --weights-dir pointing at the SoulX-FlashHead-1_3B "
-                                     "weights (check it with `flashhead weights check DIR`)", field="weights_dir")
+                                     f"weights; fetch them with `{download_command(self.variant.name)}`",
+                                     field="weights_dir")
         from flashhead.render.neural.weights import check_weights
         report = check_weights(self.weights_dir, self.variant.name)
         if not report.ok:
-            raise BackendUnavailable(report.format(), field="weights_dir")
+            raise BackendUnavailable(f"{report.format()}\n{fetch_hint(report, self.weights_dir)}",
+                                     field="weights_dir")
         self.engine = self._load()
 
     def _load(self) -> ChunkEngine:
@@ -87,7 +96,7 @@ class NeuralRenderer(Renderer):
         if self.variant.name == "pro":
             vae = load_wan_vae(root / WAN_VAE_FILE, self.device, self.dtype)
         else:
-            vae = load_ltx_vae(root / LTX_VAE_DIR, self.device, self.dtype)
+            vae = load_ltx_vae(root / LTX_VAE_DIR, self.device, self.dtype, self.sample_posterior)
         audio = AudioEncoder.from_pretrained(find_wav2vec2(root)).to(self.device)   # fp32 like the original
         return ChunkEngine(dit, vae, audio, self.variant, self.device, self.dtype)
 
@@ -98,17 +107,9 @@ class NeuralRenderer(Renderer):
 
     # -- portraits and sessions ---------------------------------------------------------------------
     def prepare(self, image: np.ndarray, seed: int) -> Portrait:
-        if self.face_crop:
-            image = self._crop(image)
+        """image: the reference (the pipeline crops it: Settings.reference_crop). The seed is
+        used per session (new_session), so one prepared portrait serves every seed."""
         return self._engine().prepare(image)
-
-    @staticmethod
-    def _crop(image: np.ndarray) -> np.ndarray:
-        try:
-            from flashhead.media.image import crop_face
-        except ImportError:
-            return image                       # the media helper's crop is optional here
-        return crop_face(image)
 
     def new_session(self, portrait: Portrait, seed: int) -> NeuralSession:
         state = self._engine().new_stream(portrait, seed)

@@ -4,6 +4,8 @@ sigmas: base timesteps linspace(1, 0, steps+1) shifted by t' = s*t / (1 + (s-1)*
 [1.0, 0.9375, 0.8333.., 0.625, 0.0]. Each step predicts the velocity v, takes
 x0 = x_t - sigma * v and re-noises x_next = (1 - sigma_next) * x0 + sigma_next * noise.
 Noise: one initial draw plus one per step from each sample's own seeded generator.
+Like the original, t_i and t_{i+1} are cast to the model dtype before they are used (in bf16
+0.8333.. becomes 0.83203125); the DiT casts its timestep input the same way (dit.py).
 """
 from __future__ import annotations
 
@@ -20,6 +22,11 @@ def shifted_sigmas(steps: int = 4, shift: float = 5.0) -> list[float]:
         raise ValueError(f"steps/shift: need steps >= 1 and shift > 0, got {steps}, {shift}")
     base = [1.0 - i / steps for i in range(steps + 1)]
     return [shift * t / (1 + (shift - 1) * t) for t in base]
+
+
+def in_dtype(value: float, dtype: torch.dtype) -> float:
+    """value rounded to dtype, as a Python float (bf16: 0.8333.. -> 0.83203125)."""
+    return torch.tensor(value, dtype=dtype).item()
 
 
 def draw_noise(shape: tuple[int, ...], generators: list[torch.Generator], device, dtype) -> torch.Tensor:
@@ -44,6 +51,7 @@ def sample(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape
     m = motion.shape[2]
     x = draw_noise(shape, generators, motion.device, dtype)
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        sigma, sigma_next = in_dtype(sigma, dtype), in_dtype(sigma_next, dtype)
         x[:, :, :m] = motion.to(dtype)
         t = torch.full((shape[0],), sigma * NUM_TIMESTEPS, device=x.device)
         x0 = x - sigma * velocity(x, t).to(dtype)

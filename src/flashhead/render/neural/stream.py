@@ -60,8 +60,9 @@ def cover_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """B x 3 x T x H x W in [-1, 1] -> B x T x H x W x 3 uint8."""
-    x = ((video.float() + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
+    """B x 3 x T x H x W in [-1, 1] -> B x T x H x W x 3 uint8, as the original converts:
+    (x + 1) / 2 clipped to [0, 1], times 255, truncated (not rounded), in float32."""
+    x = ((video.float() + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8)
     return x.permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
@@ -71,16 +72,18 @@ class Portrait:
 
     image: np.ndarray               # size x size x 3 uint8
     pixels: torch.Tensor            # 1 x 3 x 1 x H x W in [-1, 1]
-    latent: torch.Tensor            # 1 x z x F x h x w: the portrait repeated over a chunk, encoded
+    posterior: tuple[torch.Tensor, torch.Tensor]   # raw VAE posterior (mean, std) of the portrait
+    #                                 repeated over a chunk: 1 x z x F x h x w each
     color: tuple[torch.Tensor, torch.Tensor]   # Lab mean/std of the reference
 
 
 @dataclass
 class StreamState:
-    """Per-session state: motion latents, noise generator, audio buffer."""
+    """Per-session state: reference latent, motion latents, noise generator, audio buffer."""
 
     portrait: Portrait
     generator: torch.Generator
+    ref: torch.Tensor               # 1 x z x F x h x w normalised reference latent (drawn per seed)
     motion: torch.Tensor            # 1 x z x M x h x w (M = 1 before the first chunk, then 2)
     audio: AudioBuffer
     chunks: int = 0
@@ -108,18 +111,20 @@ class ChunkEngine:
         pixels = torch.from_numpy(image).to(self.device).permute(2, 0, 1).float() / 127.5 - 1
         pixels = pixels[None, :, None]
         chunk = pixels.expand(-1, -1, C.NEURAL_CHUNK_FRAMES, -1, -1).to(self.dtype)
-        latent = self.vae.encode(chunk).to(self.dtype)
-        return Portrait(image, pixels, latent, lab_stats(pixels))
+        return Portrait(image, pixels, self.vae.posterior(chunk), lab_stats(pixels))
 
     def new_stream(self, portrait: Portrait, seed: int) -> StreamState:
+        """The reference latent is drawn here, from the session's seeded generator (or is the
+        posterior mode), so one cached Portrait serves every seed and one seed gives one video."""
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        return StreamState(portrait, gen, portrait.latent[:, :, :1].clone(), AudioBuffer(self.audio))
+        ref = self.vae.latent_from(*portrait.posterior, [gen]).to(self.dtype)
+        return StreamState(portrait, gen, ref, ref[:, :, :1].clone(), AudioBuffer(self.audio))
 
     @torch.no_grad()
     def denoise(self, states: list[StreamState], windows: torch.Tensor) -> torch.Tensor:
         """windows: B x 33 x 5 x Ly x A -> final latents B x z x F x h x w (DiT only)."""
         motion = torch.cat([s.motion for s in states])
-        ref = torch.cat([s.portrait.latent for s in states])
+        ref = torch.cat([s.ref for s in states])
         context = windows.to(self.device, self.dtype)
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -131,10 +136,12 @@ class ChunkEngine:
     @torch.no_grad()
     def finish(self, states: list[StreamState], latents: torch.Tensor) -> np.ndarray:
         """Decode, colour-correct, re-encode motion frames -> B x new_frames x H x W x 3 uint8."""
-        video = self.vae.decode(latents)
+        video = self.vae.decode(latents)              # LTX: raw, unclamped, as the original corrects it
         stats = tuple(torch.cat(parts) for parts in zip(*(s.portrait.color for s in states)))
-        video = match_colors(video, stats, self.color_strength)
-        motion = self.vae.encode(video[:, :, -self.variant.motion_frames:].to(self.dtype)).to(self.dtype)
+        # float32 Lab transfer: the original runs it in bf16, which costs up to 33 levels per channel
+        video = match_colors(video.float(), stats, self.color_strength)
+        tail = video[:, :, -self.variant.motion_frames:].to(self.dtype)
+        motion = self.vae.encode(tail, [s.generator for s in states]).to(self.dtype)
         for i, state in enumerate(states):
             state.motion = motion[i:i + 1]
             state.chunks += 1

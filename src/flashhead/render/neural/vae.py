@@ -1,10 +1,20 @@
 """Video VAEs: Wan2.1 (Pro, stride 4x8x8, z 16) and LTX-Video 0.9.0 (Lite, stride 8x32x32, z 128).
 
-Both wrap diffusers models behind the same two calls on pixel videos in [-1, 1]:
-    encode(video: B x 3 x T x H x W) -> latent: B x z x (1 + (T-1)/st) x H/ss x W/ss
-    decode(latent)                   -> video clamped to [-1, 1]
-The Wan latents are normalised with the released per-channel mean/std as the original does;
-the LTX latents are used raw (the original wrapper does not normalise them).
+Both wrap diffusers models behind the same calls on pixel videos in [-1, 1]:
+    posterior(video: B x 3 x T x H x W) -> raw (mean, std): B x z x (1 + (T-1)/st) x H/ss x W/ss
+    encode(video, generators=None)      -> normalised latent: the posterior mode, or a draw from
+                                           it with one generator per batch element
+    decode(latent)                      -> video
+Both normalise latents per channel, (raw - mean) / std, as the original wrappers do, and
+un-normalise before decoding:
+  * Wan (Pro): mean/std are the released constants in the diffusers config; encode takes the mode
+    and decode clamps to [-1, 1] (the original Wan wrapper does both).
+  * LTX (Lite): mean/std are the VAE's `latents_mean` / `latents_std` buffers, loaded with its
+    weights (the original's per-channel statistics). The original draws `.sample()` from the
+    posterior (for the reference latent and every motion latent); we draw from the request's
+    seeded generators, or take the mode when `sample_posterior` is off. decode does NOT clamp:
+    the original colour-corrects the raw decode, and clamping first changes the Lab statistics
+    and the motion latents fed back.
 """
 from __future__ import annotations
 
@@ -16,6 +26,7 @@ from diffusers import AutoencoderKLLTXVideo, AutoencoderKLWan
 
 from flashhead.errors import BackendUnavailable
 from flashhead.render.neural.keys import load_strict
+from flashhead.render.neural.sampler import draw_noise
 
 WAN_VAE_FILE = "VAE_Wan/Wan2.1_VAE.pth"
 LTX_VAE_DIR = "VAE_LTX"
@@ -99,51 +110,76 @@ def convert_wan_state_dict(state: dict[str, torch.Tensor], num_res_blocks: int =
 
 
 # -- wrappers -------------------------------------------------------------------------------------
-class WanVAE:
-    """Pro: AutoencoderKLWan with the original's latent normalisation; encode takes the mean."""
+class _NormalisedVAE:
+    """Shared part: per-channel (raw - mean) / std latents over a diffusers video VAE."""
 
-    time_stride, spatial_stride = 4, 8
+    sample_posterior = False
+    clamp_decode = True
 
-    def __init__(self, model: AutoencoderKLWan):
+    def __init__(self, model, mean: torch.Tensor, std: torch.Tensor):
         self.model = model.eval().requires_grad_(False)
-        cfg = model.config
-        self.z_dim = cfg.z_dim
-        self.mean = torch.tensor(cfg.latents_mean[: cfg.z_dim]).view(1, -1, 1, 1, 1)
-        self.std = torch.tensor(cfg.latents_std[: cfg.z_dim]).view(1, -1, 1, 1, 1)
+        self.mean = mean.detach().float().reshape(1, -1, 1, 1, 1)
+        self.std = std.detach().float().reshape(1, -1, 1, 1, 1)
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.mean.to(like), self.std.to(like)
 
+    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(raw)
+        return (raw - mean) / std
+
+    def denormalise(self, latent: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(latent)
+        return latent * std + mean
+
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        mu = self.model.encode(video.to(self.model.dtype)).latent_dist.mode()
-        mean, std = self._stats(mu)
-        return (mu - mean) / std
+    def posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw (un-normalised) posterior mean and std."""
+        dist = self.model.encode(video.to(self.model.dtype)).latent_dist
+        return dist.mean, dist.std
+
+    def latent_from(self, mean: torch.Tensor, std: torch.Tensor,
+                    generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        """Normalised latent from a raw posterior: its mode, or mean + std * noise (one draw per
+        batch element from its generator) when this VAE samples and generators are given."""
+        raw = mean
+        if self.sample_posterior and generators is not None:
+            raw = mean + std * draw_noise(tuple(mean.shape), generators, mean.device, mean.dtype)
+        return self.normalise(raw)
+
+    def encode(self, video: torch.Tensor, generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        return self.latent_from(*self.posterior(video), generators)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        mean, std = self._stats(latent)
-        return self.model.decode((latent * std + mean).to(self.model.dtype)).sample.clamp(-1, 1)
+        video = self.model.decode(self.denormalise(latent).to(self.model.dtype)).sample
+        return video.clamp(-1, 1) if self.clamp_decode else video
 
 
-class LTXVAE:
-    """Lite: AutoencoderKLLTXVideo, raw latents. encode takes the posterior mean (deterministic;
-    the original samples with an unseeded global RNG, whose spread is small for this VAE)."""
+class WanVAE(_NormalisedVAE):
+    """Pro: AutoencoderKLWan, released mean/std from its config; posterior mode; clamped decode."""
 
-    def __init__(self, model: AutoencoderKLLTXVideo):
-        self.model = model.eval().requires_grad_(False)
+    time_stride, spatial_stride = 4, 8
+
+    def __init__(self, model: AutoencoderKLWan):
         cfg = model.config
-        self.z_dim = cfg.latent_channels
+        self.z_dim = cfg.z_dim
+        super().__init__(model, torch.tensor(cfg.latents_mean[: cfg.z_dim]),
+                         torch.tensor(cfg.latents_std[: cfg.z_dim]))
+
+
+class LTXVAE(_NormalisedVAE):
+    """Lite: AutoencoderKLLTXVideo, mean/std from its latents_mean/latents_std buffers; posterior
+    sampled (seeded) unless sample_posterior=False; raw (unclamped) decode."""
+
+    clamp_decode = False
+
+    def __init__(self, model: AutoencoderKLLTXVideo, sample_posterior: bool = True):
+        super().__init__(model, model.latents_mean, model.latents_std)
+        self.sample_posterior = sample_posterior
+        self.z_dim = model.config.latent_channels
         self.time_stride = model.temporal_compression_ratio
         self.spatial_stride = model.spatial_compression_ratio
-
-    @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(video.to(self.model.dtype)).latent_dist.mode()
-
-    @torch.no_grad()
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(latent.to(self.model.dtype)).sample.clamp(-1, 1)
 
 
 # -- loaders --------------------------------------------------------------------------------------
@@ -160,13 +196,14 @@ def load_wan_vae(path: str | Path, device: str = "cuda", dtype: torch.dtype = to
     return WanVAE(model.to(device=device, dtype=dtype))
 
 
-def load_ltx_vae(folder: str | Path, device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> LTXVAE:
+def load_ltx_vae(folder: str | Path, device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
+                 sample_posterior: bool = True) -> LTXVAE:
     """VAE_LTX/{config.json, diffusion_pytorch_model.safetensors} (diffusers format) -> LTXVAE."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise BackendUnavailable(f"LTX VAE not found: {folder}/config.json", field="weights_dir")
     model = AutoencoderKLLTXVideo.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
-    return LTXVAE(model.to(device))
+    return LTXVAE(model.to(device), sample_posterior)
 
 
 def tiny_wan_vae() -> WanVAE:
@@ -176,9 +213,13 @@ def tiny_wan_vae() -> WanVAE:
     return WanVAE(model)
 
 
-def tiny_ltx_vae() -> LTXVAE:
-    """Random tiny LTX VAE (z 4) with the real strides (8 x 32 x 32), for CPU tests."""
+def tiny_ltx_vae(sample_posterior: bool = True) -> LTXVAE:
+    """Random tiny LTX VAE (z 4) with the real strides (8 x 32 x 32), for CPU tests. Its
+    latents_mean/latents_std buffers are random (not 0/1) so the normalisation shows."""
     model = AutoencoderKLLTXVideo(latent_channels=4, block_out_channels=(4, 4, 4, 4),
                                   decoder_block_out_channels=(4, 4, 4, 4), layers_per_block=(1, 1, 1, 1, 1),
                                   decoder_layers_per_block=(1, 1, 1, 1, 1))
-    return LTXVAE(model)
+    with torch.no_grad():
+        model.latents_mean.copy_(torch.randn(4) * 0.5)
+        model.latents_std.copy_(torch.rand(4) * 1.5 + 0.5)
+    return LTXVAE(model, sample_posterior)

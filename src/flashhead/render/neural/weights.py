@@ -1,6 +1,6 @@
 """Weights tooling: the DiT manifest, a strict offline check of a weights folder, strict loading.
 
-Expected layout (the official SoulX-FlashHead-1_3B release; nothing is ever downloaded):
+Expected layout (the official SoulX-FlashHead-1_3B release; download.py fetches it):
     Model_Pro/{config.json, diffusion_pytorch_model.safetensors}      DiT Pro   (~6.03 GB fp32)
     Model_Lite/{config.json, diffusion_pytorch_model.safetensors}     DiT Lite  (~6.11 GB fp32)
     VAE_Wan/Wan2.1_VAE.pth                                             Pro VAE   (~0.51 GB)
