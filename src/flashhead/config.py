@@ -54,8 +54,9 @@ class Settings(BaseSettings):
     realtime_idle_timeout_s: float = Field(60.0, gt=0, description="close a silent realtime socket after")
     webhook_retry_window_s: float = Field(7200.0, gt=0, description="span of the retries (backoff)")
     # --- sec-media ---
-    files_url: str | None = Field(None, description="origin of returned /files URLs (e.g. "
-                                  "https://files.example.com), to serve stored files from a separate origin")
+    files_url: str | None = Field(None, pattern=r"^https?://[^/?#@\s]+/?$",
+                                  description="origin of returned /files URLs (e.g. https://files.example.com, "
+                                  "routed to this server), to serve stored files from a separate origin")
 
 
 @lru_cache(maxsize=1)
