@@ -171,3 +171,15 @@ def test_files_url_moves_returned_urls_and_jobs_still_read_their_inputs_from_sto
         served = c.get(video_url.replace(FILES_ORIGIN, ""))     # the files origin routes to this server
         given = json.loads(served.content.split(b": ", 1)[1])   # what the (fake) pipeline was given
     assert given["image_url"] != url and not given["image_url"].startswith("http"), given
+
+
+@pytest.mark.parametrize("value", ["files.example.com", "https://files.example.com/prefix", "ftp://x",
+                                   "https://u@files.example.com", "https://files.example.com/?a"])
+def test_files_url_must_be_an_origin(value):
+    from pydantic import ValidationError
+
+    from flashhead.config import Settings
+
+    with pytest.raises(ValidationError, match="files_url"):
+        Settings(files_url=value)
+    assert Settings(files_url="https://files.example.com:8443/").files_url

@@ -67,6 +67,16 @@ def test_streamed_mp4_segments_are_mp4():
     assert S.sniff(enc.encode_chunk(frames, np.zeros(2 * C.SAMPLES_PER_FRAME, np.float32))) is S.MP4
 
 
+def test_flac_behind_an_id3_tag_decodes():
+    flac = encoded_audio("flac", "flac", 16_000)
+    tag = b"ID3\x04\x00\x00" + bytes([0, 0, 1, 0]) + b"\x00" * 128      # syncsafe size 128
+    assert S.sniff(tag + flac) is S.FLAC
+    assert S.sniff(tag) is S.MP3 and S.sniff(tag + b"\xff\xfb\x90\x00") is S.MP3
+    assert decode_audio(tag + flac).size == 8000
+    nested = b"ID3\x04\x00\x00\x00\x00\x00\x00" * 5000                  # tags in tags: no recursion
+    assert S.sniff(nested) is S.MP3
+
+
 @pytest.mark.parametrize("fmt, kind", [("PNG", S.PNG), ("JPEG", S.JPEG), ("WEBP", S.WEBP), ("GIF", S.GIF),
                                        ("BMP", S.BMP), ("TIFF", S.TIFF)])
 def test_image_formats_are_recognised(fmt, kind):

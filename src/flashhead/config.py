@@ -63,8 +63,9 @@ class Settings(BaseSettings):
     redis_socket_timeout_s: float = Field(10.0, gt=0, description="redis job store: connect and "
                                           "per-command timeout")
     # --- sec-media ---
-    files_url: str | None = Field(None, description="origin of returned /files URLs (e.g. "
-                                  "https://files.example.com), to serve stored files from a separate origin")
+    files_url: str | None = Field(None, pattern=r"^https?://[^/?#@\s]+/?$",
+                                  description="origin of returned /files URLs (e.g. https://files.example.com, "
+                                  "routed to this server), to serve stored files from a separate origin")
     # --- auth and abuse limits (sec-auth) ---
     token_ttl_s: float = Field(600.0, ge=10, le=3600, description="life of CDN upload tokens and signed "
                                "upload URLs, and the longest realtime token a client may ask for")

@@ -53,7 +53,7 @@ _BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
 def sniff(data: bytes) -> Kind | None:
     """The allowed container `data` starts with, or None."""
     head = bytes(data[:HEAD_BYTES])
-    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
+    if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
         return WAV
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return WEBP
@@ -75,14 +75,23 @@ def sniff(data: bytes) -> Kind | None:
         return M4A if head[8:12] in _AUDIO_BRANDS else MP4
     if head[4:8] in _FRAGMENT_BOXES:               # a media segment of a fragmented MP4 (streaming)
         return MP4
-    if head.startswith(b"\x1a\x45\xdf\xa3") and b"\x42\x82\x84webm" in head:
+    if head.startswith(b"\x1a\x45\xdf\xa3") and b"\x42\x82" in head and b"webm" in head:
         return WEBM
+    if head.startswith(b"ID3") and len(head) >= 10:
+        return _behind_id3(data)
     return _mpeg_audio(head)
 
 
+def _behind_id3(data: bytes) -> Kind:
+    """An ID3v2 tag (FFmpeg skips it for any demuxer) in front of MP3, or of FLAC or AAC."""
+    size = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(data[6:10]))
+    after = bytes(data[size:size + 4])            # one look, never a recursion: tags can nest
+    if after.startswith(b"fLaC"):
+        return FLAC
+    return AAC if _mpeg_audio(after) is AAC else MP3
+
+
 def _mpeg_audio(head: bytes) -> Kind | None:
-    if head.startswith(b"ID3") and len(head) >= 10:
-        return MP3
     if len(head) < 4 or head[0] != 0xFF:
         return None
     if head[1] & 0xF6 == 0xF0:                     # 12-bit sync, layer 00: ADTS AAC
