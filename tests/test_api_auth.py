@@ -14,7 +14,7 @@ import time
 import pytest
 
 from api_helpers import PORTRAIT, TEXT_ENDPOINT, Server, make_tls
-from flashhead.api.auth import Auth
+from flashhead.api.auth import Auth, SqliteKeyStore
 from flashhead.api.server import auth_mode
 from flashhead.errors import Unauthorized
 
@@ -188,7 +188,8 @@ def _token_status(c, server: Server, tokens: dict) -> dict:
 
 def test_tokens_die_with_their_key_and_the_last_revocation_closes_the_server(tmp_path):
     data = tmp_path / "data"
-    k1, k2 = keys_cli(data, "create").stdout.strip(), keys_cli(data, "create").stdout.strip()
+    keys = SqliteKeyStore(data)                 # the server's keys.db (the CLI is tested above)
+    k1, k2 = keys.create(), keys.create()
     s = Server(data, make_tls(tmp_path / "tls"), fake_generate=True).start()
     try:
         with s.client() as c:
@@ -196,7 +197,7 @@ def test_tokens_die_with_their_key_and_the_last_revocation_closes_the_server(tmp
             t1, t2 = _tokens(c, k1), _tokens(c, k2)
             claims = json.loads(__import__("base64").urlsafe_b64decode(t1["realtime"].split(".")[1] + "=="))
             assert claims["sub"] == k1.split(":")[0] and claims["exp"] - claims["iat"] <= 600
-            assert keys_cli(data, "revoke", k1.split(":")[0]).returncode == 0
+            assert keys.revoke(k1.split(":")[0])
             dead = _token_status(c, s, t1)                           # each use checks the key
             assert (dead["cdn"], dead["upload"], dead["realtime"]) == (401, 401, 1008), dead
             assert "revoked" in json.loads(dead["frame"])["reason"]
@@ -204,7 +205,7 @@ def test_tokens_die_with_their_key_and_the_last_revocation_closes_the_server(tmp
             assert (live["cdn"], live["upload"], live["realtime"]) == (200, 200, "open"), live
             assert c.post(f"/queue/{TEXT_ENDPOINT}", json=INPUT, headers={"Authorization": f"Key {k1}"}).status_code == 401
             t2 = _tokens(c, k2)
-            assert keys_cli(data, "revoke", k2.split(":")[0]).returncode == 0    # the last key
+            assert keys.revoke(k2.split(":")[0])                     # the last key
             for method, path, body in ENDPOINTS:
                 r = c.request(method, path, json=body, headers={"Authorization": f"Key {k2}"})
                 assert r.status_code == 401 and "keys create" in r.text, (path, r.text)
@@ -220,7 +221,8 @@ def test_tokens_die_with_their_key_and_the_last_revocation_closes_the_server(tmp
 
 def test_per_key_rate_and_job_limits_answer_429_with_retry_after(tmp_path):
     data = tmp_path / "data"
-    k1, k2 = keys_cli(data, "create").stdout.strip(), keys_cli(data, "create").stdout.strip()
+    keys = SqliteKeyStore(data)
+    k1, k2 = keys.create(), keys.create()
     env = {"FLASHHEAD_RATE_LIMIT": "8/minute", "FLASHHEAD_MAX_ACTIVE_JOBS_PER_KEY": "2",
            "FLASHHEAD_TEST_FAKE_CHUNK_S": "1"}
     s = Server(data, make_tls(tmp_path / "tls"), fake_generate=True, env=env).start()

@@ -246,7 +246,7 @@ class Auth:
     def from_settings(cls, settings, mode: str = KEYS) -> "Auth":
         from flashhead.jobs.backends import option
         return cls(settings.data_dir, make_key_store(settings), option(settings, "jwt_secret", None),
-                   mode=mode, token_ttl_s=option(settings, "token_ttl_s", 600.0, float))
+                   mode=mode, token_ttl_s=settings.token_ttl_s)
 
     @property
     def local(self) -> bool:
