@@ -37,7 +37,8 @@ gallery: install
 	$(BIN)/python bench/gallery.py
 
 serve: install
-	$(BIN)/flashhead serve --host 127.0.0.1 --port 8000
+	# loopback only, so open mode is allowed: the playground works without a key on this machine
+	$(BIN)/flashhead serve --host 127.0.0.1 --port 8000 --no-auth
 
 clean:
 	rm -rf $(VENV) out flashhead-data tests/js/node_modules
