@@ -154,7 +154,7 @@ def test_a_job_claimed_by_a_worker_process_that_died_before_reporting_it_is_requ
             [worker] = worker_processes(server.proc.pid)
             os.kill(worker, signal.SIGKILL)                           # ... and it dies unreported
             assert wait_terminal(c, busy)["error_type"] == "worker_crashed"
-            after = wait_terminal(c, unreported["request_id"], timeout=120)
+            after = wait_terminal(c, unreported["request_id"], timeout=60)
             assert after.get("error") is None, after
             assert REQUEUED_WORKER_MESSAGE in [e["message"] for e in after["logs"]]
     finally:
@@ -199,3 +199,27 @@ def test_the_data_dir_lock_is_released_on_release_and_by_the_kernel(tmp_path):
     SqliteJobStore(tmp_path / "jobs.db", worker=0)          # worker processes open it unlocked
     first.release()
     SqliteJobStore(tmp_path / "jobs.db", lock_dir=True).release()
+
+
+def test_a_redis_that_stops_answering_raises_after_the_socket_timeout(tmp_path):
+    """Before: no socket timeout, so a redis that accepted the connection and then went silent
+    hung every caller (worker, status poll) for good. A silent TCP peer on loopback stands in."""
+    import socket
+
+    import redis
+
+    from flashhead.config import Settings
+    from flashhead.jobs.backends import make_store
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+    try:
+        store = make_store(Settings(data_dir=tmp_path, job_store=url, redis_socket_timeout_s=0.5))
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            store.get("some-job")
+        assert time.monotonic() - started < 2.5              # (redis-py's own default: 5 s)
+    finally:
+        silent.close()

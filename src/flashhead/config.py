@@ -60,7 +60,7 @@ class Settings(BaseSettings):
                                      "(a slow receiver holds one, never the others)")
     webhook_max_response_bytes: int = Field(64 * 1024, ge=0, description="read at most this much of a "
                                             "webhook receiver's answer")
-    redis_socket_timeout_s: float = Field(10.0, gt=0, description="redis job store: connect and "
+    redis_socket_timeout_s: float = Field(5.0, gt=0, description="redis job store: connect and "
                                           "per-command timeout")
     # --- sec-media ---
     files_url: str | None = Field(None, pattern=r"^https?://[^/?#@\s]+/?$",

@@ -208,7 +208,8 @@ def _build_pool(settings: Settings, instance: str, index: int):
     from flashhead.pipeline import Engines
 
     engines = Engines.create(settings)
-    queue = JobQueue(make_store(settings, instance, worker=index), dispatch=False)   # the API process runs the hooks
+    # the API process runs the hooks; claims record this worker's index (see recover_worker)
+    queue = JobQueue(make_store(settings, instance, worker=index), dispatch=False)
     return WorkerPool(queue, make_storage(settings), engines, Path(settings.data_dir) / "work",
                       threads=1, poll_s=POLL_S)
 

@@ -27,7 +27,7 @@ from flashhead.jobs.store import (LEASE_S, MAX_ATTEMPTS, TIMEOUT_TYPE, WORKER_CR
                                   LogEntry, NewJob, new_instance_id, now)
 
 _SEQ_SPAN = 2 ** 40   # score = priority * span + seq keeps "priority, then order"
-SOCKET_TIMEOUT_S = 10.0
+SOCKET_TIMEOUT_S = 5.0                # as redis-py 8 defaults; Settings.redis_socket_timeout_s
 
 _CLAIM = """
 local ids = redis.call('ZRANGE', KEYS[1], 0, 63)

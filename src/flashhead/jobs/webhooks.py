@@ -155,7 +155,8 @@ class WebhookOutbox:
     the attempt failed and retries it with backoff; nothing stops the deliverer."""
 
     def __init__(self, db_path: str | Path, signer: WebhookSigner, policy: RetryPolicy = RetryPolicy(),
-                 on_result=None, check_url=None, *, concurrency: int = 4, max_response_bytes: int = 64 * 1024):
+                 on_result=None, check_url=None, *, concurrency: int = 4,
+                 max_response_bytes: int = 64 * 1024):
         self.path, self.signer, self.policy = Path(db_path), signer, policy
         self.concurrency, self.max_response_bytes = concurrency, max_response_bytes
         self._on_result = on_result or (lambda ok: None)
@@ -242,7 +243,8 @@ class WebhookOutbox:
             except Exception as exc:           # refused for good: no retry can make it safe
                 error, final = f"refused: {exc}", True
             else:
-                error, final = self._post(client, url, ips, body, self.signer.headers(request_id, user_id, body)), False
+                headers = self.signer.headers(request_id, user_id, body)
+                error, final = self._post(client, url, ips, body, headers), False
                 self._result(error is None)
             self._done(row_id, request_id, attempts + 1, error, final)
         except Exception:
@@ -311,7 +313,8 @@ class WebhookOutbox:
 USER_AGENT = "flashhead-webhook/1.0"
 
 
-def pinned_post(client: httpx.Client, url: str, ip, body: bytes, headers: dict, timeout: float) -> httpx.Request:
+def pinned_post(client: httpx.Client, url: str, ip, body: bytes, headers: dict,
+                timeout: float) -> httpx.Request:
     """The POST of a delivery: built by flashhead.media.fetch's pinning (connect to `ip`, keep
     the Host header and the TLS name), so what the SSRF guard checked is what is connected to."""
     from flashhead.media.fetch import _pinned_request
