@@ -1,12 +1,11 @@
 """Give freed heap memory back to the OS (glibc malloc_trim), every heap_trim_s in the API process.
 
-
 Rendering and encoding in many threads (streams, live sessions) spreads allocations over glibc's
 per-thread arenas; after the sessions close, their freed blocks stay mapped, and the API
-process's RSS stayed at about twice its working set (bench/soak.py; measured: 780 MB before
-a malloc_trim(0), 370-420 MB after). Not a leak: RSS after a trim stayed flat over repeated rounds. A trim walks the arenas
-once (88 ms at 670 MB on a loaded 2-core machine; every 10 s that is under 1 %). On a libc
-without malloc_trim (musl, macOS) this does nothing.
+process's RSS stayed at about twice its working set (bench/soak.py and a malloc_trim probe:
+670-780 MB before a malloc_trim(0), 355-420 MB after, flat over repeated rounds: not a leak).
+A trim walks the arenas once (88 ms at 670 MB on a loaded 2-core machine; every 10 s that is
+under 1 %). On a libc without malloc_trim (musl, macOS) this does nothing.
 """
 from __future__ import annotations
 
