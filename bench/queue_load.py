@@ -35,8 +35,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, port: int, workers: int) -> subprocess.Popen:
-    env = {**os.environ, "FLASHHEAD_TTS": "espeak", "FLASHHEAD_RENDERER": "cpu"}
+def start_server(data_dir: Path, port: int, workers: int, extra_env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "FLASHHEAD_TTS": "espeak", "FLASHHEAD_RENDERER": "cpu", **(extra_env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "flashhead.api.server", "serve", "--host", "127.0.0.1",
                              "--port", str(port), "--data-dir", str(data_dir), "--workers", str(workers),
                              "--no-auth"],

@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     body_read_timeout_s: float = Field(60.0, gt=0, description="a request body must arrive within")
     elevenlabs_deadline_s: float = Field(120.0, gt=0, description="one ElevenLabs synthesis, retries included")
     elevenlabs_max_tries: int = Field(4, ge=1, description="ElevenLabs tries on 429 / 5xx")
+    heap_trim_s: float = Field(10.0, ge=0, description="return freed heap memory to the OS every (0 = off)")
     # --- neural renderer ---
     reference_crop: Literal["face", "cover"] = Field(
         "face", description="portrait -> 512 reference: face (detect, square around the face; any "

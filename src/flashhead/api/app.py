@@ -21,12 +21,13 @@ from flashhead.api.auth import KEYS, Auth
 from flashhead.api.bodies import BodyLimitMiddleware
 from flashhead.api.deps import AppContext, option
 from flashhead.api.limits import AbuseLimits
+from flashhead.api.memory import heap_trimmer
 from flashhead.api.observability import Metrics, RequestContextMiddleware, setup_logging
 from flashhead.config import Settings
 from flashhead.jobs.backends import make_storage, make_store
 from flashhead.jobs.processes import ProcessWorkerPool
 from flashhead.jobs.queue import JobQueue
-from flashhead.jobs.retention import Retention, Sweeper
+from flashhead.jobs.retention import Retention, sweeper
 from flashhead.jobs.state import JobState
 from flashhead.jobs.store import Job
 from flashhead.jobs.webhooks import RetryPolicy, WebhookOutbox, WebhookSigner, webhook_payload
@@ -144,10 +145,13 @@ def create_app(settings: Settings | None = None, engines=None, *, workers: int |
             ctx.workers = ProcessWorkerPool(ctx.jobs, ctx.settings, ctx.n_workers)
             ctx.workers.start()
         threading.Thread(target=_start_workers, args=(ctx, generate), name="startup", daemon=True).start()
-        sweeper = Sweeper(Retention(ctx.settings, ctx.jobs.store, ctx.storage), ctx.settings.retention_sweep_s)
-        sweeper.start()
+        periodic = [sweeper(Retention(ctx.settings, ctx.jobs.store, ctx.storage), ctx.settings.retention_sweep_s),
+                    heap_trimmer(ctx.settings.heap_trim_s)]
+        for task in periodic:
+            task.start()
         yield
-        sweeper.stop()
+        for task in periodic:
+            task.stop()
         if ctx.workers:
             ctx.workers.stop()
         ctx.jobs.stop()

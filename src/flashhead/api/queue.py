@@ -176,10 +176,11 @@ async def status_stream(request_id: str, request: Request, logs: str | None = No
                              headers={REQUEST_ID_HEADER: job.id, "Cache-Control": "no-cache"})
 
 
-def _poll(ctx: AppContext, job_id: str, logs: bool, since: int) -> tuple[Job, dict]:
-    """One SSE poll: the job and its status body, read together in one threadpool hop."""
+def _poll(ctx: AppContext, job_id: str, logs: bool, since: int) -> tuple[Job | None, dict | None]:
+    """One SSE poll: the job and its status body, read together in one threadpool hop
+    (None, None: the job expired meanwhile and retention deleted it)."""
     job = ctx.jobs.store.get(job_id, with_input=False)
-    return job, status_body(ctx, job, logs=logs, since=since)
+    return (job, status_body(ctx, job, logs=logs, since=since)) if job else (None, None)
 
 
 async def _status_events(ctx: AppContext, job_id: str, logs: bool):
@@ -187,6 +188,8 @@ async def _status_events(ctx: AppContext, job_id: str, logs: bool):
     sent_logs, last, last_sent = 0, None, time.monotonic()
     while True:
         job, body = await store_read(ctx, _poll, ctx, job_id, logs, sent_logs)
+        if job is None:
+            return
         key = (body["status"], body.get("queue_position"), bool(body["logs"]))
         if key != last or body["logs"]:
             sent_logs += len(body["logs"] or [])

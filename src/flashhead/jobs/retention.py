@@ -98,17 +98,19 @@ def _newest(path: Path) -> float:
     return max([mtime(path), *(mtime(p) for p in path.iterdir())])
 
 
-class Sweeper:
-    """The API process's retention thread: a sweep at start and every `interval_s`."""
+class Periodic:
+    """A daemon thread calling `fn` every `interval_s` (0 = never) until stop(); a failing call
+    is logged and the next one still runs."""
 
-    def __init__(self, retention: Retention, interval_s: float):
-        self.retention, self.interval_s = retention, interval_s
+    def __init__(self, interval_s: float, fn: Callable[[], object], name: str):
+        self.interval_s, self.fn, self.name = interval_s, fn, name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
-        self._thread.start()
+        if self.interval_s > 0:
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -116,8 +118,17 @@ class Sweeper:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            counts = self.retention.sweep().counts()
-            if any(counts.values()):
-                log.info("retention sweep", extra=counts)
-            self._stop.wait(self.interval_s)
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.fn()
+            except Exception:  # noqa: BLE001 - a periodic task must survive one bad round
+                log.exception("%s failed", self.name)
+
+
+def sweeper(retention: Retention, interval_s: float) -> Periodic:
+    """The API process's retention thread: a sweep every `interval_s`, logged when it deleted."""
+    def sweep() -> None:
+        counts = retention.sweep().counts()
+        if any(counts.values()):
+            log.info("retention sweep", extra=counts)
+    return Periodic(interval_s, sweep, "retention")

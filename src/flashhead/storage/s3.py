@@ -91,7 +91,8 @@ class S3Storage(Storage):
             return []
         out, oldest_cutoff = [], max(before.values())
         try:
-            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+            for page in pages:
                 for obj in page.get("Contents", []):
                     key = obj["Key"][len(self.prefix):]
                     stored_at = obj["LastModified"].timestamp()
