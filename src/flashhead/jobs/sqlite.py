@@ -60,7 +60,6 @@ def _row_to_job(r: sqlite3.Row) -> Job:
 
 
 class SqliteJobStore:
-
     def __init__(self, path: str | Path, *, instance: str | None = None, worker: int | None = None,
                  lock_dir: bool = False):
         """lock_dir: the server's API process; hold the data dir's lock until release()."""
