@@ -12,14 +12,15 @@ from api_helpers import fake_generate, free_port
 
 @contextmanager
 def inproc_server(data_dir: Path, *, generate=fake_generate, **settings):
-    """Yields (base_url, app); no API keys (auth off on loopback)."""
+    """Yields (base_url, app); open mode (no API keys), as `serve --no-auth` on loopback."""
     import uvicorn
 
     from flashhead.api.app import create_app
+    from flashhead.api.auth import OPEN
     from flashhead.config import Settings
 
     app = create_app(Settings(data_dir=data_dir, **settings), engines=object(), workers=1,
-                     generate=generate)
+                     generate=generate, auth_mode=OPEN)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning",
                                            lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)

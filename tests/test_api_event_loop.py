@@ -54,6 +54,6 @@ def test_a_stalled_status_read_does_not_block_the_server(server, monkeypatch, ro
 
 def test_a_stalled_key_check_does_not_block_the_server(server, monkeypatch):
     base, app = server
-    _stall(monkeypatch, app.state.ctx.auth, "check_key_header")
+    _stall(monkeypatch, app.state.ctx.auth, "check")
     took = _health_while(base, lambda: httpx.get(f"{base}{SUBMIT}/requests/nope/status", timeout=30))
     assert took < STALL_S / 2
