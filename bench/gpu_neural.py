@@ -14,9 +14,12 @@ JSON document (and each task's line on stderr as it finishes).
     python bench/gpu_neural.py --budget 480     # both variants on one H100/H200, < 8 minutes
     python bench/gpu_neural.py --tiny           # CPU smoke run with tiny random models
 
-On a bare GPU machine with torch and transformers only, carry a diffusers wheel, fetched here with
-`pip download diffusers==0.42.1 --no-deps -d bench/wheels`, and pass --wheels bench/wheels: it is
-installed (--no-deps, --no-index) before anything imports it. Nothing else of ours is needed.
+On a bare GPU machine with torch and transformers only, carry wheels for the rest of what the
+engine imports (diffusers; pydantic-settings, scipy, psutil through flashhead.render's package
+imports), fetched here for the GPU machine's Python version:
+    pip download diffusers==0.42.1 pydantic-settings scipy psutil -d bench/wheels \
+        --only-binary=:all: --python-version 3.11
+and pass --wheels bench/wheels: whatever is missing is installed from there (--no-index) first.
 """
 from __future__ import annotations
 
@@ -37,21 +40,27 @@ from flashhead import constants as C  # noqa: E402
 
 if TYPE_CHECKING:
     from flashhead.render.neural.stream import ChunkEngine
-# flashhead.render.neural needs diffusers: imported after ensure_diffusers() (see main)
+# flashhead.render.neural needs CARRIED packages: imported after ensure_wheels() (see main)
 
 T0 = time.perf_counter()
 
 
-def ensure_diffusers(wheels: str | None) -> None:
-    """Install the carried diffusers wheel when the machine lacks diffusers."""
-    try:
-        import diffusers  # noqa: F401
-    except ImportError:
-        if not wheels:
-            raise SystemExit("diffusers is not installed: pass --wheels DIR holding its wheel")
-        import subprocess
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--find-links",
-                        wheels, "diffusers"], check=True)
+# import name -> distribution: what the engine needs beyond torch, transformers and numpy
+CARRIED = {"diffusers": "diffusers", "pydantic_settings": "pydantic-settings", "scipy": "scipy",
+           "psutil": "psutil"}
+
+
+def ensure_wheels(wheels: str | None) -> None:
+    """Install the carried wheels of whatever in CARRIED this machine lacks."""
+    import importlib.util
+    missing = [dist for mod, dist in CARRIED.items() if importlib.util.find_spec(mod) is None]
+    if not missing:
+        return
+    if not wheels:
+        raise SystemExit(f"missing {', '.join(missing)}: pass --wheels DIR holding their wheels")
+    import subprocess
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", wheels, *missing],
+                   check=True)
 
 
 def build(variant: str, args) -> ChunkEngine:
@@ -190,12 +199,12 @@ def main(argv=None) -> int:
     ap.add_argument("--attn", choices=["auto", "flash", "efficient", "math"], default="auto")
     ap.add_argument("--rope-fp32", action="store_true", help="rotate in fp32 instead of float64")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run")
-    ap.add_argument("--wheels", default=None, help="folder with a diffusers wheel (bare machines)")
+    ap.add_argument("--wheels", default=None, help="folder of wheels for a bare machine (see above)")
     args = ap.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
         print(json.dumps({"error": "no CUDA device; use --tiny for a CPU smoke run"}))
         return 2
-    ensure_diffusers(args.wheels)
+    ensure_wheels(args.wheels)
     if not args.tiny:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

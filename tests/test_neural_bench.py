@@ -50,3 +50,11 @@ def test_cpu_smoke_tiny_writes_the_chunk(tmp_path, capsys):
     assert rep["frames"] == [24, 64, 64, 3] and rep["finite"] and rep["motion_latents"] == [1, 4, 2, 2, 2]
     assert len(rep["dit_step_s"]) == 4 and rep["peak_rss_gib"] > 0
     assert len(list(tmp_path.glob("frame_*.png"))) == 24
+
+
+def test_gpu_bench_names_the_wheels_a_bare_machine_lacks(monkeypatch):
+    bench = load("gpu_neural")
+    bench.ensure_wheels(None)                                   # everything is installed here
+    monkeypatch.setitem(bench.CARRIED, "no_such_module_xyz", "no-such-dist")
+    with pytest.raises(SystemExit, match="missing no-such-dist: pass --wheels"):
+        bench.ensure_wheels(None)
