@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
@@ -51,7 +50,10 @@ VARIANTS = {"pro": Variant("pro", "Model_Pro", 4), "lite": Variant("lite", "Mode
 
 def cover_crop(image: np.ndarray, size: int) -> np.ndarray:
     """Resize so the image covers size x size, then centre-crop (the original's default)."""
+    import cv2   # here, so the engine imports on a bare GPU machine without OpenCV (bench/gpu_neural.py)
     h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return np.array(image)          # a writable copy (torch.from_numpy needs one)
     scale = max(size / h, size / w)
     nh, nw = max(size, int(np.ceil(h * scale))), max(size, int(np.ceil(w * scale)))
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
