@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     webhook_max_tries: int = Field(10, ge=1, description="webhook deliveries before giving up")
     realtime_idle_timeout_s: float = Field(60.0, gt=0, description="close a silent realtime socket after")
     webhook_retry_window_s: float = Field(7200.0, gt=0, description="span of the retries (backoff)")
+    # --- engine (render engine process, admission) ---
+    engine_capacity: int | None = Field(None, ge=1, description="real-time sessions (/stream, realtime) one "
+                                        "engine admits at once; default 8 (cpu renderer) or 2 (neural)")
+    engine_threads: int | None = Field(None, ge=1, description="render threads in the engine process; "
+                                       "default: the CPU cores")
+    engine_key_sessions: int = Field(4, ge=1, description="concurrent real-time sessions per API key")
+    engine_step_deadline_s: float = Field(30.0, gt=0, description="an engine silent this long while it has "
+                                          "sessions running is hung: killed and restarted")
+    engine_retry_after_s: int = Field(5, ge=1, description="Retry-After of a 429 at capacity")
+    realtime_max_idle_timeout_s: float = Field(600.0, gt=0, description="the largest idle_timeout a "
+                                               "realtime client may ask for")
 
 
 @lru_cache(maxsize=1)

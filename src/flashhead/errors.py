@@ -72,3 +72,30 @@ class Unauthorized(FlashheadError):
 
 class QueueFull(FlashheadError):
     error_type = "queue_full"
+
+
+class CapacityExceeded(FlashheadError):
+    """Every real-time slot (of the engine, or of this key) is taken: try again later."""
+
+    error_type = "capacity_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineFailed(RenderFailed):
+    """The render engine process died or hung while this session ran."""
+
+    error_type = "engine_failed"
+
+
+def error_for_type(error_type: str, message: str, field: str | None = None) -> FlashheadError:
+    """Rebuild an error sent across a process boundary as (error_type, message, field)."""
+    def subclasses(cls):
+        yield cls
+        for sub in cls.__subclasses__():
+            yield from subclasses(sub)
+    cls = next((c for c in subclasses(FlashheadError) if c.error_type == error_type
+                and c is not CapacityExceeded), FlashheadError)
+    return cls(message, field=field)

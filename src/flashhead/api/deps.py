@@ -10,6 +10,7 @@
     ctx.webhooks   flashhead.jobs.webhooks.WebhookOutbox
     ctx.ready      threading.Event, set once engines are loaded and workers run
     ctx.workers    WorkerPool (worker_mode "thread") | ProcessWorkerPool ("process")
+    ctx.engine     flashhead.engine.service.EngineService: the render engine of /stream, /realtime
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class AppContext:
     n_workers: int = 1
     worker_mode: str = "process"
     startup_error: str | None = None
+    engine: Any = None          # flashhead.engine.service.EngineService: /stream and /realtime
 
     def base_url(self, request: Request) -> str:
         """Where clients reach us: FLASHHEAD_PUBLIC_URL, else the URL this request came in on."""

@@ -15,6 +15,7 @@ TIMEOUT_TYPE_HEADER = "X-Fal-Request-Timeout-Type"
 
 _STATUS: list[tuple[type[E.FlashheadError], int]] = [   # most specific first
     (E.InputError, 422), (E.NotFound, 404), (E.Unauthorized, 401), (E.QueueFull, 429),
+    (E.CapacityExceeded, 429),
     (E.Timeout, 504), (E.Cancelled, 400), (E.BackendUnavailable, 503), (E.RenderFailed, 500),
     (E.FlashheadError, 500),
 ]
@@ -57,11 +58,16 @@ def error_headers(error_type: str, status: int) -> dict:
     return headers
 
 
+def _retry_after(exc: E.FlashheadError) -> dict:
+    seconds = getattr(exc, "retry_after_s", None)
+    return {"Retry-After": str(seconds)} if seconds else {}
+
+
 def error_response(exc: E.FlashheadError, extra_headers: dict | None = None) -> JSONResponse:
     status = status_for(type(exc))
     body = error_body(exc.message, exc.error_type, exc.field, input_error=isinstance(exc, E.InputError))
     return JSONResponse(body, status, headers={**error_headers(exc.error_type, status),
-                                               **(extra_headers or {})})
+                                               **_retry_after(exc), **(extra_headers or {})})
 
 
 def install(app: FastAPI) -> None:

@@ -21,7 +21,7 @@ def health(request: Request):
             "running": ctx.jobs.store.running_count(), "auth": ctx.auth.enabled,
             "workers": {"mode": ctx.worker_mode, "count": ctx.n_workers},
             "instance": ctx.jobs.store.instance}       # this server's id: owner of the jobs it claims
-    error = ctx.startup_error or getattr(ctx.workers, "error", None)
+    error = ctx.startup_error or getattr(ctx.workers, "error", None) or (ctx.engine and ctx.engine.error)
     if error:
         body.update(status="error", error=error)
     return JSONResponse(body, 200 if body["status"] == "ok" else 503)
