@@ -81,7 +81,7 @@ class Connection:
     def __init__(self, ws: WebSocket, ctx, endpoint: str, key_id: str | None):
         self.ws, self.ctx, self.endpoint, self.key_id = ws, ctx, endpoint, key_id
         self.send_lock = asyncio.Lock()
-        self.idle_timeout = float(ctx.settings.realtime_idle_timeout_s)
+        self.idle_timeout = min(ctx.settings.realtime_idle_timeout_s, ctx.settings.realtime_max_idle_timeout_s)
         self.session: Session | None = None
         self.pump: asyncio.Task | None = None
 

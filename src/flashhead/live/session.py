@@ -158,11 +158,13 @@ class LiveSession:
                     self._cond.wait(wait)
 
     def due(self) -> float:
-        """Consumer side, non-blocking: the clock time at which the next chunk is due
-        (-inf: now). A scheduler calls next_chunk(timeout=0) once this has passed."""
-        if self._t0 is None or self._closed:
+        """Consumer side, cheap and non-blocking: the clock time at which the next chunk is due
+        (-inf: now). A scheduler calls next_chunk(timeout=0) once this has passed; queued input
+        makes it due at once, since only next_chunk absorbs it (feature extraction is work)."""
+        with self._cond:
+            unabsorbed = bool(self._pending or self._eos or self._interrupts != self._seen_interrupts)
+        if self._t0 is None or self._closed or unabsorbed:
             return float("-inf")
-        self._absorb()
         return self._due(self._speech_ready())
 
     def _absorb(self) -> None:
