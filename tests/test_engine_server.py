@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fal_client.client import RealtimeError
 
-from api_helpers import Server, fal_sync_client, make_tls, wait_terminal, worker_processes
+from api_helpers import Server, fal_sync_client, is_running, make_tls, wait_terminal, worker_processes
 from flashhead import constants as C
 from stream_server import PORTRAIT, SPEECH, data_uri, speech_pcm
 
@@ -71,10 +71,14 @@ class Live(threading.Thread):
                 for i in range(0, len(pcm), PACKET):
                     conn.send({"type": "audio", "pcm": pcm[i:i + PACKET]})
                 conn.send({"type": "end_of_speech"})
+                sent = time.monotonic()
                 while len(self.arrivals) < self.chunks:
                     msg = conn.recv()
                     if msg.get("type") == "chunk":
                         self.arrivals.append((time.monotonic(), msg["start"]))
+                    if time.monotonic() - sent > 2.0:     # a client message now and then: not idle
+                        conn.send({"type": "end_of_speech"})
+                        sent = time.monotonic()
         except RealtimeError as exc:
             self.error, self.error_at = exc, time.monotonic()
 
@@ -138,7 +142,7 @@ def test_one_session_over_capacity_is_refused_the_rest_stay_real_time(server, cl
         assert max(late) <= 0.0, "a session fell behind its media clock"
         assert p99 < 0.050
     assert f"flashhead_engine_capacity {float(CAPACITY)}" in metrics
-    assert "flashhead_engine_step_seconds_count" in metrics and "flashhead_engine_refused 2.0" in metrics
+    assert "flashhead_engine_step_seconds_count" in metrics and "flashhead_engine_refused_total 2.0" in metrics
 
 
 def test_a_client_that_leaves_frees_its_slot_at_once(server, client):
@@ -189,7 +193,7 @@ def _wait_new_engine(server, old: int, timeout: float = 120) -> int:
     while time.monotonic() < deadline:
         pids = [p for p in worker_processes(server.proc.pid, ENGINE) if p != old]
         with server.client() as c:
-            if pids and "flashhead_engine_up 1.0" in c.get("/metrics").text:
+            if pids and c.get("/health").json()["engine"]["up"]:
                 return pids[0]
         time.sleep(0.2)
     raise AssertionError("the engine was not restarted")
@@ -241,3 +245,12 @@ def test_a_hung_engine_is_treated_as_dead(server, client):
     assert STEP_DEADLINE_S - 0.5 <= s.error_at - stopped_at <= STEP_DEADLINE_S + 3
     _wait_new_engine(server, old)
     _new_session_works(client)
+
+
+def test_the_engine_dies_with_the_api_process(server):
+    engine = engine_pid(server)
+    server.kill()                                             # SIGKILL: no shutdown code runs
+    deadline = time.monotonic() + 10
+    while is_running(engine):
+        assert time.monotonic() < deadline, "the engine outlived the API process"
+        time.sleep(0.05)

@@ -3,7 +3,7 @@ and the engine's metrics. Routes call `open` and talk to the returned Session.""
 from __future__ import annotations
 
 from prometheus_client import Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from flashhead.config import Settings
 from flashhead.engine.admission import Admission, Ticket
@@ -61,6 +61,15 @@ class EngineService:
             self.runner.stop()
 
     @property
+    def up(self) -> bool:
+        link = self.runner.link if self.runner is not None else None
+        return bool(link and not link.closed)
+
+    def health(self) -> dict:
+        return {"up": self.up, "capacity": self.admission.capacity, "sessions": self.admission.in_flight,
+                "restarts": getattr(self.runner, "restarts", 0)}
+
+    @property
     def error(self) -> str | None:
         return getattr(self.runner, "error", None)
 
@@ -83,11 +92,11 @@ class _EngineCollector:
 
     def collect(self):
         s = self.service
-        link = s.runner.link if s.runner is not None else None
         for name, doc, value in (
                 ("flashhead_engine_capacity", "Real-time sessions the engine admits", s.admission.capacity),
                 ("flashhead_engine_sessions", "Real-time sessions in flight", s.admission.in_flight),
-                ("flashhead_engine_refused", "Sessions refused at capacity (since start)", s.admission.refused),
-                ("flashhead_engine_up", "1 while the render engine is running", int(bool(link and not link.closed))),
-                ("flashhead_engine_restarts", "Render engine restarts", getattr(s.runner, "restarts", 0))):
+                ("flashhead_engine_up", "1 while the render engine is running", int(s.up))):
             yield GaugeMetricFamily(name, doc, value=value)
+        yield CounterMetricFamily("flashhead_engine_refused", "Sessions refused at capacity", value=s.admission.refused)
+        yield CounterMetricFamily("flashhead_engine_restarts", "Render engine restarts",
+                                  value=getattr(s.runner, "restarts", 0))
