@@ -165,6 +165,24 @@ def test_a_client_that_leaves_frees_its_slot_at_once(server, client):
     held[1].__exit__(None, None, None)
 
 
+def test_a_stream_client_that_hangs_up_frees_its_slot_at_once(server, client):
+    body = {"image_url": image(), "audio_url": data_uri(SPEECH, "audio/wav")}
+    with client.realtime(C.TEXT_ENDPOINT, use_jwt=False) as conn, server.client() as c:
+        conn.send({"type": "start", "image_url": image()})
+        assert conn.recv()["type"] == "started"
+        with c.stream("POST", f"/{C.AUDIO_ENDPOINT}/stream", json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()                            # (closing this iterator would hang up)
+            assert next(line for line in lines if line.startswith("data: ")).startswith('data: {"type":"chunk"')
+            full = c.post(f"/{C.TEXT_ENDPOINT}/stream", json={"image_url": image(), "text": "Hi."})
+            assert full.status_code == 429
+        deadline = time.monotonic() + 2.0                     # hung up after one chunk of ten seconds
+        while (r := c.post(f"/{C.TEXT_ENDPOINT}/stream", json={"image_url": image(), "text": "Hi."})).status_code == 429:
+            assert time.monotonic() < deadline, "the slot was not freed"
+            time.sleep(0.05)
+        assert r.status_code == 200 and r.text.rstrip().endswith("}")
+
+
 def test_idle_timeout_a_client_asks_for_is_capped(server, client):
     with client.realtime(C.TEXT_ENDPOINT, use_jwt=False) as conn:
         conn.send({"type": "start", "image_url": image(), "idle_timeout": 3600})
