@@ -69,3 +69,31 @@ def test_scheduler_serves_the_earliest_deadline_first_and_streams_last():
     s.stop()
     assert log == ["late", "later", "stream", "future"] and sent == log
     assert s.active == 0
+
+
+def test_a_client_that_does_not_read_loses_its_session_not_the_api_memory():
+    import asyncio
+    import socket
+    from multiprocessing.connection import Connection
+
+    from flashhead.engine.relay import EngineLink
+    from flashhead.errors import LimitExceeded
+
+    ours, theirs = socket.socketpair()
+    engine_end = Connection(theirs.detach())
+    link = EngineLink(Connection(ours.detach()), max_pending=5)
+
+    async def run():
+        channel = link.open("live", {})
+        assert engine_end.recv()[0] == "live"
+        for i in range(20):                        # the engine keeps producing; nobody reads
+            engine_end.send(("event", channel.sid, {"index": i}))
+        assert engine_end.poll(5) and engine_end.recv() == ("close", channel.sid, None)  # dropped there too
+        got = []
+        with pytest.raises(LimitExceeded, match="more than 5 chunks unread"):
+            while True:
+                got.append((await asyncio.wait_for(channel.get(), 5))[1]["index"])
+        assert got == list(range(5)) and channel.sid not in link.channels
+
+    asyncio.run(run())
+    link.shutdown()

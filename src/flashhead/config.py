@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     engine_retry_after_s: int = Field(5, ge=1, description="Retry-After of a 429 at capacity")
     realtime_max_idle_timeout_s: float = Field(600.0, gt=0, description="the largest idle_timeout a "
                                                "realtime client may ask for")
+    engine_max_pending_chunks: int = Field(100, ge=2, description="chunks the API holds for a live client that "
+                                           "does not read them; beyond, its session ends (limit_exceeded)")
 
 
 @lru_cache(maxsize=1)

@@ -159,7 +159,8 @@ class EngineThread:
 
     def __init__(self, engines, storage, settings: Settings, on_beat=None):
         ours, theirs = socket.socketpair()
-        self.link = EngineLink(Connection(ours.detach()), on_beat=on_beat)
+        self.link = EngineLink(Connection(ours.detach()), on_beat=on_beat,
+                               max_pending=settings.engine_max_pending_chunks)
         engine = Engine(Connection(theirs.detach()), engines, storage, settings)
         threading.Thread(target=engine.serve, name="engine", daemon=True).start()
         self.error: str | None = None
@@ -224,7 +225,8 @@ class EngineProcess:
                                  str(os.getpid()), "--fd", str(theirs.fileno())],
                                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         theirs.close()
-        return proc, EngineLink(Connection(ours.detach()), on_beat=self.on_beat)
+        return proc, EngineLink(Connection(ours.detach()), on_beat=self.on_beat,
+                                max_pending=self.settings.engine_max_pending_chunks)
 
     def _supervise(self) -> None:
         """Spawned from this long-lived thread: PDEATHSIG follows the spawning thread."""

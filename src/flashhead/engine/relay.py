@@ -13,20 +13,33 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
-from flashhead.errors import FlashheadError, error_for_type
+from flashhead.errors import FlashheadError, LimitExceeded, error_for_type
 
 log = logging.getLogger("flashhead.engine")
 FINAL = {"end", "stopped"}            # the last message of a session (and a fatal error)
 
 
 class Channel:
-    def __init__(self, link: "EngineLink", sid: str, loop: asyncio.AbstractEventLoop):
+    def __init__(self, link: "EngineLink", sid: str, loop: asyncio.AbstractEventLoop, kind: str = "live"):
         self.link, self.sid, self.loop = link, sid, loop
+        # A stream's backlog is bounded by its input's length; a live session's only by this.
+        self.max_unread = link.max_pending if kind == "live" else None
         self.queue: asyncio.Queue = asyncio.Queue()
         self.finished = False
+        self._unread = 0                  # delivered, not yet taken by get() (both threads)
+        self._lock = threading.Lock()
 
     def deliver(self, kind: str, payload) -> None:
-        """From the reader thread."""
+        """From the reader thread. A live client that leaves more than max_unread chunks unread
+        loses its session (the engine drops it) instead of growing this queue without end."""
+        with self._lock:
+            self._unread += 1
+            overflow = kind == "event" and self.max_unread is not None and self._unread > self.max_unread
+        if overflow:
+            self.link.channels.pop(self.sid, None)
+            self.link.send("close", self.sid)
+            kind, payload = "error", LimitExceeded(
+                f"the client left more than {self.max_unread} chunks unread; the session ended")
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload))
         except RuntimeError:          # the event loop is closed: nobody is listening
@@ -36,6 +49,8 @@ class Channel:
         """The next (kind, payload); an "error" payload is raised as its FlashheadError when fatal,
         returned as ("error", exc) when the session goes on."""
         kind, payload = await self.queue.get()
+        with self._lock:
+            self._unread -= 1
         if kind == "error":
             exc = payload if isinstance(payload, FlashheadError) else \
                 error_for_type(payload["error_type"], payload["message"], payload.get("field"))
@@ -60,8 +75,8 @@ class Channel:
 
 
 class EngineLink:
-    def __init__(self, conn: Connection, *, on_beat=None):
-        self.conn = conn
+    def __init__(self, conn: Connection, *, on_beat=None, max_pending: int = 100):
+        self.conn, self.max_pending = conn, max_pending
         self.channels: dict[str, Channel] = {}
         self.ready = threading.Event()
         self.info: dict = {}
@@ -79,7 +94,7 @@ class EngineLink:
             from flashhead.errors import BackendUnavailable
             raise BackendUnavailable("the render engine is restarting; try again in a few seconds")
         sid = f"s{next(self._ids)}"
-        channel = self.channels[sid] = Channel(self, sid, asyncio.get_running_loop())
+        channel = self.channels[sid] = Channel(self, sid, asyncio.get_running_loop(), kind)
         self.send(kind, sid, spec)
         return channel
 
