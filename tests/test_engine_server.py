@@ -2,12 +2,12 @@
 driven by the official fal_client: admission at capacity, real time under load, faults."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
 
-import httpx
 import pytest
 from fal_client.client import RealtimeError
 
@@ -198,7 +198,6 @@ def _sse_until_error(server, out: dict) -> None:
     body = {"image_url": image(), "audio_url": data_uri(SPEECH, "audio/wav")}
     with server.client() as c, c.stream("POST", f"/{C.AUDIO_ENDPOINT}/stream", json=body) as r:
         assert r.status_code == 200
-        import json
         for line in r.iter_lines():
             if line.startswith("data: "):
                 event = json.loads(line[6:])

@@ -1,7 +1,8 @@
 """The context every route module receives (also `register(app, ctx)` in stream/realtime).
 
     ctx.settings   flashhead.config.Settings
-    ctx.engines    flashhead.pipeline.Engines (None until start-up has loaded them)
+    ctx.engines    flashhead.pipeline.Engines in worker_mode "thread" (None until loaded); None in
+                   "process" mode, where only worker and engine processes hold a renderer
     ctx.storage    flashhead.storage.base.Storage: put_file/stat/open_range/url
     ctx.auth       flashhead.api.auth.Auth: check_key_header(header) -> key id | None (raises
                    Unauthorized), verify_realtime_token(token, app) -> claims (raises Unauthorized)
