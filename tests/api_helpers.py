@@ -145,8 +145,9 @@ class Server:
                 self.kill()
 
 
-def worker_processes(parent_pid: int) -> list[int]:
-    """Live render worker processes (python -m flashhead.jobs.processes) whose parent is `parent_pid`."""
+def worker_processes(parent_pid: int, module: bytes = b"flashhead.jobs.processes") -> list[int]:
+    """Live render worker processes (python -m flashhead.jobs.processes, or `module`: e.g. the
+    render engine, flashhead.engine.process) whose parent is `parent_pid`."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
@@ -154,7 +155,7 @@ def worker_processes(parent_pid: int) -> list[int]:
             cmd = (entry / "cmdline").read_bytes().split(b"\0")
         except (OSError, IndexError):
             continue
-        if int(stat[1]) == parent_pid and stat[0] != "Z" and b"flashhead.jobs.processes" in cmd:
+        if int(stat[1]) == parent_pid and stat[0] != "Z" and module in cmd:
             pids.append(int(entry.name))
     return pids
 

@@ -143,7 +143,7 @@ def test_rate_limits_are_counted_per_key_and_shared_through_redis(redis_url):
     a.hit("k1"), b.hit("k1"), a.hit("k1")
     with pytest.raises(RateLimited) as info:
         b.hit("k1")                                              # the two servers count together
-    assert 1 <= info.value.retry_after <= 60
+    assert 1 <= info.value.retry_after_s <= 60
     b.hit("k2")                                                  # another key: its own budget
     a.hit(None)                                                  # OPEN mode: no key, no limit
     alone = AbuseLimits("3/minute", 0)                           # memory: this server only

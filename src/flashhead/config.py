@@ -92,6 +92,19 @@ class Settings(BaseSettings):
     neural_posterior: Literal["sample", "mode"] = Field(
         "sample", description="Lite VAE latents: sample (the original's .sample(), seeded by the "
         "request seed) | mode (the posterior mean, the same for every seed)")
+    # --- engine (render engine process, admission) ---
+    engine_capacity: int | None = Field(None, ge=1, description="real-time sessions (/stream, realtime) one "
+                                        "engine admits at once; default 8 (cpu renderer) or 2 (neural)")
+    engine_threads: int | None = Field(None, ge=1, description="render threads in the engine process; "
+                                       "default: the CPU cores")
+    engine_key_sessions: int = Field(4, ge=1, description="concurrent real-time sessions per API key")
+    engine_step_deadline_s: float = Field(30.0, gt=0, description="an engine silent this long while it has "
+                                          "sessions running is hung: killed and restarted")
+    engine_retry_after_s: int = Field(5, ge=1, description="Retry-After of a 429 at capacity")
+    realtime_max_idle_timeout_s: float = Field(600.0, gt=0, description="the largest idle_timeout a "
+                                               "realtime client may ask for")
+    engine_max_pending_chunks: int = Field(100, ge=2, description="chunks the API holds for a live client that "
+                                           "does not read them; beyond, its session ends (limit_exceeded)")
 
 
 @lru_cache(maxsize=1)

@@ -76,13 +76,13 @@ class QueueFull(FlashheadError):
 
 class RateLimited(FlashheadError):
     """Too many requests: a key over its rate or active-job limit, or an upstream service
-    (ElevenLabs) that kept answering 429 after the retries. Retry after `retry_after` s."""
+    (ElevenLabs) that kept answering 429 after the retries. Retry after `retry_after_s` s."""
 
     error_type = "rate_limited"
 
-    def __init__(self, message: str, *, retry_after: float = 30.0, field: str | None = None):
+    def __init__(self, message: str, *, retry_after_s: float = 30.0, field: str | None = None):
         super().__init__(message, field=field)
-        self.retry_after = retry_after
+        self.retry_after_s = retry_after_s
 
 
 class PayloadTooLarge(FlashheadError):
@@ -101,3 +101,28 @@ class StorageFull(FlashheadError):
     """The disk (or bucket quota) holding files is full: nothing new can be written."""
 
     error_type = "storage_full"
+class CapacityExceeded(FlashheadError):
+    """Every real-time slot (of the engine, or of this key) is taken: try again later."""
+
+    error_type = "capacity_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineFailed(RenderFailed):
+    """The render engine process died or hung while this session ran."""
+
+    error_type = "engine_failed"
+
+
+def error_for_type(error_type: str, message: str, field: str | None = None) -> FlashheadError:
+    """Rebuild an error sent across a process boundary as (error_type, message, field)."""
+    def subclasses(cls):
+        yield cls
+        for sub in cls.__subclasses__():
+            yield from subclasses(sub)
+    cls = next((c for c in subclasses(FlashheadError) if c.error_type == error_type
+                and c is not CapacityExceeded), FlashheadError)
+    return cls(message, field=field)

@@ -24,6 +24,7 @@ from flashhead.api.limits import AbuseLimits
 from flashhead.api.memory import heap_trimmer
 from flashhead.api.observability import Metrics, RequestContextMiddleware, setup_logging
 from flashhead.config import Settings
+from flashhead.engine.service import EngineService
 from flashhead.jobs.backends import make_storage, make_store
 from flashhead.jobs.processes import ProcessWorkerPool
 from flashhead.jobs.queue import JobQueue
@@ -60,6 +61,7 @@ def build_context(settings: Settings, engines=None, auth_mode: str = KEYS) -> Ap
                      auth=auth, jobs=JobQueue(store), metrics=metrics, webhooks=outbox,
                      signer=signer, limits=AbuseLimits.from_settings(settings))
     ctx.storage.max_upload_bytes = settings.max_upload_bytes
+    ctx.engine = EngineService(settings, metrics.registry)
     ctx.jobs.on_terminal(lambda job: _record_metrics(ctx, job))
     ctx.jobs.on_terminal(lambda job: _enqueue_webhook(ctx, job))
     return ctx
@@ -89,19 +91,22 @@ def _enqueue_webhook(ctx: AppContext, job: Job) -> None:
 
 
 def _start_workers(ctx: AppContext, generate) -> None:
-    """Load the engines (slow: renderer setup) off the event loop, start thread workers or wait
-    for the worker processes (which load their own engines meanwhile)."""
+    """Thread mode: load the engines (slow: renderer setup) off the event loop, start thread
+    workers and the render engine's loop on them. Process mode: wait for the worker processes and
+    the render engine process (which load their own engines meanwhile)."""
     try:
-        if ctx.engines is None:      # the /stream and /realtime routes render in this process
-            from flashhead.pipeline import Engines
-            ctx.engines = Engines.create(ctx.settings)
         if ctx.worker_mode == "thread":
+            if ctx.engines is None:
+                from flashhead.pipeline import Engines
+                ctx.engines = Engines.create(ctx.settings)
             ctx.workers = WorkerPool(ctx.jobs, ctx.storage, ctx.engines,
                                      Path(ctx.settings.data_dir) / "work", threads=ctx.n_workers,
                                      generate=generate)
             ctx.workers.start()
+            ctx.engine.start_thread(ctx.engines, ctx.storage)
         else:
             ctx.workers.wait_ready()
+        ctx.engine.wait_ready()
         ctx.ready.set()
         log.info("ready", extra={"renderer": ctx.settings.renderer, "workers": ctx.n_workers,
                                  "worker_mode": ctx.worker_mode})
@@ -144,6 +149,7 @@ def create_app(settings: Settings | None = None, engines=None, *, workers: int |
         if ctx.worker_mode == "process":
             ctx.workers = ProcessWorkerPool(ctx.jobs, ctx.settings, ctx.n_workers)
             ctx.workers.start()
+            ctx.engine.start_process()      # /stream and /realtime render there, never here
         threading.Thread(target=_start_workers, args=(ctx, generate), name="startup", daemon=True).start()
         periodic = [sweeper(Retention(ctx.settings, ctx.jobs.store, ctx.storage), ctx.settings.retention_sweep_s),
                     heap_trimmer(ctx.settings.heap_trim_s)]
@@ -152,6 +158,7 @@ def create_app(settings: Settings | None = None, engines=None, *, workers: int |
         yield
         for task in periodic:
             task.stop()
+        ctx.engine.stop()
         if ctx.workers:
             ctx.workers.stop()
         ctx.jobs.stop()

@@ -1,7 +1,8 @@
 """The context every route module receives (also `register(app, ctx)` in stream/realtime).
 
     ctx.settings   flashhead.config.Settings
-    ctx.engines    flashhead.pipeline.Engines (None until start-up has loaded them)
+    ctx.engines    flashhead.pipeline.Engines in worker_mode "thread" (None until loaded); None in
+                   "process" mode, where only worker and engine processes hold a renderer
     ctx.storage    flashhead.storage.base.Storage: put_file/stat/open_range/url
     ctx.auth       flashhead.api.auth.Auth: mode ("keys" | "open"), check(...) -> key id | None
                    (raises Unauthorized); routes call it only through `authenticate` below
@@ -11,6 +12,7 @@
     ctx.webhooks   flashhead.jobs.webhooks.WebhookOutbox
     ctx.ready      threading.Event, set once engines are loaded and workers run
     ctx.workers    WorkerPool (worker_mode "thread") | ProcessWorkerPool ("process")
+    ctx.engine     flashhead.engine.service.EngineService: the render engine of /stream, /realtime
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ class AppContext:
     worker_mode: str = "process"
     startup_error: str | None = None
     limits: AbuseLimits | None = None
+    engine: Any = None          # flashhead.engine.service.EngineService: /stream and /realtime
 
     def base_url(self, request: Request) -> str:
         """Where clients reach us: FLASHHEAD_PUBLIC_URL, else the URL this request came in on."""

@@ -19,7 +19,7 @@ RETRY_AFTER_S = 30          # rate-limited upstream, full disk: worth another tr
 _STATUS: list[tuple[type[E.FlashheadError], int]] = [   # most specific first
     (E.PayloadTooLarge, 413), (E.BodyTimeout, 408), (E.StorageFull, 507),
     (E.InputError, 422), (E.NotFound, 404), (E.Unauthorized, 401), (E.QueueFull, 429),
-    (E.RateLimited, 429),
+    (E.RateLimited, 429), (E.CapacityExceeded, 429),
     (E.Timeout, 504), (E.Cancelled, 400), (E.BackendUnavailable, 503), (E.RenderFailed, 500),
     (E.FlashheadError, 500),
 ]
@@ -64,13 +64,17 @@ def error_headers(error_type: str, status: int) -> dict:
     return headers
 
 
+def _retry_after(exc: E.FlashheadError) -> dict:
+    """RateLimited and CapacityExceeded say when to come back (whole seconds, at least 1)."""
+    seconds = getattr(exc, "retry_after_s", None)
+    return {"Retry-After": str(max(1, math.ceil(seconds)))} if seconds else {}
+
+
 def error_response(exc: E.FlashheadError, extra_headers: dict | None = None) -> JSONResponse:
     status = status_for(type(exc))
     body = error_body(exc.message, exc.error_type, exc.field, input_error=isinstance(exc, E.InputError))
-    headers = error_headers(exc.error_type, status)
-    if isinstance(exc, E.RateLimited):
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    return JSONResponse(body, status, headers={**headers, **(extra_headers or {})})
+    return JSONResponse(body, status, headers={**error_headers(exc.error_type, status),
+                                               **_retry_after(exc), **(extra_headers or {})})
 
 
 def install(app: FastAPI) -> None:

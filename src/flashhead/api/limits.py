@@ -49,7 +49,7 @@ class AbuseLimits:
             if not self.limiter.hit(rate, key_id):
                 reset = self.limiter.get_window_stats(rate, key_id).reset_time
                 raise RateLimited(f"this API key made more than {rate} requests",
-                                  retry_after=max(1.0, reset - time.time()), field="Authorization")
+                                  retry_after_s=max(1.0, reset - time.time()), field="Authorization")
 
     def check_jobs(self, store, key_id: str | None) -> None:
         """Before a submit: refuse when `key_id` already has max_active_jobs queued or running."""
@@ -58,4 +58,4 @@ class AbuseLimits:
         active = store.active_count(key_id)
         if active >= self.max_active_jobs:
             raise RateLimited(f"this API key has {active} requests queued or running; the limit is "
-                              f"{self.max_active_jobs}", retry_after=JOBS_RETRY_AFTER_S, field="Authorization")
+                              f"{self.max_active_jobs}", retry_after_s=JOBS_RETRY_AFTER_S, field="Authorization")

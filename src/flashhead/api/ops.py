@@ -20,8 +20,9 @@ def health(request: Request):
             "renderer": ctx.settings.renderer, "queue_depth": ctx.jobs.store.queue_depth(),
             "running": ctx.jobs.store.running_count(), "auth": ctx.auth.mode,
             "workers": {"mode": ctx.worker_mode, "count": ctx.n_workers},
-            "instance": ctx.jobs.store.instance}       # this server's id: owner of the jobs it claims
-    error = ctx.startup_error or getattr(ctx.workers, "error", None)
+            "instance": ctx.jobs.store.instance,       # this server's id: owner of the jobs it claims
+            "engine": ctx.engine.health()}             # the render engine of /stream and /realtime
+    error = ctx.startup_error or getattr(ctx.workers, "error", None) or (ctx.engine and ctx.engine.error)
     if error:
         body.update(status="error", error=error)
     return JSONResponse(body, 200 if body["status"] == "ok" else 503)

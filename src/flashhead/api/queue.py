@@ -16,7 +16,7 @@ from flashhead.api.errors import error_body, error_headers, status_for_type
 from flashhead.errors import InputError, NotFound
 from flashhead.jobs.state import JobState, Priority
 from flashhead.jobs.store import CancelOutcome, Job, NewJob
-from flashhead.jobs.worker import own_file_key
+from flashhead.storage.localize import own_file_key
 from flashhead.schemas import FlashHeadAudioRequest, FlashHeadRequest
 
 QUEUE_PREFIX = "/queue"

@@ -6,8 +6,9 @@ Auth on the upgrade: `?fal_jwt_token=<token from POST /rest/tokens/>` or an
 Client -> server: binary msgpack maps (`packb(use_bin_type=True)`).
 Server -> client: binary msgpack maps; errors as JSON text frames
 `{"type": "x-fal-error", "error": "<KIND>", "reason": "<text>"}` (KIND is the error type in
-capitals: INVALID_INPUT, NO_FACE_DETECTED, LIMIT_EXCEEDED, UNAUTHORIZED, TIMEOUT, INTERNAL_ERROR).
-An input error leaves the socket open; UNAUTHORIZED and TIMEOUT close it.
+capitals: INVALID_INPUT, NO_FACE_DETECTED, LIMIT_EXCEEDED, UNAUTHORIZED, TIMEOUT, CAPACITY_EXCEEDED,
+ENGINE_FAILED, INTERNAL_ERROR).
+An input error leaves the socket open; UNAUTHORIZED, TIMEOUT and CAPACITY_EXCEEDED close it.
 
 Unary (a message without "type", shaped like the HTTP input of the endpoint):
   -> {image_url, text, voice?, stability?, seed?}   (or {image_url, audio_url, seed?} on /audio)
@@ -29,35 +30,38 @@ Chunk `start` is seconds on the session's media clock: chunk i covers frames [i*
 the same span of the audio track, so audio and video never drift. With pace=true a chunk leaves
 at most one chunk (0.32 s) before its media time; pace=false sends speech as fast as it renders.
 A socket with no client message for `idle_timeout` seconds (FLASHHEAD_REALTIME_IDLE_TIMEOUT_S,
-default 60) gets x-fal-error TIMEOUT and is closed.
+default 60; a client may ask for up to FLASHHEAD_REALTIME_MAX_IDLE_TIMEOUT_S) gets x-fal-error
+TIMEOUT and is closed.
 
-One process serves many sockets: the event loop only moves bytes; rendering and encoding run
-in a shared thread pool, and sessions share the renderer and the prepared portraits.
+Capacity: a unary request or a live session takes one of the render engine's real-time slots
+(and one of its key's) while it runs. Beyond them: x-fal-error CAPACITY_EXCEEDED, and the socket
+closes (1013, try again later). If the engine dies mid-session: x-fal-error ENGINE_FAILED; the
+socket stays open and a new start works once the engine is back.
+
+The API process never renders: it validates and relays; the render engine process
+(flashhead.engine) prepares the portrait, renders and encodes every session's chunks.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import random
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import msgpack
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.routing import WebSocketRoute
 
-from flashhead import constants as C
-from flashhead.api.stream import ENDPOINTS, StreamOutput, localize, mime_of, new_fmp4_encoder, stream_events
-from flashhead.errors import FlashheadError, InputError, Timeout, Unauthorized
-from flashhead.live import LiveSession
-from flashhead.pipeline import load_portrait, prepare, request_from_input
+from flashhead.api.deps import authenticate
+from flashhead.api.queue import check_inputs
+from flashhead.api.stream import ENDPOINTS, open_stream, stream_messages
+from flashhead.engine.service import Session
+from flashhead.errors import CapacityExceeded, FlashheadError, InputError, RateLimited, Timeout, Unauthorized
+from flashhead.pipeline import request_from_input
 
 log = logging.getLogger("flashhead.realtime")
-MAX_IDLE_TIMEOUT_S = 3600.0
-POLL_S = 0.5                    # a session thread re-checks for close this often
-_POOL = ThreadPoolExecutor(max_workers=256, thread_name_prefix="flashhead-live")
+CLOSING = (Timeout, CapacityExceeded)     # sent as a frame, then the socket closes
 
 
 def error_frame(exc: BaseException) -> str:
@@ -73,14 +77,13 @@ def error_frame(exc: BaseException) -> str:
 
 
 class Connection:
-    """One socket: serialised sends, the receive loop, at most one live session."""
+    """One socket: serialised sends, the receive loop, at most one live session in the engine."""
 
-    def __init__(self, ws: WebSocket, ctx, endpoint: str):
-        self.ws, self.ctx, self.endpoint = ws, ctx, endpoint
-        self.loop = asyncio.get_running_loop()
+    def __init__(self, ws: WebSocket, ctx, endpoint: str, key_id: str | None):
+        self.ws, self.ctx, self.endpoint, self.key_id = ws, ctx, endpoint, key_id
         self.send_lock = asyncio.Lock()
-        self.idle_timeout = float(_option(ctx, "realtime_idle_timeout_s", C.REALTIME_IDLE_TIMEOUT_S))
-        self.session: LiveSession | None = None
+        self.idle_timeout = min(ctx.settings.realtime_idle_timeout_s, ctx.settings.realtime_max_idle_timeout_s)
+        self.session: Session | None = None
         self.pump: asyncio.Task | None = None
 
     async def send(self, message: dict | str) -> None:
@@ -89,9 +92,6 @@ class Connection:
                 await self.ws.send_text(message)
             else:
                 await self.ws.send_bytes(msgpack.packb(message, use_bin_type=True))
-
-    async def run_blocking(self, fn, *args):
-        return await self.loop.run_in_executor(_POOL, fn, *args)
 
     async def serve(self) -> None:
         try:
@@ -103,9 +103,9 @@ class Connection:
                 if raw["type"] == "websocket.disconnect":
                     return
                 await self.dispatch(self.decode(raw))
-        except Timeout as exc:
+        except CLOSING as exc:
             await self.send(error_frame(exc))
-            await self.ws.close(1000)
+            await self.ws.close(1013 if isinstance(exc, CapacityExceeded) else 1000)
         except WebSocketDisconnect:
             pass
         finally:
@@ -130,7 +130,7 @@ class Connection:
             if handler is None:
                 raise InputError(f"unknown message type {kind!r}", field="type")
             await handler(msg)
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, *CLOSING):
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is reported as an x-fal-error frame
             await self.send(error_frame(exc))
@@ -139,24 +139,11 @@ class Connection:
     async def unary(self, msg: dict) -> None:
         if self.session is not None:
             raise InputError("a live session is running; send stop first", field="type")
-        base_url = http_base_url(self.ctx, self.ws)
-        work_dir = Path(self.ctx.settings.data_dir) / "streams"
-        work_dir.mkdir(parents=True, exist_ok=True)
-        payload, local = await self.run_blocking(localize, msg, self.ctx, base_url, work_dir)
-        req = request_from_input(payload, self.endpoint)
-        prep = await self.run_blocking(lambda: prepare(req, self.ctx.engines, allow_paths=local))
-
-        def store(path: Path, content_type: str, name: str) -> str:
-            stored = self.ctx.storage.put_file(path, content_type, name)
-            path.unlink(missing_ok=True)
-            return self.ctx.storage.url(stored.key, base_url)
-
-        events = stream_events(prep, self.ctx.engines, StreamOutput(work_dir, store, lambda d, _n: d))
-        try:
-            while (event := await self.run_blocking(next, events, None)) is not None:
-                await self.send(event)
-        finally:
-            await self.run_blocking(events.close)
+        payload = request_from_input(msg, self.endpoint).model_dump(mode="json")
+        session = await open_stream(self.ctx, self.endpoint, payload, http_base_url(self.ctx, self.ws),
+                                    self.key_id, "bytes")
+        async for event in stream_messages(session):
+            await self.send(event)
 
     # -- live session ------------------------------------------------------------------------
     async def start(self, msg: dict) -> None:
@@ -166,45 +153,43 @@ class Connection:
         if not isinstance(image_url, str) or not image_url:
             raise InputError("required: the portrait URL or data URI", field="image_url")
         seed = msg.get("seed")
-        seed = random.randrange(2**31) if seed is None else _int(seed, "seed")
-        self.idle_timeout = min(MAX_IDLE_TIMEOUT_S, float(msg.get("idle_timeout") or self.idle_timeout))
+        if seed is not None:
+            seed = _int(seed, "seed")
+        self.idle_timeout = _idle_timeout(self.ctx.settings, msg.get("idle_timeout"), self.idle_timeout)
         base_url = http_base_url(self.ctx, self.ws)
-        work_dir = Path(self.ctx.settings.data_dir) / "streams"
-        work_dir.mkdir(parents=True, exist_ok=True)
-        payload, local = await self.run_blocking(localize, {"image_url": image_url}, self.ctx,
-                                                 base_url, work_dir)
-        engines = self.ctx.engines
-        portrait = await self.run_blocking(
-            lambda: engines.portraits.get(load_portrait(payload["image_url"], engines, allow_paths=local)[0]))
-        self.session = LiveSession(engines, portrait, seed, pace=bool(msg.get("pace", True)))
-        encoder = new_fmp4_encoder()
-        await self.send({"type": "started", "init_segment": encoder.init_segment(),
-                         "mime": mime_of(encoder), "seed": seed, "fps": C.FPS,
-                         "sample_rate": C.SAMPLE_RATE, "chunk_frames": self.session.chunk_frames})
-        self.pump = asyncio.create_task(self.pump_chunks(self.session, encoder))
-
-    async def pump_chunks(self, session: LiveSession, encoder) -> None:
-        def produce():
-            chunk = session.next_chunk(timeout=POLL_S)
-            return chunk, (encoder.encode_chunk(chunk.frames, chunk.audio) if chunk else None)
-
+        await run_in_threadpool(check_inputs, self.ctx, {"image_url": image_url}, base_url)
+        session = self.ctx.engine.open("live", {"image_url": image_url, "base_url": base_url, "seed": seed,
+                                                "pace": bool(msg.get("pace", True))}, self.key_id)
         try:
-            while not session.closed:
-                chunk, segment = await self.run_blocking(produce)
-                if chunk is None:
-                    continue
-                await self.send({"type": "chunk", "index": chunk.index, "start": round(chunk.start_s, 3),
-                                 "duration": round(chunk.duration_s, 3), "segment": segment,
-                                 "speaking": chunk.speaking, "interrupted": chunk.interrupted})
-        except (WebSocketDisconnect, RuntimeError):
-            session.close()          # the socket went away under us
-        except Exception as exc:  # noqa: BLE001 - reported to the client, then the session ends
+            _, started = await session.get()
+        except BaseException:
             session.close()
-            await self.send(error_frame(exc))
-        finally:
-            encoder.close()
+            raise
+        self.session = session
+        await self.send(started)
+        self.pump = asyncio.create_task(self.pump_chunks(session))
 
-    def live(self) -> LiveSession:
+    async def pump_chunks(self, session: Session) -> None:
+        """The engine's chunks to the client until the session stops or fails."""
+        try:
+            while True:
+                kind, payload = await session.get()
+                if kind == "error":              # e.g. too much audio queued: the session goes on
+                    await self.send(error_frame(payload))
+                    continue
+                await self.send(payload)
+                if kind == "stopped":
+                    return
+        except FlashheadError as exc:            # the engine failed: the session is over
+            await self.send(error_frame(exc))
+        except (WebSocketDisconnect, RuntimeError):
+            pass                                 # the socket went away under us
+        finally:
+            session.close()
+            if self.session is session:
+                self.session = None
+
+    def live(self) -> Session:
         if self.session is None:
             raise InputError("no live session: send start first", field="type")
         return self.session
@@ -213,27 +198,37 @@ class Connection:
         pcm = msg.get("pcm")
         if not isinstance(pcm, (bytes, bytearray)):
             raise InputError("must be binary PCM16 little-endian mono 16 kHz audio", field="pcm")
-        self.live().push_audio(bytes(pcm))
+        self.live().send("audio", bytes(pcm))
 
     async def end_of_speech(self, msg: dict) -> None:
-        self.live().end_of_speech()
+        self.live().send("eos")
 
     async def interrupt(self, msg: dict) -> None:
-        self.live().interrupt()
+        self.live().send("interrupt")
 
     async def stop(self, msg: dict) -> None:
-        session = self.live()
-        await self.stop_session()
-        await self.send({"type": "stopped", "frames": session.frames_out,
-                         "duration": round(session.frames_out / C.FPS, 3)})
+        """The engine answers "stopped" (frames rendered), which the pump forwards."""
+        self.live().send("stop")
+        await asyncio.gather(self.pump, return_exceptions=True)
+        self.pump = None
 
     async def stop_session(self) -> None:
         if self.session is not None:
             self.session.close()
             self.session = None
         if self.pump is not None:
+            self.pump.cancel()
             await asyncio.gather(self.pump, return_exceptions=True)
             self.pump = None
+
+
+def _idle_timeout(settings, asked, current: float) -> float:
+    """The client's idle_timeout, capped by realtime_max_idle_timeout_s."""
+    if asked is None:
+        return current
+    if isinstance(asked, bool) or not isinstance(asked, (int, float)) or asked <= 0:
+        raise InputError("must be a positive number of seconds", field="idle_timeout")
+    return min(float(settings.realtime_max_idle_timeout_s), float(asked))
 
 
 def http_base_url(ctx, ws: WebSocket) -> str:
@@ -249,27 +244,18 @@ def _int(value, field: str) -> int:
     return value
 
 
-def _option(ctx, name: str, default):
-    from flashhead.api.deps import option
-
-    return option(ctx.settings, name, default, float)
 
 
 def realtime_route(ctx, endpoint: str):
     async def handler(ws: WebSocket) -> None:
         await ws.accept()
-        conn = Connection(ws, ctx, endpoint)
         try:
-            from flashhead.api.deps import authenticate
-            await authenticate(ws, token_type="realtime", token_param="fal_jwt_token", app=endpoint)
-            if ctx.engines is None:
-                from flashhead.errors import BackendUnavailable
-                raise BackendUnavailable("the service is still starting")
+            key_id = await authenticate(ws, token_type="realtime", token_param="fal_jwt_token", app=endpoint)
         except FlashheadError as exc:
-            await conn.send(error_frame(exc))
-            await ws.close(1008 if isinstance(exc, Unauthorized) else 1011)
+            await ws.send_text(error_frame(exc))
+            await ws.close(1008 if isinstance(exc, (Unauthorized, RateLimited)) else 1011)
             return
-        await conn.serve()
+        await Connection(ws, ctx, endpoint, key_id).serve()
     return handler
 
 

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from flashhead.api.deps import AppContext, get_ctx, off_loop, require_key, require_key_or_cdn_token
-from flashhead.errors import InputError, LimitExceeded, Unauthorized
+from flashhead.errors import InputError, Unauthorized
 from flashhead.media.sniff import OCTET, served_type
 from flashhead.storage.base import FILES_PREFIX, UPLOAD, StoredFile, check_key, declared_ext, disk_errors, new_key
 

@@ -20,7 +20,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -28,7 +27,8 @@ from flashhead.errors import Cancelled, FlashheadError, InputError
 from flashhead.jobs.queue import JobQueue
 from flashhead.jobs.state import JobState
 from flashhead.jobs.store import CANCELLED_TYPE, Job
-from flashhead.storage.base import FILES_PREFIX, Storage
+from flashhead.storage.base import Storage
+from flashhead.storage.localize import localize
 
 log = logging.getLogger("flashhead.worker")
 PROGRESS_LOG_EVERY_S = 1.0
@@ -166,34 +166,8 @@ class WorkerPool:
         return _result_json(result, self.storage.url(stored.key, job.base_url), stored.file_name)
 
     def _localize(self, job: Job, job_dir: Path) -> tuple[dict, bool]:
-        """Inputs that point at this server's own /files/ are read from storage, not over HTTP
-        (the SSRF guard would rightly refuse a loopback fetch). Only these become paths."""
-        payload, local = dict(job.input), False
         hosts = self.own_hosts() | self.storage.own_hosts(job.base_url)
-        for name, value in job.input.items():
-            key = own_file_key(value, hosts) if name.endswith("_url") else None
-            if key is None:
-                continue
-            path = self.storage.local_path(key)
-            if path is None:
-                path = job_dir / f"in-{name}"
-                with open(path, "wb") as fh:
-                    size = self.storage.stat(key).size
-                    for block in self.storage.open_range(key, 0, max(0, size - 1)):
-                        fh.write(block)
-            payload[name], local = str(path), True
-        return payload, local
-
-
-def own_file_key(value, hosts: set[str]) -> str | None:
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        return None
-    parts = urlsplit(value)
-    prefix = FILES_PREFIX + "/"
-    if parts.netloc not in hosts or not parts.path.startswith(prefix):
-        return None
-    key = parts.path[len(prefix):]
-    return key if key and "/" not in key else None
+        return localize(job.input, self.storage, hosts, job_dir)
 
 
 def _error_fields(exc: FlashheadError) -> dict:

@@ -1,8 +1,9 @@
 """A live talking-head session: PCM16 audio pushed as it is spoken -> video chunks on one clock.
 
 Threads: any thread may call push_audio / end_of_speech / interrupt / close (each is O(1) and
-never renders); exactly one consumer thread calls next_chunk(), which decides what the next
-chunk is, waits for its release time and renders it.
+never renders); one consumer at a time calls next_chunk(), which decides what the next chunk
+is, waits for its release time and renders it. A scheduler that serves many sessions (the
+render engine) asks due() instead of waiting, and calls next_chunk(timeout=0) when it passed.
 
 The clock: chunk i covers frames [i*N, (i+1)*N) and exactly the samples
 [i*N*640, (i+1)*N*640) of the session's audio track (speech where there was speech, silence
@@ -155,6 +156,16 @@ class LiveSession:
                 if not (self._pending or self._eos or self._closed
                         or self._interrupts != self._seen_interrupts):
                     self._cond.wait(wait)
+
+    def due(self) -> float:
+        """Consumer side, cheap and non-blocking: the clock time at which the next chunk is due
+        (-inf: now). A scheduler calls next_chunk(timeout=0) once this has passed; queued input
+        makes it due at once, since only next_chunk absorbs it (feature extraction is work)."""
+        with self._cond:
+            unabsorbed = bool(self._pending or self._eos or self._interrupts != self._seen_interrupts)
+        if self._t0 is None or self._closed or unabsorbed:
+            return float("-inf")
+        return self._due(self._speech_ready())
 
     def _absorb(self) -> None:
         """Move what producers queued into the consumer's state."""

@@ -1,0 +1,297 @@
+"""The engine's message loop (`serve`) and where it runs.
+
+EngineProcess (`flashhead serve`): a child process `python -m flashhead.engine.process` beside
+the API, connected by a socketpair wrapped in a multiprocessing Connection (pickled tuples).
+One supervisor thread starts it (PR_SET_PDEATHSIG: it dies with the API process), waits for
+"ready", watches it and restarts it when it dies. An engine that stops sending heartbeats, or
+whose oldest step has run longer than engine_step_deadline_s, is hung: it is killed, every
+session on it gets an engine_failed error, and a new one starts.
+EngineThread (tests, embedding with given Engines): the same loop in a thread of this process.
+
+Messages are (kind, session id, payload) tuples.
+  API -> engine  stream {payload, endpoint, base_url, segments}  | live {image_url, base_url,
+                 seed, pace} | audio <pcm bytes> | eos | interrupt | stop | close (client gone)
+  engine -> API  ready {capacity, threads} | beat {active, oldest_step_s, steps: [s, ...]}
+                 prepared | started {...} | event {...} | stopped {...} | end
+                 | error {error_type, message, field, fatal}
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from flashhead.config import Settings
+from flashhead.engine.relay import EngineLink
+from flashhead.engine.scheduler import Scheduler, error_payload
+from flashhead.engine.sessions import LiveTask, StreamTask
+from flashhead.errors import EngineFailed
+
+log = logging.getLogger("flashhead.engine")
+SETTINGS_ENV = "FLASHHEAD_ENGINE_SETTINGS_JSON"
+BEAT_S = 0.5
+RESTART_DELAY_S = 1.0
+PREPARE_THREADS = 4
+READY_TIMEOUT_S = 300.0
+DEFAULT_CAPACITY = {"cpu": 8}            # neural renderers: NEURAL_CAPACITY
+NEURAL_CAPACITY = 2
+
+
+def capacity_of(settings: Settings) -> int:
+    return settings.engine_capacity or DEFAULT_CAPACITY.get(settings.renderer, NEURAL_CAPACITY)
+
+
+def threads_of(settings: Settings) -> int:
+    return settings.engine_threads or max(1, len(os.sched_getaffinity(0)))
+
+
+# ---- the engine side -------------------------------------------------------------------------
+
+class Engine:
+    """Serves one connection: opens sessions, routes client messages, runs the scheduler."""
+
+    def __init__(self, conn: Connection, engines, storage, settings: Settings):
+        self.conn, self.engines, self.storage, self.settings = conn, engines, storage, settings
+        self.work_dir = Path(settings.data_dir) / "streams"
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._send_lock = threading.Lock()
+        self._steps: list[float] = []
+        self._opening: set[str] = set()
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+        self.scheduler = Scheduler(threads_of(settings), self.send, self._steps.append)
+        self._prepare = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="engine-prepare")
+
+    def send(self, kind: str, sid: str | None, payload=None) -> None:
+        with self._send_lock:
+            self.conn.send((kind, sid, payload))
+
+    def serve(self) -> None:
+        threading.Thread(target=self.scheduler.run, name="engine-scheduler", daemon=True).start()
+        threading.Thread(target=self._beat, name="engine-beat", daemon=True).start()
+        self.send("ready", None, {"capacity": capacity_of(self.settings), "threads": self.scheduler.threads})
+        while True:
+            try:
+                kind, sid, payload = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            self.handle(kind, sid, payload)
+        self.scheduler.stop()
+
+    def handle(self, kind: str, sid: str, payload) -> None:
+        if kind in ("stream", "live"):
+            with self._lock:
+                self._opening.add(sid)
+            self._prepare.submit(self._open, kind, sid, payload)
+        elif kind in ("audio", "eos", "interrupt"):
+            self._live_input(kind, sid, payload)
+        elif kind == "stop":
+            task = self.scheduler.remove(sid)
+            self.send("stopped", sid, task.stopped() if isinstance(task, LiveTask) else None)
+        elif kind == "close":
+            with self._lock:
+                if sid in self._opening:
+                    self._cancelled.add(sid)
+            self.scheduler.remove(sid)
+
+    def _open(self, kind: str, sid: str, spec: dict) -> None:
+        try:
+            if kind == "stream":
+                task, first = StreamTask.open(spec, self.engines, self.storage, self.work_dir), ("prepared", None)
+            else:
+                task, started = LiveTask.open(spec, self.engines, self.storage, self.work_dir)
+                first = ("started", started)
+        except Exception as exc:  # noqa: BLE001 - reported to the client before any chunk
+            self._forget(sid)
+            self.send("error", sid, error_payload(exc, fatal=True))
+            return
+        if self._forget(sid):
+            task.close()
+            return
+        with self._send_lock:          # known to the scheduler before the client hears of it,
+            self.scheduler.add(sid, task)               # and no chunk overtakes `first`
+            self.conn.send((first[0], sid, first[1]))
+
+    def _forget(self, sid: str) -> bool:
+        """Done opening `sid`; True if its client left meanwhile."""
+        with self._lock:
+            self._opening.discard(sid)
+            if sid in self._cancelled:
+                self._cancelled.discard(sid)
+                return True
+            return False
+
+    def _live_input(self, kind: str, sid: str, payload) -> None:
+        task = self.scheduler.get(sid)
+        try:
+            if not isinstance(task, LiveTask):
+                from flashhead.errors import InputError
+                raise InputError("no live session: send start first", field="type")
+            {"audio": lambda: task.session.push_audio(payload), "eos": task.session.end_of_speech,
+             "interrupt": task.session.interrupt}[kind]()
+        except Exception as exc:  # noqa: BLE001 - the session goes on; the client hears why
+            self.send("error", sid, error_payload(exc, fatal=False))
+            return
+        self.scheduler.poke()
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(BEAT_S)
+            steps, self._steps[:] = list(self._steps), []
+            try:
+                self.send("beat", None, {"active": self.scheduler.active, "steps": steps,
+                                         "oldest_step_s": self.scheduler.oldest_step_s()})
+            except (OSError, ValueError):
+                return
+
+
+class EngineThread:
+    """The engine loop in a thread of this process, on engines the caller built."""
+
+    def __init__(self, engines, storage, settings: Settings, on_beat=None):
+        ours, theirs = socket.socketpair()
+        self.link = EngineLink(Connection(ours.detach()), on_beat=on_beat,
+                               max_pending=settings.engine_max_pending_chunks)
+        engine = Engine(Connection(theirs.detach()), engines, storage, settings)
+        threading.Thread(target=engine.serve, name="engine", daemon=True).start()
+        self.error: str | None = None
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        if not self.link.ready.wait(timeout_s):
+            raise RuntimeError("the render engine did not start")
+
+    def stop(self) -> None:
+        self.link.shutdown()
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+
+class EngineProcess:
+    """Supervises `python -m flashhead.engine.process`: start, watch, restart."""
+
+    def __init__(self, settings: Settings, on_beat=None):
+        self.settings, self.on_beat = settings, on_beat
+        self.link: EngineLink | None = None
+        self.error: str | None = None
+        self.restarts = 0
+        self._proc: subprocess.Popen | None = None
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="engine-supervisor", daemon=True)
+
+    def start(self) -> "EngineProcess":
+        self._thread.start()
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self._ready.wait(0.1):
+            if self.error:
+                raise RuntimeError(self.error)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the render engine is not ready after {timeout_s} s")
+
+    def stop(self) -> None:
+        self._stop.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._thread.join(timeout=5)
+
+    def _spawn(self) -> tuple[subprocess.Popen, EngineLink]:
+        ours, theirs = socket.socketpair()
+        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json()}
+        proc = subprocess.Popen([sys.executable, "-m", "flashhead.engine.process", "--parent-pid",
+                                 str(os.getpid()), "--fd", str(theirs.fileno())],
+                                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
+        theirs.close()
+        return proc, EngineLink(Connection(ours.detach()), on_beat=self.on_beat,
+                                max_pending=self.settings.engine_max_pending_chunks)
+
+    def _supervise(self) -> None:
+        """Spawned from this long-lived thread: PDEATHSIG follows the spawning thread."""
+        while not self._stop.is_set():
+            self._proc, link = self._spawn()
+            started = self._watch(self._proc, link)
+            rc = self._proc.wait()
+            self._ready.clear()
+            self.link = None
+            link.fail_all(EngineFailed("the render engine stopped while this session ran; it is restarting"))
+            if self._stop.is_set():
+                return
+            log.error("render engine died", extra={"returncode": rc, "restarts": self.restarts})
+            if not started:
+                self.error = f"the render engine exited with status {rc} while starting"
+                return
+            self.restarts += 1
+            self._stop.wait(RESTART_DELAY_S)
+
+    def _watch(self, proc: subprocess.Popen, link: EngineLink) -> bool:
+        """Until the process exits; kills it when it hangs. True if it got ready."""
+        deadline_s = self.settings.engine_step_deadline_s
+        started = False
+        while proc.poll() is None and not self._stop.is_set():
+            if not started and link.ready.wait(0.1):
+                started = True
+                self.link = link
+                self._ready.set()
+            elif started:
+                time.sleep(0.1)
+                if link.hung(deadline_s):
+                    log.error("render engine hung: killing it", extra={"deadline_s": deadline_s})
+                    proc.kill()
+            if link.closed:
+                break
+        return started
+
+
+# ---- the engine process ----------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    from flashhead.jobs.processes import _die_with_parent
+
+    p = argparse.ArgumentParser(prog="python -m flashhead.engine.process")
+    p.add_argument("--parent-pid", type=int, required=True)
+    p.add_argument("--fd", type=int, required=True)
+    a = p.parse_args(argv)
+    _die_with_parent(a.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)              # Ctrl-C: the parent stops us
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    from flashhead.api.observability import setup_logging
+    from flashhead.jobs.backends import make_storage
+    from flashhead.pipeline import Engines
+
+    setup_logging()
+    conn = Connection(a.fd)
+    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    try:
+        engines = Engines.create(settings)
+    except Exception:
+        log.exception("render engine start-up failed")
+        return 1
+    Engine(conn, engines, make_storage(settings), settings).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

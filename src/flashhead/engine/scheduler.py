@@ -1,0 +1,123 @@
+"""Deadline-first steps over every active session, on a fixed number of render threads.
+
+Each tick hands free threads to the sessions whose next step is due, most urgent first: live
+sessions by the media-clock time their next chunk is due, then streams (least recently served
+first), which fill the spare capacity. A session has at most one step in flight, so its steps
+stay in order. Steps' messages go to `send(kind, sid, payload)`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from flashhead.errors import FlashheadError
+
+log = logging.getLogger("flashhead.engine")
+IDLE_WAIT_S = 0.5
+
+
+class Scheduler:
+    def __init__(self, threads: int, send: Callable[[str, str, object], None],
+                 on_step: Callable[[float], None] = lambda s: None):
+        self.threads, self.send, self.on_step = threads, send, on_step
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="engine-step")
+        self._cond = threading.Condition()
+        self._tasks: dict[str, object] = {}
+        self._busy: dict[str, float] = {}         # session id -> when its running step began
+        self._stop = False
+
+    # -- called from the message loop ------------------------------------------------------
+    def add(self, sid: str, task) -> None:
+        with self._cond:
+            self._tasks[sid] = task
+            self._cond.notify_all()
+
+    def get(self, sid: str):
+        with self._cond:
+            return self._tasks.get(sid)
+
+    def remove(self, sid: str):
+        """Forget the session; it is closed now, or after its running step."""
+        with self._cond:
+            task = self._tasks.pop(sid, None)
+            idle = task is not None and sid not in self._busy
+        if idle:
+            self._pool.submit(task.close)
+        return task
+
+    def poke(self) -> None:
+        """A session's due time may have changed (audio arrived, an interrupt)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def oldest_step_s(self) -> float:
+        """How long the longest-running step has run (0 when none runs)."""
+        with self._cond:
+            return time.monotonic() - min(self._busy.values()) if self._busy else 0.0
+
+    @property
+    def active(self) -> int:
+        with self._cond:
+            return len(self._tasks)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> None:
+        with self._cond:
+            while not self._stop:
+                now = time.monotonic()
+                waiting = [(t.key(now), sid, t) for sid, t in self._tasks.items() if sid not in self._busy]
+                waiting.sort(key=lambda w: w[0])
+                free = self.threads - len(self._busy)
+                for _, sid, task in waiting:
+                    if free <= 0:
+                        break
+                    if task.ready(now):
+                        self._busy[sid] = time.monotonic()
+                        self._pool.submit(self._step, sid, task)
+                        free -= 1
+                self._cond.wait(self._wait_s(waiting, now))
+
+    def _wait_s(self, waiting: list, now: float) -> float:
+        dues = [key[1] for key, sid, _ in waiting if key[0] == 0 and sid not in self._busy and key[1] > now]
+        return max(0.001, min([IDLE_WAIT_S] + [d - now for d in dues]))
+
+    def _step(self, sid: str, task) -> None:
+        t0 = time.perf_counter()
+        try:
+            messages = task.step()
+        except Exception as exc:  # noqa: BLE001 - the session ends with an error message
+            messages = [("error", error_payload(exc, fatal=True))]
+            task.done = True
+        self.on_step(time.perf_counter() - t0)
+        with self._cond:
+            self._busy.pop(sid, None)
+            current = self._tasks.get(sid) is task
+            if task.done and current:
+                del self._tasks[sid]
+            self._cond.notify_all()
+        if current:
+            for kind, payload in messages:
+                self.send(kind, sid, payload)
+        if task.done or not current:
+            task.close()
+
+
+def error_payload(exc: BaseException, *, fatal: bool) -> dict:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return {"error_type": "invalid_input", "message": reason, "field": None, "fatal": fatal}
+    if isinstance(exc, FlashheadError):
+        return {"error_type": exc.error_type, "message": exc.message, "field": exc.field, "fatal": fatal}
+    log.exception("engine step failed", exc_info=exc)
+    return {"error_type": "internal_error", "message": "internal error while rendering", "field": None,
+            "fatal": fatal}

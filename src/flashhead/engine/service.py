@@ -1,0 +1,102 @@
+"""What the API process holds of the engine: the engine runner (process or thread), admission,
+and the engine's metrics. Routes call `open` and talk to the returned Session."""
+from __future__ import annotations
+
+from prometheus_client import Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from flashhead.config import Settings
+from flashhead.engine.admission import Admission, Ticket
+from flashhead.engine.process import EngineProcess, EngineThread, capacity_of
+from flashhead.engine.relay import Channel
+from flashhead.errors import BackendUnavailable
+
+STEP_BUCKETS = (.005, .01, .02, .05, .1, .2, .32, .5, 1, 2, 5)
+
+
+class Session:
+    """One admitted session: its capacity ticket and its channel to the engine."""
+
+    def __init__(self, ticket: Ticket, channel: Channel):
+        self.ticket, self.channel = ticket, channel
+
+    async def get(self) -> tuple[str, object]:
+        return await self.channel.get()
+
+    def send(self, kind: str, payload=None) -> None:
+        self.channel.send(kind, payload)
+
+    def close(self) -> None:
+        """Idempotent: frees the slot at once and tells the engine to drop the session."""
+        self.channel.close()
+        self.ticket.release()
+
+
+class EngineService:
+    def __init__(self, settings: Settings, registry=None):
+        self.settings = settings
+        self.admission = Admission(capacity_of(settings), settings.engine_key_sessions,
+                                   settings.engine_retry_after_s)
+        self.runner: EngineProcess | EngineThread | None = None
+        self.step_seconds = Histogram("flashhead_engine_step_seconds", "One session step (render + encode "
+                                      "one chunk) in the engine", registry=registry, buckets=STEP_BUCKETS)
+        if registry is not None:
+            registry.register(_EngineCollector(self))
+
+    def start_process(self) -> None:
+        self.runner = EngineProcess(self.settings, on_beat=self._beat).start()
+
+    def start_thread(self, engines, storage) -> None:
+        self.runner = EngineThread(engines, storage, self.settings, on_beat=self._beat)
+
+    def _beat(self, beat: dict) -> None:
+        for s in beat["steps"]:
+            self.step_seconds.observe(s)
+
+    def wait_ready(self) -> None:
+        self.runner.wait_ready()
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()
+
+    @property
+    def up(self) -> bool:
+        link = self.runner.link if self.runner is not None else None
+        return bool(link and not link.closed)
+
+    def health(self) -> dict:
+        return {"up": self.up, "capacity": self.admission.capacity, "sessions": self.admission.in_flight,
+                "restarts": getattr(self.runner, "restarts", 0)}
+
+    @property
+    def error(self) -> str | None:
+        return getattr(self.runner, "error", None)
+
+    def open(self, kind: str, spec: dict, key_id: str | None) -> Session:
+        """From the event loop. Raises CapacityExceeded at once when no slot is free."""
+        link = self.runner.link if self.runner is not None else None
+        if link is None or link.closed:
+            raise BackendUnavailable("the render engine is starting; try again in a few seconds")
+        ticket = self.admission.acquire(key_id)
+        try:
+            return Session(ticket, link.open(kind, spec))
+        except BaseException:
+            ticket.release()
+            raise
+
+
+class _EngineCollector:
+    def __init__(self, service: EngineService):
+        self.service = service
+
+    def collect(self):
+        s = self.service
+        for name, doc, value in (
+                ("flashhead_engine_capacity", "Real-time sessions the engine admits", s.admission.capacity),
+                ("flashhead_engine_sessions", "Real-time sessions in flight", s.admission.in_flight),
+                ("flashhead_engine_up", "1 while the render engine is running", int(s.up))):
+            yield GaugeMetricFamily(name, doc, value=value)
+        yield CounterMetricFamily("flashhead_engine_refused", "Sessions refused at capacity", value=s.admission.refused)
+        yield CounterMetricFamily("flashhead_engine_restarts", "Render engine restarts",
+                                  value=getattr(s.runner, "restarts", 0))

@@ -1,0 +1,99 @@
+"""The engine's rules on their own: admission caps and the scheduler's deadline-first order."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from flashhead.engine.admission import Admission
+from flashhead.engine.scheduler import Scheduler
+from flashhead.errors import CapacityExceeded
+
+
+def test_admission_caps_the_engine_and_each_key_and_frees_on_release():
+    a = Admission(capacity=3, per_key=2, retry_after_s=7)
+    k1 = [a.acquire("k1"), a.acquire("k1")]
+    with pytest.raises(CapacityExceeded, match="this key") as e:
+        a.acquire("k1")
+    assert e.value.retry_after_s == 7
+    other = a.acquire("k2")
+    with pytest.raises(CapacityExceeded, match="all 3"):
+        a.acquire("k3")
+    k1[0].release()
+    k1[0].release()                         # idempotent: frees one slot, not two
+    assert a.in_flight == 2
+    a.acquire("k1")
+    with pytest.raises(CapacityExceeded):
+        a.acquire(None)
+    other.release()
+    assert a.acquire(None) and a.refused == 3
+
+
+class Task:
+    """A session step that records when it ran; `due` like a live session's media clock."""
+
+    def __init__(self, name: str, log: list, due: float | None, steps: int = 1):
+        self.name, self.log, self.due, self.steps = name, log, due, steps
+        self.live, self.done, self.last_step = due is not None, False, 0.0
+
+    def key(self, now):
+        return (0, self.due) if self.live else (1, self.last_step)
+
+    def ready(self, now):
+        return not self.done and (not self.live or self.due <= now)
+
+    def step(self):
+        self.log.append(self.name)
+        self.last_step = time.monotonic()
+        self.steps -= 1
+        self.done = self.steps == 0
+        return [("event", self.name)]
+
+    def close(self):
+        pass
+
+
+def test_scheduler_serves_the_earliest_deadline_first_and_streams_last():
+    log, sent = [], []
+    s = Scheduler(1, lambda kind, sid, payload: sent.append(payload))
+    now = time.monotonic()
+    s.add("stream", Task("stream", log, None))
+    s.add("late", Task("late", log, now - 0.5))
+    s.add("later", Task("later", log, now - 0.1))
+    s.add("future", Task("future", log, now + 0.3))
+    threading.Thread(target=s.run, daemon=True).start()
+    deadline = time.monotonic() + 5
+    while len(log) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    s.stop()
+    assert log == ["late", "later", "stream", "future"] and sent == log
+    assert s.active == 0
+
+
+def test_a_client_that_does_not_read_loses_its_session_not_the_api_memory():
+    import asyncio
+    import socket
+    from multiprocessing.connection import Connection
+
+    from flashhead.engine.relay import EngineLink
+    from flashhead.errors import LimitExceeded
+
+    ours, theirs = socket.socketpair()
+    engine_end = Connection(theirs.detach())
+    link = EngineLink(Connection(ours.detach()), max_pending=5)
+
+    async def run():
+        channel = link.open("live", {})
+        assert engine_end.recv()[0] == "live"
+        for i in range(20):                        # the engine keeps producing; nobody reads
+            engine_end.send(("event", channel.sid, {"index": i}))
+        assert engine_end.poll(5) and engine_end.recv() == ("close", channel.sid, None)  # dropped there too
+        got = []
+        with pytest.raises(LimitExceeded, match="more than 5 chunks unread"):
+            while True:
+                got.append((await asyncio.wait_for(channel.get(), 5))[1]["index"])
+        assert got == list(range(5)) and channel.sid not in link.channels
+
+    asyncio.run(run())
+    link.shutdown()
