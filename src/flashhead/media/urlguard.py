@@ -90,8 +90,8 @@ def resolve(host: str, port: int, *, field: str | None = None) -> list[IPAddress
         pass
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise FetchError(f"cannot resolve host {host!r}: {exc}", field=field) from None
+    except (socket.gaierror, UnicodeError):   # the resolver's own words (errno) stay here
+        raise FetchError(f"cannot resolve host {host!r}", field=field) from None
     ips = []
     for info in infos:
         ip = ipaddress.ip_address(info[4][0].split("%")[0])
