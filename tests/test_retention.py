@@ -58,8 +58,9 @@ def _finished(store, module, monkeypatch, at: float, *, hooked: bool = True) -> 
     monkeypatch.setattr(module, "now", lambda: at)
     store.finish(job.id, JobState.COMPLETED, result={"ok": True})
     monkeypatch.undo()
-    if hooked:
+    if hooked:                          # its hooks ran: handed out, then marked
         assert job.id in [j.id for j in store.take_terminal()]
+        store.mark_hooked([job.id])
     return job.id
 
 

@@ -147,7 +147,7 @@ def test_bad_key_is_backend_unavailable(server):
 
 
 @pytest.mark.parametrize("text,error,status", [("overload", BackendUnavailable, 503),
-                                               ("too many", RateLimited, 503)])
+                                               ("too many", RateLimited, 429)])
 def test_server_errors_are_retried_then_retryable(tts, text, error, status):
     with pytest.raises(error) as e:
         tts.synthesize(text)

@@ -337,7 +337,9 @@ class RedisJobStore:
     def expired_jobs(self, before: float, limit: int = 1000) -> list[str]:
         """Terminal jobs finished before `before` whose hooks have run. There is no index of
         finished jobs, so this SCANs the job hashes: fine every few minutes, not per request."""
-        pending = set(self.r.lrange(self._k("terminal"), 0, -1))      # hooks not run yet
+        pending = set(self.r.lrange(self._k("terminal"), 0, -1))      # hooks not run yet,
+        for other in self.r.smembers(self._k("terminal", "processors")):  # or running, not marked
+            pending.update(self.r.lrange(self._processing(other), 0, -1))
         out: list[str] = []
         batch: list[str] = []
         for key in self.r.scan_iter(match=self._k("job", "*"), count=500):

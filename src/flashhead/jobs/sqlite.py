@@ -253,24 +253,6 @@ class SqliteJobStore:
         return int(self._db().execute("SELECT COUNT(*) FROM jobs WHERE state IN (?, ?) AND key_id = ?",
                                       (_Q, _P, key_id)).fetchone()[0])
 
-
-class DataDirBusy(SystemExit):
-    """Another server holds the data dir: a start-up error with a message, not a traceback."""
-
-
-def lock_data_dir(data_dir: Path) -> int:
-    """An exclusive flock on data_dir/.lock, held until the returned fd is closed (the kernel
-    drops it when the process dies, also on SIGKILL). Raises DataDirBusy if another holds it."""
-    fd = os.open(Path(data_dir) / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise DataDirBusy(f"{data_dir} is in use by another flashhead server (it holds {data_dir}/.lock): "
-                          f"two servers on one SQLite data dir would run each other's jobs twice. Stop the "
-                          f"other server, give this one its own --data-dir, or share jobs through redis "
-                          f"(FLASHHEAD_JOB_STORE=redis://...).") from None
-    return fd
     # --- bounds and retention ---
     def expired_jobs(self, before: float, limit: int = 1000) -> list[str]:
         """Terminal jobs finished before `before` whose hooks have run (oldest first)."""
@@ -292,6 +274,23 @@ def lock_data_dir(data_dir: Path) -> int:
         return n
 
 
+class DataDirBusy(SystemExit):
+    """Another server holds the data dir: a start-up error with a message, not a traceback."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """An exclusive flock on data_dir/.lock, held until the returned fd is closed (the kernel
+    drops it when the process dies, also on SIGKILL). Raises DataDirBusy if another holds it."""
+    fd = os.open(Path(data_dir) / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise DataDirBusy(f"{data_dir} is in use by another flashhead server (it holds {data_dir}/.lock): "
+                          f"two servers on one SQLite data dir would run each other's jobs twice. Stop the "
+                          f"other server, give this one its own --data-dir, or share jobs through redis "
+                          f"(FLASHHEAD_JOB_STORE=redis://...).") from None
+    return fd
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT: one writer at a time, readers never blocked (WAL)."""
 
