@@ -1,11 +1,12 @@
-# flashhead: `make demo` installs everything and renders a talking video; `make test` runs the suite.
+# flashhead: `make demo` installs everything and renders a talking video; `make test` runs the suite
+# (CI runs it); `make test-fast` leaves out the tests marked slow, for development.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_TEXT ?= Hello! I am a talking portrait, rendered on your own machine, faster than real time.
 
-.PHONY: demo test install sysdeps jsdeps bench gallery serve clean
+.PHONY: demo test test-fast install sysdeps jsdeps bench gallery serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,10 @@ demo: install
 
 test: install sysdeps jsdeps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# Everything but the tests marked slow (10-minute sessions, deploy, browser, crash, engine faults, soak).
+test-fast: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 bench: install
 	$(BIN)/python bench/render_speed.py 30 300

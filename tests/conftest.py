@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,20 @@ def redis_url(tmp_path_factory):
 
     with RedisServer(tmp_path_factory.mktemp("redis")) as r:
         yield r.url
+
+
+JS_CLIENT = ROOT / "tests" / "js" / "node_modules" / "@fal-ai" / "client"
+
+
+@pytest.fixture
+def js_client() -> Path:
+    """tests/js, where node runs the official @fal-ai/client. When node or the client is missing
+    the test FAILS in CI (CI=true: `make test` installs both) and is skipped, saying why, elsewhere."""
+    missing = [name for name, there in (("node", shutil.which("node")),
+                                        ("tests/js/node_modules/@fal-ai/client", JS_CLIENT.is_dir())) if not there]
+    if missing:
+        reason = f"{' and '.join(missing)} missing: run `make jsdeps` (npm ci --prefix tests/js)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI: {reason}")
+        pytest.skip(reason)
+    return JS_CLIENT.parents[2]

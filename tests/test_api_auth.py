@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from api_helpers import PORTRAIT, TEXT_ENDPOINT, Server, make_tls
+from api_helpers import AUDIO_ENDPOINT, PORTRAIT, TEXT_ENDPOINT, Server, make_tls
 from flashhead.api.auth import Auth, SqliteKeyStore
 from flashhead.api.server import auth_mode
 from flashhead.errors import Unauthorized
@@ -66,17 +66,93 @@ ENDPOINTS = [("POST", f"/{TEXT_ENDPOINT}", INPUT), ("POST", f"/queue/{TEXT_ENDPO
              ("POST", "/cdn/files/upload", None)]
 
 
-@pytest.mark.parametrize("method,path,body", ENDPOINTS)
-def test_every_endpoint_needs_a_valid_key(setup, method, path, body):
+# Routes anyone may call: the service's own docs and playground page, health/metrics, the token
+# verification keys, and stored files (capability URLs: the unguessable key is the credential).
+PUBLIC = {("GET", "/"), ("GET", "/playground/config.json"), ("GET", "/playground/{name}"),
+          ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
+          ("GET", "/health"), ("GET", "/metrics"), ("GET", "/.well-known/jwks.json"),
+          ("GET", "/files/{key}"), ("HEAD", "/files/{key}")}
+# Signed-URL routes: the token in the URL, not an API key, is the credential (checked in every mode).
+SIGNED_URL = {"/cdn/uploads/{key}", "/cdn/uploads/{key}/multipart/{upload_id}/{number}",
+              "/cdn/uploads/{key}/multipart/{upload_id}/complete"}
+
+
+def _app_routes() -> list[tuple[str, str]]:
+    """(method, path template) of every route the real app serves, WebSockets as ("WS", path),
+    walked from create_app itself so that a new route is covered the day it is added."""
+    import tempfile
+
+    from flashhead.api.app import create_app
+    from flashhead.config import Settings
+
+    def walk(routes):
+        for r in routes:
+            if hasattr(r, "original_router"):               # an included router (FastAPI >= 0.165)
+                assert r.include_context.prefix == "", r.include_context.prefix
+                yield from walk(r.original_router.routes)
+            elif hasattr(r, "methods"):
+                yield from ((m, r.path) for m in sorted(r.methods))
+            else:
+                yield "WS", r.path
+
+    with tempfile.TemporaryDirectory() as d:
+        return sorted(set(walk(create_app(Settings(data_dir=d), worker_mode="thread").routes)))
+
+
+ROUTES = _app_routes()
+PROTECTED = [(m, p) for m, p in ROUTES if (m, p) not in PUBLIC and not (m == "HEAD" and ("GET", p) in PUBLIC)]
+
+
+def _concrete(path: str) -> str:
+    from flashhead.storage.base import new_key      # a well-formed key: refused for auth, not shape
+    return path.replace("{number}", "1").replace("{key}", new_key(".png")).replace("{upload_id}", "u") \
+               .replace("{request_id}", "x").replace("{name}", "x")
+
+
+def test_the_route_list_is_the_apps_own():
+    """The walk finds the routes every client uses (a guard against an empty or partial walk)."""
+    paths = {p for _, p in PROTECTED}
+    for p in (f"/{TEXT_ENDPOINT}/stream", f"/{TEXT_ENDPOINT}/realtime", f"/{AUDIO_ENDPOINT}/realtime",
+              "/cdn/files/upload/multipart", f"/queue/{TEXT_ENDPOINT}/requests/{{request_id}}/status/stream"):
+        assert p in paths, p
+    assert len(PROTECTED) >= 20, PROTECTED
+
+
+@pytest.mark.parametrize("method,path", [r for r in PROTECTED if r[0] != "WS"], ids=lambda v: v)
+def test_every_http_route_refuses_a_caller_without_a_valid_key(setup, method, path):
     server, key = setup
     key_id = key.split(":")[0]
+    url = _concrete(path)
     with server.client() as c:
         for header in (None, "Key nope:nope", f"Key {key_id}:wrong", f"Bearer {key}", key):
-            r = c.request(method, path, json=body, headers={"Authorization": header} if header else {})
-            assert r.status_code == 401, (header, r.text)
-            assert r.json()["error_type"] == "unauthorized"
-        r = c.request(method, path, json=body, headers={"Authorization": f"Key {key}"})
-        assert r.status_code != 401, r.text
+            r = c.request(method, url, json={}, headers={"Authorization": header} if header else {})
+            assert r.status_code == 401, (header, r.status_code, r.text)
+            if method != "HEAD":
+                assert r.json()["error_type"] == "unauthorized", r.text
+        if path in SIGNED_URL:
+            return                      # a key is not this route's credential (the signed URL is)
+        r = c.request(method, url, json={}, headers={"Authorization": f"Key {key}"})
+        assert r.status_code not in (401, 403), (r.status_code, r.text)     # past auth: 404/422/...
+        if method != "HEAD" and r.headers.get("content-type", "").startswith("application/json"):
+            assert r.json().get("error_type") not in ("unauthorized", "forbidden"), r.text
+
+
+@pytest.mark.parametrize("path", [p for m, p in PROTECTED if m == "WS"])
+def test_every_websocket_refuses_a_caller_without_a_valid_token(setup, path):
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    server, key = setup
+    ctx = ssl.create_default_context(cafile=str(server.tls.ca_pem))
+    for query in ("", "?fal_jwt_token=forged", f"?fal_jwt_token={key}"):
+        try:
+            with connect(f"wss://127.0.0.1:{server.port}{path}{query}", ssl=ctx) as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:        # an error frame may come first; the connection must close
+                        ws.recv(timeout=10)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008, closed.value
+        except InvalidStatus as exc:   # or the handshake itself is refused
+            assert exc.response.status_code in (401, 403), exc
 
 
 def test_jobs_are_visible_to_their_own_key_only(setup, tmp_path):
@@ -103,9 +179,19 @@ def test_realtime_tokens_are_short_lived_and_scoped(setup):
         auth.verify_realtime_token(token, "fal-ai/other-app")
     with pytest.raises(Unauthorized):
         Auth(server.data_dir / "elsewhere").verify_realtime_token(token, "flashhead")  # other secret
-    time.sleep(3.1)
-    with pytest.raises(Unauthorized, match="expired"):
-        auth.verify_realtime_token(token, "flashhead")
+    claims = auth.verify_realtime_token(token, "flashhead")
+    assert claims["exp"] - claims["iat"] == 2                       # the client's token_expiration
+    deadline = time.monotonic() + 10                                # poll: no fixed sleep to tune
+    while time.monotonic() < deadline:
+        try:
+            auth.verify_realtime_token(token, "flashhead")
+        except Unauthorized as exc:
+            assert "expired" in str(exc)
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the token outlived its 2 s token_expiration")
+    assert time.time() >= claims["exp"]                             # and not before its time
 
 
 def test_python_upload_flow_with_keys(setup):

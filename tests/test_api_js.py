@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
@@ -13,9 +12,7 @@ from api_helpers import PORTRAIT, ROOT, Server, client_env, probe_video, tls_ser
 from flashhead import constants as C
 
 JS = ROOT / "tests" / "js"
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (JS / "node_modules" / "@fal-ai" / "client").exists(),
-    reason="node or tests/js/node_modules missing: run `npm ci --prefix tests/js`")
+pytestmark = pytest.mark.usefixtures("js_client")   # conftest: fails in CI when missing
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,13 @@ import os
 import signal
 import time
 
+import pytest
+
 from api_helpers import (PORTRAIT, TEXT_ENDPOINT, Server, WebhookReceiver, data_uri, free_port, is_running,
                          make_tls, wait_terminal, worker_processes)
 from test_api_fal_client import _long_wav
+
+pytestmark = pytest.mark.slow      # crash tests (SIGKILLed servers and workers); not in `make test-fast`
 
 Q = f"/queue/{TEXT_ENDPOINT}"
 

@@ -21,6 +21,8 @@ from api_helpers import (AUDIO_ENDPOINT, PORTRAIT, TEXT_ENDPOINT, Server, Webhoo
 from deploy_helpers import RoundRobinProxy, S3Server
 from test_api_fal_client import _long_wav
 
+pytestmark = pytest.mark.slow      # the deploy tests: several real servers, redis, an S3 stand-in (about 2.5 min)
+
 TEXT = "Hello there."          # about one second of speech
 
 

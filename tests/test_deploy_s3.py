@@ -138,6 +138,7 @@ def server(s3, tmp_path_factory):
     srv.stop()
 
 
+@pytest.mark.slow     # a real server on S3: the deploy test of this file
 def test_server_stores_uploads_and_videos_in_s3(s3, server):
     fal = fal_sync_client(server)
     url = fal.upload_file(PORTRAIT)

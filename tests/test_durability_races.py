@@ -133,6 +133,7 @@ def test_a_second_server_on_one_data_dir_is_refused_with_a_message(tmp_path):
     again.stop()
 
 
+@pytest.mark.slow     # a crash test: a worker process is SIGKILLed mid-claim (about 30 s)
 def test_a_job_claimed_by_a_worker_process_that_died_before_reporting_it_is_requeued(tmp_path):
     """Before: a worker process that died between store.claim() and its "claim <id>" line left
     the job IN_PROGRESS under its (live) server for good. The claim is made here exactly as

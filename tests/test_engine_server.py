@@ -15,6 +15,8 @@ from api_helpers import Server, fal_sync_client, is_running, make_tls, wait_term
 from flashhead import constants as C
 from stream_server import PORTRAIT, SPEECH, data_uri, speech_pcm
 
+pytestmark = pytest.mark.slow      # engine fault tests: a killed, a hung and an overloaded render engine
+
 CAPACITY = 2
 STEP_DEADLINE_S = 5.0
 MAX_IDLE_S = 10.0

@@ -104,9 +104,10 @@ def test_recover_requeues_once_then_fails_with_worker_crashed(make_store):
     assert [j.id for j in requeued] == [job.id] and failed == []
     assert s.get(job.id).state is JobState.IN_QUEUE and s.get(job.id).deadline is None
     assert s.queue_position(job.id) == 0 and s.queue_position(waiting.id) == 1
-    time.sleep(0.6)                       # its old start deadline is gone: it still runs
+    later = time.time() + 60              # well past its old start deadline (given, not slept)
+    assert s.expire_overdue(later) == []  # that deadline is gone: it does not time out ...
     for _ in range(MAX_ATTEMPTS - 1):
-        assert s.claim().id == job.id
+        assert s.claim(now_s=later).id == job.id     # ... and it still runs
         s = make_store()
         requeued, failed = s.recover()
     assert [j.id for j in failed] == [job.id]
@@ -212,23 +213,30 @@ def test_claims_record_the_owner_whose_own_sweep_leaves_them_alone(make_store):
     assert [j.id for j in requeued] == [job.id] and requeued[0].owner is None
 
 
-def _redis(url, prefix, lease_s=0.5):
+def _redis(url, prefix, lease_s=30.0):
+    """A long lease: it never runs out by itself during a test; the tests make it run out."""
     from flashhead.jobs.redis import RedisJobStore
     return RedisJobStore(url, prefix=prefix, lease_s=lease_s)
+
+
+def _lease_key(store) -> str:
+    return store._k("alive", store.instance)
 
 
 def test_redis_leases_protect_a_live_servers_jobs_until_they_expire(redis_url):
     prefix = f"lease{time.monotonic_ns()}:"
     a, b = _redis(redis_url, prefix), _redis(redis_url, prefix)
     a.heartbeat()
+    assert 25_000 < a.r.pttl(_lease_key(a)) <= 30_000                # a lease of lease_s, in redis
     job, waiting = a.submit(_new()), a.submit(_new(n=1))
     assert a.claim().id == job.id
     assert b.recover() == ([], [])                   # b starts while a renders: a's job stays a's
-    for _ in range(4):                               # a renews its lease past its first expiry
-        time.sleep(0.2)
-        a.heartbeat()
-        assert b.recover() == ([], []) and b.get(job.id).owner == a.instance
-    requeued = _eventually(lambda: b.recover()[0])   # a falls silent: b takes its job back
+    a.r.pexpire(_lease_key(a), 300)                  # a's lease almost ran out ...
+    a.heartbeat()                                    # ... a renews it: the whole lease again
+    assert a.r.pttl(_lease_key(a)) > 25_000
+    assert b.recover() == ([], []) and b.get(job.id).owner == a.instance
+    a.r.pexpire(_lease_key(a), 1)                    # a falls silent: redis lets its lease expire
+    requeued = _eventually(lambda: b.recover()[0])   # and b takes its job back
     assert [j.id for j in requeued] == [job.id]
     assert b.get(job.id).state is JobState.IN_QUEUE and b.queue_position(job.id) == 0
     assert b.queue_position(waiting.id) == 1 and b.get(job.id).attempts == 1
@@ -247,15 +255,20 @@ def test_the_maintenance_thread_renews_the_lease_and_sweeps_orphans(redis_url):
     from flashhead.jobs.queue import REQUEUED_MESSAGE, JobQueue
 
     prefix = f"sweep{time.monotonic_ns()}:"
-    a, b = JobQueue(_redis(redis_url, prefix)), JobQueue(_redis(redis_url, prefix))
+    lease = 2.0                                      # renewed and swept every lease / 5 (0.4 s)
+    a, b = JobQueue(_redis(redis_url, prefix, lease)), JobQueue(_redis(redis_url, prefix, lease))
     a.recover()
-    a.start()                                        # renews a's lease every 0.1 s
-    b.start()                                        # sweeps for orphans every 0.1 s
+    a.start()
+    b.start()
     try:
         job = a.submit(_new())
         assert a.store.claim().id == job.id
-        time.sleep(1.5)                              # three times a's lease: still a's
-        assert b.store.get(job.id).state is JobState.IN_PROGRESS
+        key, seen, t0 = _lease_key(a.store), set(), time.monotonic()
+        # Watch a's thread renew its lease (each renewal writes a new timestamp) for longer than
+        # the lease itself, while b sweeps: the job stays a's.
+        _eventually(lambda: seen.add(a.store.r.get(key)) or (len(seen) >= 5 and time.monotonic() - t0 > lease))
+        assert None not in seen                      # the lease never lapsed
+        assert b.store.get(job.id).state is JobState.IN_PROGRESS and b.store.get(job.id).owner == a.store.instance
         a.stop()                                     # a's server stops: releases its lease
         _eventually(lambda: b.store.get(job.id).state is JobState.IN_QUEUE)
         assert [e.message for e in b.store.logs(job.id)] == [REQUEUED_MESSAGE]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from flashhead.errors import BackendUnavailable
 from flashhead.render.neural.dit import FlashHeadDiT, tiny_config
-from flashhead.render.neural.layers import DiTBlock, apply_rope, rope_split, rope_table
+from flashhead.render.neural.layers import DiTBlock, apply_rope, rope_split, rope_table, sinusoidal_embedding
 from flashhead.render.neural.weights import load_dit, manifest
 
 
@@ -87,18 +87,79 @@ def test_forward_shapes_and_determinism(variant):
     assert model.audio_context(ctx).shape == (2, x.shape[2], 4, 32)
 
 
-def test_expected_slice_regression():
+def test_change_detector_recorded_slice():
+    """A CHANGE DETECTOR, not a correctness check: the slice was recorded once from this very
+    implementation, so it flags any change of the tiny forward pass, right or wrong. When a
+    deliberate change moves it, re-record it; correctness is checked by the independent tests
+    (hand-computed RoPE entry and timestep embedding, mask layout, dense-attention reference)."""
     model = tiny_model("pro")
     x, y, ctx = tiny_inputs("pro")
     with torch.no_grad():
         out = model(x, 937.5, ctx, y)
     got = out[0, :2, 3, 2, :4].flatten()
-    expected = torch.tensor(EXPECTED_SLICE)
-    assert torch.allclose(got, expected, atol=1e-4), got.tolist()
+    assert torch.allclose(got, torch.tensor(RECORDED_SLICE), atol=1e-4), got.tolist()
 
 
-# Recorded once from this implementation (seed 0 weights, seed 1 inputs, timestep 937.5).
-EXPECTED_SLICE = [0.205953, 0.194539, -0.094381, -0.16122, -1.074613, 0.405808, -0.214096, 0.083233]
+# Recorded from this implementation (seed 0 weights, seed 1 inputs, timestep 937.5): see above.
+RECORDED_SLICE = [0.205953, 0.194539, -0.094381, -0.16122, -1.074613, 0.405808, -0.214096, 0.083233]
+
+
+def test_rope_table_entry_by_hand():
+    """Wan 3D RoPE at full size (head_dim 128 -> 22/21/21 complex frequencies, theta 10000, each
+    axis over its own dimension: 44, 42, 42), token (f=0, h=2, w=1) of a (2, 3, 4) grid,
+    worked out with math.pow rather than the implementation's tensors."""
+    table = rope_table((2, 3, 4), head_dim=128)
+    token = table[0 * 12 + 2 * 4 + 1, 0]                       # row-major (f, h, w)
+    angles = token.angle()
+    assert torch.allclose(token[:22], torch.ones(22, dtype=torch.complex128))      # f = 0
+    hand = {22 + 0: 2.0,                                       # height, frequency 0: 2 * 1
+            22 + 1: 2 * math.pow(10000, -2 / 42),              # = 1.28989...
+            22 + 20: 2 * math.pow(10000, -40 / 42),
+            43 + 0: 1.0,                                       # width, frequency 0
+            43 + 7: 1 * math.pow(10000, -14 / 42)}
+    for col, angle in hand.items():
+        assert abs(angles[col].item() - angle) < 1e-12, (col, angles[col].item(), angle)
+    assert abs(hand[23] - 1.28989) < 1e-5                      # the by-hand figure itself
+    # and the time axis over 44: token (f=1, h=0, w=0), frequency 3
+    assert abs(table[12, 0, 3].angle().item() - math.pow(10000, -6 / 44)) < 1e-12
+
+
+def test_timestep_embedding_by_hand():
+    """Wan's sinusoidal embedding [cos | sin] of t with frequencies 10000^(-j/half)."""
+    emb = sinusoidal_embedding(torch.tensor([500.0]), 256)[0]
+    assert emb.shape == (256,) and emb.dtype == torch.float64
+    hand = {0: math.cos(500.0), 1: math.cos(500.0 * math.pow(10000, -1 / 128)),
+            128: math.sin(500.0), 128 + 64: math.sin(5.0),       # 500 * 10000^(-1/2) = 5
+            255: math.sin(500.0 * math.pow(10000, -127 / 128))}
+    for i, value in hand.items():
+        assert abs(emb[i].item() - value) < 1e-9, (i, emb[i].item(), value)
+    assert abs(hand[128 + 64] - (-0.958924)) < 1e-6              # sin(5), by hand
+
+
+def test_cross_attention_mask_layout():
+    """Which audio tokens each video token of a DiT block sees, read off the block itself by
+    perturbing one audio token at a time: latent frame f sees exactly frame f's audio tokens."""
+    torch.manual_seed(0)
+    block = DiTBlock(dim=16, ffn_dim=32, num_heads=2).eval()
+    frames, per_frame, n_audio = 2, 2, 3
+    x = torch.randn(1, frames * per_frame, 16)
+    audio = torch.randn(1, frames, n_audio, 16)
+    t_mod = torch.zeros(1, 6, 16)
+    t_mod[:, 2] = -block.modulation[0, 2].detach()            # gate1 = 0: no self-attention
+    t_mod[:, 5] = -block.modulation[0, 5].detach()            # gate2 = 0: no feed-forward
+    rope = rope_table((frames, per_frame, 1), head_dim=8)
+    with torch.no_grad():
+        base = block(x, audio, t_mod, rope)
+        seen = torch.zeros(frames * per_frame, frames * n_audio, dtype=torch.int64)
+        for j in range(frames * n_audio):
+            bumped = audio.clone().reshape(1, -1, 16)
+            bumped[0, j] += 3.0
+            out = block(x, bumped.reshape(audio.shape), t_mod, rope)
+            seen[:, j] = ((out - base).abs().amax(-1)[0] > 1e-6).long()
+    assert seen.tolist() == [[1, 1, 1, 0, 0, 0],
+                             [1, 1, 1, 0, 0, 0],
+                             [0, 0, 0, 1, 1, 1],
+                             [0, 0, 0, 1, 1, 1]]
 
 
 def test_batch_elements_are_independent():

@@ -125,10 +125,19 @@ def test_deterministic_under_seed(engines, portrait_path):
     assert runs[0].shape == runs[1].shape and np.array_equal(runs[0], runs[1])
 
 
-def test_seed_is_picked_and_reported_when_missing(engines, portrait_path):
-    req = request_from_input({"image_url": str(portrait_path), "text": "Pick one."}, C.TEXT_ENDPOINT)
-    prep = prepare(req, engines, allow_paths=True)
-    assert isinstance(prep.seed, int) and prep.seed >= 0
+def test_seed_is_picked_and_reported_when_missing(engines, portrait_path, tmp_path):
+    """The seed a result reports, sent back, gives the same video; another seed does not."""
+    def frames(out: str, **seed) -> tuple[int | None, np.ndarray]:
+        req = request_from_input({"image_url": str(portrait_path), "text": "Pick one.", **seed}, C.TEXT_ENDPOINT)
+        result = generate(req, engines, tmp_path / out, allow_paths=True)
+        return result.seed, decode(result.path)[0]
+
+    picked, first = frames("picked.mp4")
+    assert isinstance(picked, int) and 0 <= picked < 2**31
+    again, same = frames("again.mp4", seed=picked)
+    assert again == picked and same.shape == first.shape and np.array_equal(same, first)
+    _, other = frames("other.mp4", seed=picked + 1)
+    assert other.shape != first.shape or not np.array_equal(other, first)   # the seed matters
 
 
 def _req(engines, portrait_path, **payload):

@@ -10,6 +10,8 @@ import pytest
 
 from stream_server import running_server
 
+pytestmark = pytest.mark.slow      # browser tests: Debian chromium against a real server
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"]

@@ -42,24 +42,45 @@ def drain(s: LiveSession, stop=lambda c: False, limit=10_000):
     raise AssertionError("never reached the stop condition")
 
 
-def test_starved_session_renders_idle_chunks_without_spinning():
-    s = session()
-    chunks = [s.next_chunk(timeout=2.0) for _ in range(3)]
+class ManualClock:
+    """The session's clock, moved only by the test: what is due is decided, never raced."""
+
+    def __init__(self, t: float = 100.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_starved_session_renders_idle_chunks_at_the_real_time_rate():
+    clock = ManualClock()
+    s = session(clock=clock)
+    chunks = []
+    for _ in range(3):
+        clock.t = max(clock.t, s.due())            # nothing before it is due (timeout=0: no wait)
+        chunks.append(s.next_chunk(timeout=0))
     assert [c.start_frame for c in chunks] == [0, N, 2 * N]
     for c in chunks:
         assert not c.speaking and not c.features.open.any() and not c.audio.any()
         assert len(c.frames) == N and len(c.audio) == N * FRAME
-    # Unpaced idle follows the real-time rate: nothing is due a few ms after the last chunk.
-    assert s.next_chunk(timeout=0.01) is None
+    # Unpaced idle follows the real-time rate: the next idle chunk is due one chunk's duration
+    # after the last one left, and not a moment before.
+    assert [c.released_at for c in chunks] == pytest.approx([100.0 + k * N * C.FRAME_SECONDS for k in range(3)])
+    assert s.due() == pytest.approx(chunks[-1].released_at + N * C.FRAME_SECONDS)
+    clock.t = s.due() - 0.001
+    assert s.next_chunk(timeout=0) is None
+    clock.t = s.due()
+    assert s.next_chunk(timeout=0).start_frame == 3 * N
 
 
 def test_speech_chunk_appears_once_enough_audio_arrived():
-    s = session()
-    assert not s.next_chunk(timeout=2.0).speaking
+    clock = ManualClock()
+    s = session(clock=clock)                       # the clock stands still: idle is never due
+    assert not s.next_chunk(timeout=0).speaking
     s.push_audio(pcm16(tone(0.2)))                 # 5 frames: less than one chunk
-    assert s.next_chunk(timeout=0.05) is None      # not enough speech, idle not yet due
+    assert s.next_chunk(timeout=0) is None         # not enough speech, idle not yet due
     s.push_audio(pcm16(tone(0.3)))                 # now 12 frames, lookahead 2 -> 10 ready
-    c = s.next_chunk(timeout=0.05)
+    c = s.next_chunk(timeout=0)
     assert c is not None and c.speaking and (c.features.open > 0.5).all()
 
 

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import psutil
+import pytest
 
 from flashhead import constants as C
 from flashhead.live import LiveSession
@@ -35,6 +36,7 @@ def fragment_times(segment: bytes, timescales: dict[int, int]) -> dict[int, floa
     return out
 
 
+@pytest.mark.slow
 def test_ten_real_minutes_keep_memory_flat_and_av_locked(engines, portrait_path):
     crop, _ = load_portrait(str(portrait_path), engines, allow_paths=True)
     s = LiveSession(engines, engines.portraits.get(crop), 1, pace=False)

@@ -115,7 +115,7 @@ def test_bad_token_is_refused(server):
     assert err["type"] == "x-fal-error" and err["error"] == "UNAUTHORIZED"
 
 
-def test_js_realtime_connect_with_global_websocket_override(server):
+def test_js_realtime_connect_with_global_websocket_override(server, js_client):
     base, key, _ = server
     out = subprocess.run(["node", "--experimental-websocket", str(JS_DIR / "realtime_connect.mjs")],
                          cwd=JS_DIR, capture_output=True, text=True, timeout=240,

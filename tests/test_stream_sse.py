@@ -97,7 +97,7 @@ def test_error_mid_stream_is_an_event_then_close(server, client, monkeypatch):
     assert list(streams.glob("*.mp4")) == []           # the partial MP4 went with the failure
 
 
-def test_js_client_stream_done_resolves_to_the_final_output(server, tmp_path):
+def test_js_client_stream_done_resolves_to_the_final_output(server, tmp_path, js_client):
     base, key, _ = server
     out = subprocess.run(["node", str(JS_DIR / "stream_done.mjs")], cwd=JS_DIR, capture_output=True, text=True,
                          timeout=240, env={"PATH": "/usr/bin:/usr/local/bin", "FLASHHEAD_URL": base,
