@@ -51,7 +51,11 @@ def capacity_of(settings: Settings) -> int:
 
 
 def threads_of(settings: Settings) -> int:
-    return settings.engine_threads or max(1, len(os.sched_getaffinity(0)))
+    """Neural renderers: a thread per admitted session, so that all of them can join one batch."""
+    cores = max(1, len(os.sched_getaffinity(0)))
+    if settings.engine_threads:
+        return settings.engine_threads
+    return cores if settings.renderer == "cpu" else max(cores, capacity_of(settings))
 
 
 # ---- the engine side -------------------------------------------------------------------------
@@ -68,7 +72,8 @@ class Engine:
         self._opening: set[str] = set()
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
-        self.scheduler = Scheduler(threads_of(settings), self.send, self._steps.append)
+        self.scheduler = Scheduler(threads_of(settings), self.send, self._steps.append,
+                                   batcher=engines.renderer.batcher)
         self._prepare = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="engine-prepare")
 
     def send(self, kind: str, sid: str | None, payload=None) -> None:

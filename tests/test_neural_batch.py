@@ -1,0 +1,93 @@
+"""Batched neural steps (tiny CPU weights): sessions due together step as one batch, and each
+session's frames equal what it gives alone."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from flashhead import constants as C
+from flashhead.engine.scheduler import Scheduler
+from flashhead.render.base import SpeechSpan
+from flashhead.render.neural.renderer import NeuralRenderer
+from flashhead.visemes.base import FrameFeatures
+
+PORTRAIT = np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8)
+CHUNK = 24                  # Lite: new frames per chunk
+SESSIONS = 4
+
+
+def speech(n_frames: int, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(n_frames * C.SAMPLES_PER_FRAME) * 0.1).astype(np.float32)
+
+
+def span(i: int, chunk: int) -> SpeechSpan:
+    return SpeechSpan(chunk * CHUNK, FrameFeatures.zeros(CHUNK), speech(CHUNK, 100 * i + chunk))
+
+
+class ChunkTask:
+    """A scheduler task: one renderer chunk per step (what a live session's step does)."""
+
+    live = False
+
+    def __init__(self, renderer: NeuralRenderer, i: int, chunks: int):
+        self.renderer, self.i, self.chunks = renderer, i, chunks
+        self.session = renderer.new_session(renderer.prepare(PORTRAIT, 0), seed=10 + i)
+        self.frames: list[np.ndarray] = []
+        self.done = False
+
+    def key(self, now):
+        return (0, 0.0)
+
+    def ready(self, now):
+        return not self.done
+
+    def step(self):
+        self.frames.append(self.renderer.render(self.session, span(self.i, len(self.frames))))
+        self.done = len(self.frames) == self.chunks
+        return []
+
+    def close(self):
+        pass
+
+
+def alone(r: NeuralRenderer, i: int, chunks: int) -> np.ndarray:
+    session = r.new_session(r.prepare(PORTRAIT, 0), seed=10 + i)
+    out = np.concatenate([r.render(session, span(i, c)) for c in range(chunks)])
+    assert list(r.batcher.sizes)[-chunks:] == [1] * chunks     # a lone caller is neither batched nor held
+    return out
+
+
+def test_sessions_due_together_step_in_one_batch_and_match_alone():
+    r = NeuralRenderer.tiny("lite", size=32, batch_max=16, batch_window_s=5.0)
+    calls = []
+    real_step = r.engine.step
+
+    def spy(states, audio):
+        calls.append(len(states))
+        return real_step(states, audio)
+
+    r.engine.step = spy
+    chunks = 2                      # chunk 0 (one motion latent), then one with two
+    tasks = [ChunkTask(r, i, chunks) for i in range(SESSIONS)]
+    sched = Scheduler(SESSIONS, lambda *a: None, batcher=r.batcher)
+    for i, t in enumerate(tasks):
+        sched.add(str(i), t)
+    threading.Thread(target=sched.run, daemon=True).start()
+    deadline = time.monotonic() + 60
+    while sched.active and time.monotonic() < deadline:
+        time.sleep(0.02)
+    sched.stop()
+    assert sched.active == 0
+    # every step of every session ran in a batch of 4 (chunk 0 and the later ones apart)
+    assert calls == [SESSIONS] * chunks and list(r.batcher.sizes) == calls
+    outs = [np.concatenate(t.frames) for t in tasks]
+    single = NeuralRenderer.tiny("lite", size=32)
+    for i, out in enumerate(outs):
+        ref = alone(single, i, chunks)
+        assert out.shape == ref.shape == (chunks * CHUNK, C.SIZE, C.SIZE, 3)
+        diff = np.abs(out.astype(int) - ref.astype(int))      # float rounding: a few pixels, 1-2 levels
+        assert diff.max() <= 2 and (diff > 0).mean() < 1e-3, f"session {i}: {diff.max()} {(diff > 0).mean()}"
+    lat = r.latency_frames
+    assert not np.array_equal(outs[0][lat:], outs[1][lat:])          # sessions differ from each other
