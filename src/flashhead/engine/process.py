@@ -73,7 +73,7 @@ class Engine:
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self.scheduler = Scheduler(threads_of(settings), self.send, self._steps.append,
-                                   batcher=engines.renderer.batcher)
+                                   batcher=getattr(getattr(engines, "renderer", None), "batcher", None))
         self._prepare = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="engine-prepare")
 
     def send(self, kind: str, sid: str | None, payload=None) -> None:

@@ -38,6 +38,7 @@ class EngineService:
         self.admission = Admission(capacity_of(settings), settings.engine_key_sessions,
                                    settings.engine_retry_after_s)
         self.runner: EngineProcess | EngineThread | None = None
+        self.absent: str | None = None       # why this node runs no engine (an API-only node)
         self.step_seconds = Histogram("flashhead_engine_step_seconds", "One session step (render + encode "
                                       "one chunk) in the engine", registry=registry, buckets=STEP_BUCKETS)
         if registry is not None:
@@ -75,6 +76,8 @@ class EngineService:
 
     def open(self, kind: str, spec: dict, key_id: str | None) -> Session:
         """From the event loop. Raises CapacityExceeded at once when no slot is free."""
+        if self.absent:
+            raise BackendUnavailable(self.absent)
         link = self.runner.link if self.runner is not None else None
         if link is None or link.closed:
             raise BackendUnavailable("the render engine is starting; try again in a few seconds")
