@@ -15,9 +15,8 @@ import pytest
 
 from api_helpers import (AUDIO_ENDPOINT, PORTRAIT, ROOT, TEXT_ENDPOINT, Server, WebhookReceiver, data_uri,
                          fal_sync_client, is_running, make_tls, probe_video, worker_processes)
-from deploy_helpers import S3Server
 from flashhead.cli import build_parser
-from test_deploy_redis import _rendering, _wait
+from test_deploy_redis import _rendering, _wait, s3  # noqa: F401  (s3: the moto S3 fixture)
 
 LEASE_S = 3                    # FLASHHEAD_JOB_LEASE_S: a dead node's job is re-queued after this
 
@@ -58,13 +57,6 @@ class WorkerNode:
                 self.kill()
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with S3Server(tmp_path_factory.mktemp("moto")) as server:
-        server.create_bucket("nodes")
-        yield server
-
-
 def test_serve_no_worker_is_an_api_node():
     assert build_parser().parse_args(["serve", "--no-worker"]).workers == 0
 
@@ -79,7 +71,7 @@ def test_worker_needs_the_shared_job_store_and_storage(tmp_path):
 @pytest.mark.slow
 def test_api_node_and_worker_nodes_sigkill_requeues_to_another_worker(redis_url, s3, tmp_path):
     env = {"FLASHHEAD_JOB_STORE": redis_url, "FLASHHEAD_REDIS_PREFIX": f"nodes{time.monotonic_ns()}:",
-           "FLASHHEAD_JOB_LEASE_S": str(LEASE_S), **s3.server_env("nodes")}
+           "FLASHHEAD_JOB_LEASE_S": str(LEASE_S), **s3.server_env("shared", prefix="nodes/")}
     api = Server(tmp_path / "api", make_tls(tmp_path / "tls"), env=env, workers=0)   # --workers 0 = --no-worker
     nodes = [WorkerNode(tmp_path / name, env, redis_url) for name in ("a", "b")]
     with WebhookReceiver() as hooks:
