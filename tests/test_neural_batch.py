@@ -91,3 +91,30 @@ def test_sessions_due_together_step_in_one_batch_and_match_alone():
         assert diff.max() <= 2 and (diff > 0).mean() < 1e-3, f"session {i}: {diff.max()} {(diff > 0).mean()}"
     lat = r.latency_frames
     assert not np.array_equal(outs[0][lat:], outs[1][lat:])          # sessions differ from each other
+
+
+def test_engine_heartbeat_reports_batch_sizes_to_metrics(tmp_path):
+    import socket
+    from multiprocessing.connection import Connection
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from flashhead.config import Settings
+    from flashhead.engine.process import Engine
+    from flashhead.engine.service import EngineService
+    from flashhead.render.neural.batch import StepBatcher
+
+    batcher = StepBatcher(16, 0.05)
+    batcher.sizes.extend([4, 4, 1])
+    ours, theirs = socket.socketpair()
+    settings = Settings(data_dir=tmp_path)
+    engine = Engine(Connection(theirs.detach()), SimpleNamespace(renderer=SimpleNamespace(batcher=batcher)),
+                    None, settings)
+    beat = engine.beat()
+    assert beat["batches"] == [4, 4, 1] and engine.beat()["batches"] == []      # each batch reported once
+    registry = CollectorRegistry()
+    EngineService(settings, registry)._beat(beat)
+    assert registry.get_sample_value("flashhead_engine_batch_size_count") == 3
+    assert registry.get_sample_value("flashhead_engine_batch_size_bucket", {"le": "2.0"}) == 1
+    ours.close()

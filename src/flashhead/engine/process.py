@@ -11,7 +11,7 @@ EngineThread (tests, embedding with given Engines): the same loop in a thread of
 Messages are (kind, session id, payload) tuples.
   API -> engine  stream {payload, endpoint, base_url, segments}  | live {image_url, base_url,
                  seed, pace} | audio <pcm bytes> | eos | interrupt | stop | close (client gone)
-  engine -> API  ready {capacity, threads} | beat {active, oldest_step_s, steps: [s, ...]}
+  engine -> API  ready {capacity, threads} | beat {active, oldest_step_s, steps: [s, ...], batches: [n, ...]}
                  prepared | started {...} | event {...} | stopped {...} | end
                  | error {error_type, message, field, fatal}
 """
@@ -151,12 +151,17 @@ class Engine:
     def _beat(self) -> None:
         while True:
             time.sleep(BEAT_S)
-            steps, self._steps[:] = list(self._steps), []
             try:
-                self.send("beat", None, {"active": self.scheduler.active, "steps": steps,
-                                         "oldest_step_s": self.scheduler.oldest_step_s()})
+                self.send("beat", None, self.beat())
             except (OSError, ValueError):
                 return
+
+    def beat(self) -> dict:
+        """Since the last beat: each step's seconds, and each batch's size (batching renderers)."""
+        steps, self._steps[:] = list(self._steps), []
+        batcher = self.scheduler.batcher
+        return {"active": self.scheduler.active, "steps": steps, "oldest_step_s": self.scheduler.oldest_step_s(),
+                "batches": batcher.take_sizes() if batcher is not None else []}
 
 
 class EngineThread:

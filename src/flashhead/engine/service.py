@@ -12,6 +12,7 @@ from flashhead.engine.relay import Channel
 from flashhead.errors import BackendUnavailable
 
 STEP_BUCKETS = (.005, .01, .02, .05, .1, .2, .32, .5, 1, 2, 5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class Session:
@@ -41,6 +42,8 @@ class EngineService:
         self.absent: str | None = None       # why this node runs no engine (an API-only node)
         self.step_seconds = Histogram("flashhead_engine_step_seconds", "One session step (render + encode "
                                       "one chunk) in the engine", registry=registry, buckets=STEP_BUCKETS)
+        self.batch_size = Histogram("flashhead_engine_batch_size", "Sessions stepped together in one "
+                                    "batch (neural renderers)", registry=registry, buckets=BATCH_BUCKETS)
         if registry is not None:
             registry.register(_EngineCollector(self))
 
@@ -53,6 +56,8 @@ class EngineService:
     def _beat(self, beat: dict) -> None:
         for s in beat["steps"]:
             self.step_seconds.observe(s)
+        for n in beat.get("batches", ()):
+            self.batch_size.observe(n)
 
     def wait_ready(self) -> None:
         self.runner.wait_ready()

@@ -49,6 +49,13 @@ class StepBatcher:
         self._pending: list[_Request] = []
         self._running = False
 
+    def take_sizes(self) -> list[int]:
+        """The sizes of the batches run since the last call (the engine's heartbeat reports them)."""
+        with self._cond:
+            sizes = list(self.sizes)
+            self.sizes.clear()
+        return sizes
+
     def join(self) -> None:
         """A session's step begins (before it renders): its chunk may join the next batch."""
         with self._cond:
