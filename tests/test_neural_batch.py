@@ -118,3 +118,44 @@ def test_engine_heartbeat_reports_batch_sizes_to_metrics(tmp_path):
     assert registry.get_sample_value("flashhead_engine_batch_size_count") == 3
     assert registry.get_sample_value("flashhead_engine_batch_size_bucket", {"le": "2.0"}) == 1
     ours.close()
+
+
+def test_streams_through_the_engine_step_in_batches(engines, tmp_path):
+    """4 /stream sessions opened together on the engine (tiny neural renderer): every chunk step
+    of theirs runs in a batch of 4, and each stream completes."""
+    import asyncio
+    import base64
+
+    from api_helpers import PORTRAIT
+    from flashhead.config import Settings
+    from flashhead.engine.process import EngineThread
+    from flashhead.jobs.backends import make_storage
+    from flashhead.pipeline import Engines, PortraitCache
+
+    settings = Settings(data_dir=tmp_path, renderer="flashhead-lite", tts="espeak", engine_threads=SESSIONS)
+    r = NeuralRenderer.tiny("lite", size=32, batch_window_s=5.0)
+    sizes: list[int] = []
+    runner = EngineThread(Engines(settings, r, engines.tts, PortraitCache(r)), make_storage(settings), settings,
+                          on_beat=lambda beat: sizes.extend(beat["batches"]))
+    runner.wait_ready(60)
+    image = "data:image/png;base64," + base64.b64encode(PORTRAIT.read_bytes()).decode()
+
+    async def stream(seed: int) -> list[str]:
+        channel = runner.link.open("stream", {"payload": {"image_url": image, "text": "Hello there.", "seed": seed},
+                                              "endpoint": "fal-ai/flashhead", "base_url": "http://127.0.0.1:9",
+                                              "segments": "bytes"})
+        kinds = []
+        while not kinds or kinds[-1] not in ("end", "error"):
+            kinds.append((await asyncio.wait_for(channel.get(), 60))[0])
+        return kinds
+
+    async def all_streams():
+        return await asyncio.gather(*(stream(i) for i in range(SESSIONS)))
+
+    try:
+        results = asyncio.run(all_streams())
+        time.sleep(1.0)                                  # the last heartbeat
+    finally:
+        runner.stop()
+    assert all(k[-1] == "end" and k.count("event") > 2 for k in results), results
+    assert sizes and set(sizes) == {SESSIONS}, sizes

@@ -108,8 +108,9 @@ class Settings(BaseSettings):
     # --- engine2 (batched neural steps, remote workers) ---
     neural_batch_max: int = Field(16, ge=1, le=64, description="neural renderer: most sessions stepped "
                                   "together in one batch")
-    neural_batch_window_s: float = Field(0.05, ge=0, le=5, description="neural renderer: how long a chunk "
-                                         "step waits for other sessions' steps to join its batch")
+    neural_batch_window_s: float = Field(0.2, ge=0, le=5, description="neural renderer: how long a chunk "
+                                         "step waits at most for the other running sessions' steps to join "
+                                         "its batch (a lone session never waits)")
 
 
 @lru_cache(maxsize=1)
