@@ -61,11 +61,15 @@ def test_serve_no_worker_is_an_api_node():
     assert build_parser().parse_args(["serve", "--no-worker"]).workers == 0
 
 
-def test_worker_needs_the_shared_job_store_and_storage(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "flashhead", "worker", "--data-dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT,
-                         env={k: v for k, v in os.environ.items() if not k.startswith("FLASHHEAD_")})
-    assert out.returncode == 2 and "--job-store redis://" in out.stderr
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--no-worker"]])
+def test_worker_and_api_nodes_need_the_shared_job_store_and_storage(command, tmp_path):
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("FLASHHEAD_")}
+    run = lambda env: subprocess.run([sys.executable, "-m", "flashhead", *command, "--data-dir", str(tmp_path)],  # noqa: E731
+                                     capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    out = run(bare)
+    assert out.returncode == 2 and "--job-store redis://" in out.stderr, out.stderr
+    out = run({**bare, "FLASHHEAD_JOB_STORE": "redis://127.0.0.1:9/0"})
+    assert out.returncode == 2 and "--storage s3" in out.stderr, out.stderr
 
 
 @pytest.mark.slow

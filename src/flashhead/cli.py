@@ -104,6 +104,10 @@ def cmd_serve(args) -> int:
         os.environ["FLASHHEAD_RENDERER"] = args.renderer
     if args.weights_dir:
         os.environ["FLASHHEAD_WEIGHTS_DIR"] = args.weights_dir
+    if args.workers == 0:                  # an API node: its jobs render on `flashhead worker` machines
+        from flashhead.config import Settings
+        from flashhead.jobs.node import check_shared
+        check_shared(Settings(data_dir=Path(args.data_dir)))
     return serve(host=args.host, port=args.port, data_dir=args.data_dir,
                  ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                  workers=args.workers, no_auth=args.no_auth,

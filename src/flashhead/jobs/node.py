@@ -26,12 +26,12 @@ log = logging.getLogger("flashhead.workers")
 
 
 def check_shared(settings: Settings) -> None:
-    """A worker node needs what the API nodes see: the Redis job store and S3 file storage."""
+    """API nodes (`serve --no-worker`) and worker nodes must share the Redis job store and S3."""
     if redis_url(settings) is None:
-        raise BackendUnavailable("flashhead worker needs the shared Redis job store of the API nodes: "
+        raise BackendUnavailable("API nodes and workers on separate machines need a shared Redis job store: "
                                  "--job-store redis://HOST:6379/0 (or FLASHHEAD_JOB_STORE)", field="job_store")
     if option(settings, "storage", "local") != "s3":
-        raise BackendUnavailable("flashhead worker needs the shared S3 storage of the API nodes: "
+        raise BackendUnavailable("API nodes and workers on separate machines need shared S3 storage: "
                                  "--storage s3 (or FLASHHEAD_STORAGE) and the FLASHHEAD_S3_* settings",
                                  field="storage")
 
