@@ -3,8 +3,9 @@
 Each tick hands free threads to the sessions whose next step is due, most urgent first: live
 sessions by the media-clock time their next chunk is due, then streams (least recently served
 first), which fill the spare capacity. A session has at most one step in flight, so its steps
-stay in order. A renderer that batches (NeuralRenderer.batcher) hears of every step handed out
-before any of them runs, so the chunk steps of the sessions due together run as one batch. Steps' messages go to `send(kind, sid, payload)`.
+stay in order. Steps' messages go to `send(kind, sid, payload)`. A renderer that batches
+(NeuralRenderer.batcher) hears of every step handed out before any of them runs, so the chunk
+steps of the sessions due together run as one batch.
 """
 from __future__ import annotations
 
