@@ -85,6 +85,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--ssl-certfile", default=None)
     p.add_argument("--ssl-keyfile", default=None)
     p.add_argument("--workers", type=int, default=1, help="render worker processes")
+    p.add_argument("--no-worker", dest="workers", action="store_const", const=0,
+                   help="an API node only: render nothing here; queue jobs wait for `flashhead worker` "
+                        "machines (shared Redis job store and S3 storage)")
     p.add_argument("--renderer", default=None, help="cpu | flashhead-lite | flashhead-pro")
     p.add_argument("--weights-dir", default=None)
     from flashhead.api.server import add_auth_args
@@ -101,10 +104,47 @@ def cmd_serve(args) -> int:
         os.environ["FLASHHEAD_RENDERER"] = args.renderer
     if args.weights_dir:
         os.environ["FLASHHEAD_WEIGHTS_DIR"] = args.weights_dir
+    if args.workers == 0:                  # an API node: its jobs render on `flashhead worker` machines
+        from flashhead.config import Settings
+        from flashhead.jobs.node import check_shared
+        check_shared(Settings(data_dir=Path(args.data_dir)))
     return serve(host=args.host, port=args.port, data_dir=args.data_dir,
                  ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                  workers=args.workers, no_auth=args.no_auth,
                  i_know_this_is_open=args.i_know_this_is_open) or 0
+
+
+def _add_worker(sub) -> None:
+    p = sub.add_parser("worker", help="render queue jobs of the API nodes on this machine (several "
+                                      "machines: shared Redis job store and S3 storage)")
+    p.add_argument("--data-dir", default="./flashhead-data", help="local work files")
+    p.add_argument("--workers", type=int, default=1, help="render worker processes")
+    p.add_argument("--job-store", default=None, help="redis://HOST:6379/0 (FLASHHEAD_JOB_STORE)")
+    p.add_argument("--storage", default=None, choices=["s3"], help="s3 (FLASHHEAD_STORAGE)")
+    p.add_argument("--renderer", default=None, help="cpu | flashhead-lite | flashhead-pro")
+    p.add_argument("--weights-dir", default=None)
+    p.set_defaults(func=cmd_worker)
+
+
+def cmd_worker(args) -> int:
+    import os
+    import signal
+    import threading
+
+    from flashhead.api.observability import setup_logging
+    from flashhead.config import Settings
+    from flashhead.jobs.node import run_worker_node
+
+    for name, value in (("JOB_STORE", args.job_store), ("STORAGE", args.storage), ("RENDERER", args.renderer),
+                        ("WEIGHTS_DIR", args.weights_dir)):
+        if value:                           # like serve: the worker processes read the same settings
+            os.environ[f"FLASHHEAD_{name}"] = value
+    setup_logging()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run_worker_node(Settings(data_dir=Path(args.data_dir)), args.workers, stop)
+    return 0
 
 
 def _add_keys(sub) -> None:
@@ -166,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_serve(sub)
+    _add_worker(sub)
     _add_keys(sub)
     _add_gc(sub)
     _add_bench(sub)

@@ -105,6 +105,12 @@ class Settings(BaseSettings):
                                                "realtime client may ask for")
     engine_max_pending_chunks: int = Field(100, ge=2, description="chunks the API holds for a live client that "
                                            "does not read them; beyond, its session ends (limit_exceeded)")
+    # --- engine2 (batched neural steps, remote workers) ---
+    neural_batch_max: int = Field(16, ge=1, le=64, description="neural renderer: most sessions stepped "
+                                  "together in one batch")
+    neural_batch_window_s: float = Field(0.2, ge=0, le=5, description="neural renderer: how long a chunk "
+                                         "step waits at most for the other running sessions' steps to join "
+                                         "its batch (a lone session never waits)")
 
 
 @lru_cache(maxsize=1)

@@ -37,6 +37,8 @@ from flashhead.jobs.worker import WorkerPool
 log = logging.getLogger("flashhead.api")
 EXPOSED_HEADERS = ["x-fal-request-id", "x-request-id", "x-fal-error-type", "x-fal-request-timeout-type",
                    "content-range", "accept-ranges", "etag"]
+API_NODE_ONLY = ("this server is an API node (flashhead serve --no-worker): it renders queue requests on "
+                 "`flashhead worker` machines only; /stream and realtime need a server with workers")
 EXTENSIONS = ("flashhead.api.stream", "flashhead.api.realtime")   # written by the streaming helper
 
 
@@ -95,7 +97,9 @@ def _start_workers(ctx: AppContext, generate) -> None:
     workers and the render engine's loop on them. Process mode: wait for the worker processes and
     the render engine process (which load their own engines meanwhile)."""
     try:
-        if ctx.worker_mode == "thread":
+        if ctx.n_workers == 0:
+            pass
+        elif ctx.worker_mode == "thread":
             if ctx.engines is None:
                 from flashhead.pipeline import Engines
                 ctx.engines = Engines.create(ctx.settings)
@@ -104,9 +108,10 @@ def _start_workers(ctx: AppContext, generate) -> None:
                                      generate=generate)
             ctx.workers.start()
             ctx.engine.start_thread(ctx.engines, ctx.storage)
-        else:
+        elif ctx.workers is not None:
             ctx.workers.wait_ready()
-        ctx.engine.wait_ready()
+        if ctx.engine.runner is not None:
+            ctx.engine.wait_ready()
         ctx.ready.set()
         log.info("ready", extra={"renderer": ctx.settings.renderer, "workers": ctx.n_workers,
                                  "worker_mode": ctx.worker_mode})
@@ -130,7 +135,8 @@ def _worker_mode(settings: Settings, worker_mode: str | None, engines, generate)
 
 def create_app(settings: Settings | None = None, engines=None, *, workers: int | None = None,
                generate=None, worker_mode: str | None = None, auth_mode: str = KEYS) -> FastAPI:
-    """workers: render workers (default FLASHHEAD_WORKERS or 1).
+    """workers: render workers (default FLASHHEAD_WORKERS or 1); 0: an API node that renders
+    nothing (`flashhead serve --no-worker`): queue jobs wait for `flashhead worker` nodes.
     auth_mode: "keys" (every protected route needs a key) | "open" (flashhead serve --no-auth).
     worker_mode: "process" | "thread" (FLASHHEAD_WORKER_MODE; see _worker_mode).
     generate: replaces flashhead.pipeline.generate (a seam for tests of the queue itself)."""
@@ -138,7 +144,7 @@ def create_app(settings: Settings | None = None, engines=None, *, workers: int |
 
     settings = settings or get_settings()
     ctx = build_context(settings, engines, auth_mode)
-    ctx.n_workers = workers or option(settings, "workers", 1, int)
+    ctx.n_workers = workers if workers is not None else option(settings, "workers", 1, int)
     ctx.worker_mode = _worker_mode(settings, worker_mode, engines, generate)
 
     @asynccontextmanager
@@ -146,7 +152,9 @@ def create_app(settings: Settings | None = None, engines=None, *, workers: int |
         ctx.jobs.recover()               # before any worker runs: IN_PROGRESS means interrupted
         ctx.jobs.start()
         ctx.webhooks.start()
-        if ctx.worker_mode == "process":
+        if ctx.n_workers == 0:
+            ctx.engine.absent = API_NODE_ONLY
+        elif ctx.worker_mode == "process":
             ctx.workers = ProcessWorkerPool(ctx.jobs, ctx.settings, ctx.n_workers)
             ctx.workers.start()
             ctx.engine.start_process()      # /stream and /realtime render there, never here

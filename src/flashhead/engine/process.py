@@ -11,7 +11,7 @@ EngineThread (tests, embedding with given Engines): the same loop in a thread of
 Messages are (kind, session id, payload) tuples.
   API -> engine  stream {payload, endpoint, base_url, segments}  | live {image_url, base_url,
                  seed, pace} | audio <pcm bytes> | eos | interrupt | stop | close (client gone)
-  engine -> API  ready {capacity, threads} | beat {active, oldest_step_s, steps: [s, ...]}
+  engine -> API  ready {capacity, threads} | beat {active, oldest_step_s, steps: [s, ...], batches: [n, ...]}
                  prepared | started {...} | event {...} | stopped {...} | end
                  | error {error_type, message, field, fatal}
 """
@@ -51,7 +51,11 @@ def capacity_of(settings: Settings) -> int:
 
 
 def threads_of(settings: Settings) -> int:
-    return settings.engine_threads or max(1, len(os.sched_getaffinity(0)))
+    """Neural renderers: a thread per admitted session, so that all of them can join one batch."""
+    cores = max(1, len(os.sched_getaffinity(0)))
+    if settings.engine_threads:
+        return settings.engine_threads
+    return cores if settings.renderer == "cpu" else max(cores, capacity_of(settings))
 
 
 # ---- the engine side -------------------------------------------------------------------------
@@ -68,7 +72,8 @@ class Engine:
         self._opening: set[str] = set()
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
-        self.scheduler = Scheduler(threads_of(settings), self.send, self._steps.append)
+        self.scheduler = Scheduler(threads_of(settings), self.send, self._steps.append,
+                                   batcher=getattr(getattr(engines, "renderer", None), "batcher", None))
         self._prepare = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="engine-prepare")
 
     def send(self, kind: str, sid: str | None, payload=None) -> None:
@@ -146,12 +151,17 @@ class Engine:
     def _beat(self) -> None:
         while True:
             time.sleep(BEAT_S)
-            steps, self._steps[:] = list(self._steps), []
             try:
-                self.send("beat", None, {"active": self.scheduler.active, "steps": steps,
-                                         "oldest_step_s": self.scheduler.oldest_step_s()})
+                self.send("beat", None, self.beat())
             except (OSError, ValueError):
                 return
+
+    def beat(self) -> dict:
+        """Since the last beat: each step's seconds, and each batch's size (batching renderers)."""
+        steps, self._steps[:] = list(self._steps), []
+        batcher = self.scheduler.batcher
+        return {"active": self.scheduler.active, "steps": steps, "oldest_step_s": self.scheduler.oldest_step_s(),
+                "batches": batcher.take_sizes() if batcher is not None else []}
 
 
 class EngineThread:

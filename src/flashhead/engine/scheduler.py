@@ -3,7 +3,9 @@
 Each tick hands free threads to the sessions whose next step is due, most urgent first: live
 sessions by the media-clock time their next chunk is due, then streams (least recently served
 first), which fill the spare capacity. A session has at most one step in flight, so its steps
-stay in order. Steps' messages go to `send(kind, sid, payload)`.
+stay in order. Steps' messages go to `send(kind, sid, payload)`. A renderer that batches
+(NeuralRenderer.batcher) hears of every step handed out before any of them runs, so the chunk
+steps of the sessions due together run as one batch.
 """
 from __future__ import annotations
 
@@ -21,8 +23,10 @@ IDLE_WAIT_S = 0.5
 
 class Scheduler:
     def __init__(self, threads: int, send: Callable[[str, str, object], None],
-                 on_step: Callable[[float], None] = lambda s: None):
+                 on_step: Callable[[float], None] = lambda s: None, batcher=None):
         self.threads, self.send, self.on_step = threads, send, on_step
+        self.batcher = batcher                    # join() / leave() per step, or None
+        self._announced: set[str] = set()         # sessions counted in the batcher
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="engine-step")
         self._cond = threading.Condition()
         self._tasks: dict[str, object] = {}
@@ -44,6 +48,8 @@ class Scheduler:
         with self._cond:
             task = self._tasks.pop(sid, None)
             idle = task is not None and sid not in self._busy
+            if idle:
+                self._unannounce(sid)
         if idle:
             self._pool.submit(task.close)
         return task
@@ -76,14 +82,29 @@ class Scheduler:
                 waiting = [(t.key(now), sid, t) for sid, t in self._tasks.items() if sid not in self._busy]
                 waiting.sort(key=lambda w: w[0])
                 free = self.threads - len(self._busy)
-                for _, sid, task in waiting:
-                    if free <= 0:
-                        break
-                    if task.ready(now):
-                        self._busy[sid] = time.monotonic()
-                        self._pool.submit(self._step, sid, task)
-                        free -= 1
+                due = [(sid, task) for _, sid, task in waiting if task.ready(now)][:max(free, 0)]
+                self._announce(waiting, {sid for sid, _ in due})     # all of them, before any runs
+                for sid, task in due:
+                    self._busy[sid] = time.monotonic()
+                    self._pool.submit(self._step, sid, task)
                 self._cond.wait(self._wait_s(waiting, now))
+
+    def _announce(self, waiting: list, due: set[str]) -> None:
+        """Tell the batcher of the steps about to run; a session still announced from its last
+        step (due again at once) is not counted twice, one no longer due is withdrawn."""
+        if self.batcher is None:
+            return
+        for _, sid, _task in waiting:
+            if sid in due and sid not in self._announced:
+                self._announced.add(sid)
+                self.batcher.join()
+            elif sid not in due:
+                self._unannounce(sid)
+
+    def _unannounce(self, sid: str) -> None:
+        if sid in self._announced:
+            self._announced.discard(sid)
+            self.batcher.leave()
 
     def _wait_s(self, waiting: list, now: float) -> float:
         dues = [key[1] for key, sid, _ in waiting if key[0] == 0 and sid not in self._busy and key[1] > now]
@@ -102,6 +123,8 @@ class Scheduler:
             current = self._tasks.get(sid) is task
             if task.done and current:
                 del self._tasks[sid]
+            if not (current and task.ready(time.monotonic())):    # due again: stays announced
+                self._unannounce(sid)
             self._cond.notify_all()
         if current:
             for kind, payload in messages:

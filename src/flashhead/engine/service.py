@@ -12,6 +12,7 @@ from flashhead.engine.relay import Channel
 from flashhead.errors import BackendUnavailable
 
 STEP_BUCKETS = (.005, .01, .02, .05, .1, .2, .32, .5, 1, 2, 5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class Session:
@@ -38,8 +39,11 @@ class EngineService:
         self.admission = Admission(capacity_of(settings), settings.engine_key_sessions,
                                    settings.engine_retry_after_s)
         self.runner: EngineProcess | EngineThread | None = None
+        self.absent: str | None = None       # why this node runs no engine (an API-only node)
         self.step_seconds = Histogram("flashhead_engine_step_seconds", "One session step (render + encode "
                                       "one chunk) in the engine", registry=registry, buckets=STEP_BUCKETS)
+        self.batch_size = Histogram("flashhead_engine_batch_size", "Sessions stepped together in one "
+                                    "batch (neural renderers)", registry=registry, buckets=BATCH_BUCKETS)
         if registry is not None:
             registry.register(_EngineCollector(self))
 
@@ -52,6 +56,8 @@ class EngineService:
     def _beat(self, beat: dict) -> None:
         for s in beat["steps"]:
             self.step_seconds.observe(s)
+        for n in beat.get("batches", ()):
+            self.batch_size.observe(n)
 
     def wait_ready(self) -> None:
         self.runner.wait_ready()
@@ -75,6 +81,8 @@ class EngineService:
 
     def open(self, kind: str, spec: dict, key_id: str | None) -> Session:
         """From the event loop. Raises CapacityExceeded at once when no slot is free."""
+        if self.absent:
+            raise BackendUnavailable(self.absent)
         link = self.runner.link if self.runner is not None else None
         if link is None or link.closed:
             raise BackendUnavailable("the render engine is starting; try again in a few seconds")

@@ -149,6 +149,7 @@ class JobQueue:
                 if due("orphans", lease_every):
                     last["orphans"] = time.monotonic()
                     self.recover()
-                self.dispatch_terminal()
+                if self.dispatch:            # worker nodes leave the hooks to the API nodes
+                    self.dispatch_terminal()
             except Exception:
                 log.exception("job maintenance failed")

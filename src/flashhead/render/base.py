@@ -41,6 +41,9 @@ class Renderer(ABC):
     # i - latency_frames (the neural renderer needs a whole chunk of audio first). The pipeline
     # drops the first latency_frames frames and takes the tail from flush().
     latency_frames = 0
+    # A StepBatcher when concurrent sessions' steps run as one batch (neural), else None: the
+    # engine's scheduler announces the steps it hands out to it (engine/scheduler.py).
+    batcher = None
 
     def setup(self) -> None:
         """Load weights/models. Raise BackendUnavailable with a clear message if impossible."""

@@ -21,6 +21,7 @@ import torch
 from flashhead import constants as C
 from flashhead.errors import BackendUnavailable, InputError
 from flashhead.render.base import Renderer, SpeechSpan
+from flashhead.render.neural.batch import StepBatcher
 from flashhead.render.neural.download import download_command, fetch_hint
 from flashhead.render.neural.stream import VARIANTS, ChunkEngine, Portrait, StreamState
 
@@ -44,26 +45,31 @@ class NeuralRenderer(Renderer):
 
     def __init__(self, variant: str = "lite", weights_dir: str | Path | None = None, device: str = "cuda",
                  dtype: torch.dtype = torch.bfloat16, sample_posterior: bool | None = None,
-                 engine: ChunkEngine | None = None):
+                 engine: ChunkEngine | None = None, batch_max: int | None = None,
+                 batch_window_s: float | None = None):
         """sample_posterior: Lite VAE latents drawn from the posterior (seeded) or its mode;
-        None: Settings.neural_posterior."""
+        None: Settings.neural_posterior. batch_max, batch_window_s: how concurrent sessions' chunk
+        steps are batched (StepBatcher); None: Settings.neural_batch_max / neural_batch_window_s."""
         if variant not in VARIANTS:
             raise InputError(f"must be one of {sorted(VARIANTS)}, got {variant!r}", field="variant")
         self.variant = VARIANTS[variant]
         self.name = f"flashhead-{variant}"
         self.weights_dir = Path(weights_dir) if weights_dir else None
         self.device, self.dtype = device, dtype
+        from flashhead.config import get_settings
+        settings = get_settings()
         if sample_posterior is None:
-            from flashhead.config import get_settings
-            sample_posterior = get_settings().neural_posterior == "sample"
+            sample_posterior = settings.neural_posterior == "sample"
         self.sample_posterior = sample_posterior
         self.engine = engine
+        self.batcher = StepBatcher(batch_max or settings.neural_batch_max,
+                                   settings.neural_batch_window_s if batch_window_s is None else batch_window_s)
 
     @classmethod
-    def tiny(cls, variant: str = "lite", size: int = 64, seed: int = 0) -> "NeuralRenderer":
+    def tiny(cls, variant: str = "lite", size: int = 64, seed: int = 0, **kw) -> "NeuralRenderer":
         """A CPU renderer with tiny random weights (tests, smoke runs): frames are noise-like."""
         from flashhead.render.neural.tiny import build_tiny_engine
-        return cls(variant, device="cpu", dtype=torch.float32, engine=build_tiny_engine(variant, size, seed))
+        return cls(variant, device="cpu", dtype=torch.float32, engine=build_tiny_engine(variant, size, seed), **kw)
 
     @property
     def latency_frames(self) -> int:
@@ -121,10 +127,12 @@ class NeuralRenderer(Renderer):
         need = self.variant.new_frames * C.SAMPLES_PER_FRAME
         while len(session.pending) >= need:
             piece, session.pending = session.pending[:need], session.pending[need:]
-            frames = self._engine().step([session.state], [piece])[0]
+            frames = self.batcher.step(self._engine(), session.state, piece)
             session.queue.extend(_resize_frames(frames, C.SIZE))
 
     def render(self, session: NeuralSession, span: SpeechSpan) -> np.ndarray:
+        """Thread-safe across sessions: the chunk steps of sessions announced to self.batcher
+        (the engine's scheduler does) run as one batch."""
         audio = np.asarray(span.audio, np.float32).reshape(-1)
         if len(audio) != span.n_frames * C.SAMPLES_PER_FRAME:
             raise InputError(f"{len(audio)} samples for {span.n_frames} frames "
