@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     neural_batch_window_s: float = Field(0.2, ge=0, le=5, description="neural renderer: how long a chunk "
                                          "step waits at most for the other running sessions' steps to join "
                                          "its batch (a lone session never waits)")
+    # --- engine3 (streams and live sessions across machines) ---
+    engine_remote_ttl_s: float = Field(3.0, ge=0.5, le=60, description="several machines: an engine node "
+                                       "silent this long is dead (its clients get engine_failed); a session "
+                                       "its API node stops renewing this long is dropped and its slot freed")
+    engine_remote_stream_maxlen: int = Field(1000, ge=10, description="several machines: messages a "
+                                             "session's Redis stream keeps (MAXLEN)")
+    engine_remote_stream_ttl_s: float = Field(120.0, ge=1, description="several machines: lifetime of a "
+                                              "session's Redis stream after its last message")
 
 
 @lru_cache(maxsize=1)

@@ -24,8 +24,9 @@ from flashhead.api.limits import AbuseLimits
 from flashhead.api.memory import heap_trimmer
 from flashhead.api.observability import Metrics, RequestContextMiddleware, setup_logging
 from flashhead.config import Settings
+from flashhead.engine.remote import RemoteEngines
 from flashhead.engine.service import EngineService
-from flashhead.jobs.backends import make_storage, make_store
+from flashhead.jobs.backends import make_storage, make_store, redis_url
 from flashhead.jobs.processes import ProcessWorkerPool
 from flashhead.jobs.queue import JobQueue
 from flashhead.jobs.retention import Retention, sweeper
@@ -152,7 +153,9 @@ def create_app(settings: Settings | None = None, engines=None, *, workers: int |
         ctx.jobs.recover()               # before any worker runs: IN_PROGRESS means interrupted
         ctx.jobs.start()
         ctx.webhooks.start()
-        if ctx.n_workers == 0:
+        if ctx.n_workers == 0 and redis_url(ctx.settings):     # engines on `flashhead worker` nodes
+            ctx.engine.remote = RemoteEngines(ctx.settings)
+        elif ctx.n_workers == 0:
             ctx.engine.absent = API_NODE_ONLY
         elif ctx.worker_mode == "process":
             ctx.workers = ProcessWorkerPool(ctx.jobs, ctx.settings, ctx.n_workers)

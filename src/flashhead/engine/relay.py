@@ -19,6 +19,21 @@ log = logging.getLogger("flashhead.engine")
 FINAL = {"end", "stopped"}            # the last message of a session (and a fatal error)
 
 
+def settle(receiver, kind: str, payload) -> tuple[str, object]:
+    """An engine message as a route gets it: a fatal error raised (receiver.finished set), a
+    non-fatal one returned as ("error", exc)."""
+    if kind == "error":
+        exc = payload if isinstance(payload, FlashheadError) else \
+            error_for_type(payload["error_type"], payload["message"], payload.get("field"))
+        if isinstance(payload, FlashheadError) or payload.get("fatal"):
+            receiver.finished = True
+            raise exc
+        return "error", exc
+    if kind in FINAL:
+        receiver.finished = True
+    return kind, payload
+
+
 class Channel:
     def __init__(self, link: "EngineLink", sid: str, loop: asyncio.AbstractEventLoop, kind: str = "live"):
         self.link, self.sid, self.loop = link, sid, loop
@@ -51,16 +66,7 @@ class Channel:
         kind, payload = await self.queue.get()
         with self._lock:
             self._unread -= 1
-        if kind == "error":
-            exc = payload if isinstance(payload, FlashheadError) else \
-                error_for_type(payload["error_type"], payload["message"], payload.get("field"))
-            if isinstance(payload, FlashheadError) or payload.get("fatal"):
-                self.finished = True
-                raise exc
-            return "error", exc
-        if kind in FINAL:
-            self.finished = True
-        return kind, payload
+        return settle(self, kind, payload)
 
     def send(self, kind: str, payload=None) -> None:
         self.link.send(kind, self.sid, payload)

@@ -40,6 +40,7 @@ class EngineService:
                                    settings.engine_retry_after_s)
         self.runner: EngineProcess | EngineThread | None = None
         self.absent: str | None = None       # why this node runs no engine (an API-only node)
+        self.remote = None                   # an API node's RemoteEngines (engines on other machines)
         self.step_seconds = Histogram("flashhead_engine_step_seconds", "One session step (render + encode "
                                       "one chunk) in the engine", registry=registry, buckets=STEP_BUCKETS)
         self.batch_size = Histogram("flashhead_engine_batch_size", "Sessions stepped together in one "
@@ -81,6 +82,8 @@ class EngineService:
 
     def open(self, kind: str, spec: dict, key_id: str | None) -> Session:
         """From the event loop. Raises CapacityExceeded at once when no slot is free."""
+        if self.remote is not None:
+            return self.remote.open(kind, spec, key_id)
         if self.absent:
             raise BackendUnavailable(self.absent)
         link = self.runner.link if self.runner is not None else None

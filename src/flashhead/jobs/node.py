@@ -9,7 +9,8 @@ A node that dies (SIGKILL, power loss) takes its render processes with it (PR_SE
 its lease runs out and a live server re-queues its running job once (a job already re-run is
 failed with worker_crashed), as for any server on Redis (flashhead.jobs.queue).
 
-Not here yet: /stream and realtime sessions across machines; an API node refuses them.
+It also runs a render engine (EngineProcess, as `serve` does) that takes /stream requests and
+live realtime sessions from any API node through Redis (flashhead.engine.remote.EngineHost).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import logging
 import threading
 
 from flashhead.config import Settings
+from flashhead.engine.process import EngineProcess, capacity_of
+from flashhead.engine.remote import EngineHost
 from flashhead.errors import BackendUnavailable
 from flashhead.jobs.backends import make_store, option, redis_url
 from flashhead.jobs.processes import ProcessWorkerPool
@@ -44,13 +47,20 @@ def run_worker_node(settings: Settings, processes: int, stop: threading.Event) -
     queue.start()                    # lease heartbeat, orphan sweep, deadlines
     pool = ProcessWorkerPool(queue, settings, processes)
     pool.start()
+    engine = EngineProcess(settings).start()
+    host = None
     try:
         pool.wait_ready()
+        engine.wait_ready()
+        host = EngineHost(settings, engine, capacity_of(settings)).start()
         log.info("worker node ready", extra={"instance": queue.store.instance, "workers": processes,
                                              "renderer": settings.renderer})
         while not stop.wait(1.0):
-            if pool.error:
-                raise RuntimeError(pool.error)
+            if pool.error or engine.error:
+                raise RuntimeError(pool.error or engine.error)
     finally:
+        if host is not None:
+            host.stop()
+        engine.stop()
         pool.stop()
         queue.stop()
