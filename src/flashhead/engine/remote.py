@@ -250,6 +250,7 @@ class EngineHost:
                 if score is None or score < now:
                     log.info("session abandoned by its API node", extra={"sid": sid})
                     self._drop(sid)
+                    await self.aio.delete(self.keys.out(sid))       # nobody will read it
             await asyncio.sleep(self.ttl_s / 3)
 
     async def _read(self) -> None:
