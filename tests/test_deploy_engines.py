@@ -22,7 +22,7 @@ PACKET = 1280
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(150)
 def test_stream_and_live_session_run_on_a_worker_node_and_its_death_reaches_the_client(redis_url, s3, tmp_path):
     prefix = f"engines{time.monotonic_ns()}:"
     env = {"FLASHHEAD_JOB_STORE": redis_url, "FLASHHEAD_REDIS_PREFIX": prefix,

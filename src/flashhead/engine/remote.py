@@ -44,7 +44,6 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     redis.call('SREM', KEYS[1], id)
   else
     local z = ARGV[1] .. 'engine:' .. id .. ':sessions'
-    redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
     local free = tonumber(cap) - redis.call('ZCARD', z)
     if free > best_free then best, best_free = id, free end
   end
@@ -55,14 +54,16 @@ redis.call('ZADD', z, now + tonumber(ARGV[3]), ARGV[2])
 redis.call('PEXPIRE', z, math.floor(tonumber(ARGV[3]) * 4000))
 return best
 """
-# Renews the session's slot; returns 0 when its engine is gone (its key expired).
+# Renews the session's slot: 1; 0 when its engine is gone (its key expired); -1 when the slot
+# is gone or expired (the session ended, or the engine dropped it as abandoned).
 TOUCH = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-end
+local until_s = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not until_s or tonumber(until_s) < now then return -1 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[2], math.floor(tonumber(ARGV[2]) * 4000))
 return 1
 """
 
@@ -111,7 +112,7 @@ class RemoteSession:
         self.engines, self.eid, self.sid, self.ticket = engines, eid, sid, ticket
         self.last_id = "0-0"
         self.finished = self.closed = False
-        self.engine_gone = False
+        self.lost: str | None = None       # why the session cannot go on (seen by the heartbeat)
         self.beat = asyncio.get_running_loop().create_task(self._heartbeat())
 
     async def _heartbeat(self) -> None:
@@ -123,19 +124,20 @@ class RemoteSession:
                                       args=[self.sid, e.ttl_s])
             except redis_lib.RedisError:
                 continue
-            if not alive:
-                self.engine_gone = True
+            if alive != 1:
+                self.lost = ("the render engine node stopped while this session ran" if alive == 0 else
+                             "the render engine dropped this session (its API node fell silent)")
                 return
 
     async def get(self) -> tuple[str, object]:
         e = self.engines
-        while True:
-            if self.engine_gone:
-                self.finished = True
-                raise EngineFailed("the render engine node stopped while this session ran")
+        while True:          # what the engine sent before it stopped is delivered first
             resp = await e.aio.xread({e.keys.out(self.sid): self.last_id}, count=1, block=250)
             if resp:
                 break
+            if self.lost:
+                self.finished = True
+                raise EngineFailed(self.lost)
         self.last_id, fields = resp[0][1][0]
         return settle(self, fields[b"kind"].decode(), unpack(fields[b"data"]))
 
@@ -245,12 +247,13 @@ class EngineHost:
                 await self.aio.set(self.keys.engine(self.eid), self.capacity, px=int(self.ttl_s * 1000))
                 await self.aio.sadd(self.keys.engines, self.eid)
             now = _seconds(await self.aio.time())
-            for sid in list(self.channels):
-                score = await self.aio.zscore(self.keys.sessions(self.eid), sid)
-                if score is None or score < now:
-                    log.info("session abandoned by its API node", extra={"sid": sid})
-                    self._drop(sid)
-                    await self.aio.delete(self.keys.out(sid))       # nobody will read it
+            slots = self.keys.sessions(self.eid)
+            for sid in await self.aio.zrangebyscore(slots, "-inf", now):
+                sid = sid.decode()
+                log.info("session abandoned by its API node", extra={"sid": sid})
+                self._drop(sid)
+                await self.aio.delete(self.keys.out(sid))       # nobody will read it
+                await self.aio.zrem(slots, sid)                 # the slot is free only now
             await asyncio.sleep(self.ttl_s / 3)
 
     async def _read(self) -> None:
