@@ -226,55 +226,65 @@ class EngineHost:
         self._thread.join(timeout=5)
 
     async def _main(self) -> None:
-        tasks = [asyncio.create_task(self._beat()), asyncio.create_task(self._read())]
+        tasks = [asyncio.create_task(self._forever(self._beat, None)),
+                 asyncio.create_task(self._forever(self._read, "0-0"))]
         while not self._stop.is_set():
             await asyncio.sleep(0.2)
-            for t in tasks:
-                if t.done() and t.exception() is not None:
-                    log.error("engine host task failed", exc_info=t.exception())
-                    raise t.exception()
         for t in tasks:
             t.cancel()
         await self.aio.delete(self.keys.engine(self.eid))
         await self.aio.srem(self.keys.engines, self.eid)
 
-    async def _beat(self) -> None:
+    @staticmethod
+    async def _forever(step, state) -> None:
+        """step(state) -> state, again and again; Redis unreachable: retried after a second."""
+        while True:
+            try:
+                state = await step(state)
+            except redis_lib.RedisError:
+                log.warning("engine host: redis unreachable; retrying", exc_info=True)
+                await asyncio.sleep(1.0)
+
+    async def _beat(self, _state) -> None:
         """Renews this engine's key while its local engine runs; drops sessions whose API node
         stopped renewing them."""
-        while True:
-            link = self.runner.link
-            if link is not None and not link.closed:
-                await self.aio.set(self.keys.engine(self.eid), self.capacity, px=int(self.ttl_s * 1000))
-                await self.aio.sadd(self.keys.engines, self.eid)
-            now = _seconds(await self.aio.time())
-            slots = self.keys.sessions(self.eid)
-            for sid in await self.aio.zrangebyscore(slots, "-inf", now):
-                sid = sid.decode()
-                log.info("session abandoned by its API node", extra={"sid": sid})
-                self._drop(sid)
-                await self.aio.delete(self.keys.out(sid))       # nobody will read it
-                await self.aio.zrem(slots, sid)                 # the slot is free only now
-            await asyncio.sleep(self.ttl_s / 3)
+        link = self.runner.link
+        if link is not None and not link.closed:
+            await self.aio.set(self.keys.engine(self.eid), self.capacity, px=int(self.ttl_s * 1000))
+            await self.aio.sadd(self.keys.engines, self.eid)
+        now = _seconds(await self.aio.time())
+        slots = self.keys.sessions(self.eid)
+        for sid in await self.aio.zrangebyscore(slots, "-inf", now):
+            sid = sid.decode()
+            log.info("session abandoned by its API node", extra={"sid": sid})
+            self._drop(sid)
+            await self.aio.delete(self.keys.out(sid))       # nobody will read it
+            await self.aio.zrem(slots, sid)                 # the slot is free only now
+        await asyncio.sleep(self.ttl_s / 3)
 
-    async def _read(self) -> None:
-        last = "0-0"
+    async def _read(self, last: str) -> str:
+        """The inbox's next messages after `last`; returns the last one handled."""
         inbox = self.keys.inbox(self.eid)
-        while True:
-            resp = await self.aio.xread({inbox: last}, count=64, block=1000)
-            for _, entries in resp or ():
-                for last, fields in entries:
-                    await self._handle(fields[b"sid"].decode(), fields[b"kind"].decode(), unpack(fields[b"data"]))
-                await self.aio.xtrim(inbox, minid=last, approximate=True)
+        resp = await self.aio.xread({inbox: last}, count=64, block=1000)
+        for _, entries in resp or ():
+            for last, fields in entries:
+                await self._handle(fields[b"sid"].decode(), fields[b"kind"].decode(), unpack(fields[b"data"]))
+            await self.aio.xtrim(inbox, minid=last, approximate=True)
+        return last
 
     async def _handle(self, sid: str, kind: str, payload) -> None:
         if kind in ("stream", "live"):
             link = self.runner.link
-            if link is None or link.closed:
-                await self._publish(sid, "error", error_payload(
-                    EngineFailed("the render engine of this node is restarting"), fatal=True))
+            try:
+                if link is None:
+                    raise OSError("no engine")
+                self.channels[sid] = link.open(kind, payload)
+            except (FlashheadError, OSError) as exc:
+                failed = exc if isinstance(exc, FlashheadError) else \
+                    EngineFailed("the render engine of this node is restarting")
+                await self._publish(sid, "error", error_payload(failed, fatal=True))
                 await self.aio.zrem(self.keys.sessions(self.eid), sid)
                 return
-            self.channels[sid] = link.open(kind, payload)
             self.pumps[sid] = asyncio.create_task(self._pump(sid, self.channels[sid]))
         elif kind == "close":
             self._drop(sid)
