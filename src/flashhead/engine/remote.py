@@ -29,7 +29,7 @@ from flashhead.config import Settings
 from flashhead.engine.admission import Admission
 from flashhead.engine.relay import FINAL, settle
 from flashhead.engine.scheduler import error_payload
-from flashhead.errors import CapacityExceeded, EngineFailed, FlashheadError
+from flashhead.errors import BackendUnavailable, CapacityExceeded, EngineFailed, FlashheadError
 
 log = logging.getLogger("flashhead.engine")
 
@@ -132,7 +132,11 @@ class RemoteSession:
     async def get(self) -> tuple[str, object]:
         e = self.engines
         while True:          # what the engine sent before it stopped is delivered first
-            resp = await e.aio.xread({e.keys.out(self.sid): self.last_id}, count=1, block=250)
+            try:
+                resp = await e.aio.xread({e.keys.out(self.sid): self.last_id}, count=1, block=250)
+            except redis_lib.RedisError as exc:
+                self.finished = True
+                raise EngineFailed("lost contact with the shared Redis during this session") from exc
             if resp:
                 break
             if self.lost:
@@ -157,7 +161,7 @@ class RemoteSession:
                 e.post(self.eid, self.sid, "close")
             e.r.zrem(e.keys.sessions(self.eid), self.sid)
             e.r.delete(e.keys.out(self.sid))
-        except redis_lib.RedisError:
+        except (redis_lib.RedisError, BackendUnavailable):
             log.warning("remote session close failed", extra={"sid": self.sid})
 
 
@@ -181,21 +185,26 @@ class RemoteEngines:
         ticket = self.admission.acquire(key_id)
         try:
             sid = uuid.uuid4().hex
-            eid = self.reserve(keys=[self.keys.engines], args=[self.keys.prefix, sid, self.ttl_s])
+            try:
+                eid = self.reserve(keys=[self.keys.engines], args=[self.keys.prefix, sid, self.ttl_s])
+            except redis_lib.RedisError as exc:
+                raise BackendUnavailable("the shared Redis is unreachable; try again shortly") from exc
             if eid is None:
                 raise CapacityExceeded("every real-time session of the render engine nodes is in use; "
                                        "try again shortly", retry_after_s=self.retry_after_s)
             eid = eid.decode()
-            session = RemoteSession(self, eid, sid, ticket)
-            self.post(eid, sid, kind, spec)
-            return session
+            self.post(eid, sid, kind, spec)       # if this fails, the unrenewed slot expires
+            return RemoteSession(self, eid, sid, ticket)
         except BaseException:
             ticket.release()
             raise
 
     def post(self, eid: str, sid: str, kind: str, payload=None) -> None:
-        self.r.xadd(self.keys.inbox(eid), {"sid": sid, "kind": kind, "data": pack(payload)},
-                    maxlen=self.maxlen * 10, approximate=True)
+        try:
+            self.r.xadd(self.keys.inbox(eid), {"sid": sid, "kind": kind, "data": pack(payload)},
+                        maxlen=self.maxlen * 10, approximate=True)
+        except redis_lib.RedisError as exc:
+            raise BackendUnavailable("the shared Redis is unreachable; try again shortly") from exc
 
 
 # ---- the engine node ---------------------------------------------------------------------------
