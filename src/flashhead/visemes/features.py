@@ -16,7 +16,10 @@ Phoneme path, in steps:
    jaw follows loudness and an "ee" still opens less than an "ah"; spread, rounding, f/v teeth
    and the bilabial closures come from the timeline alone. The closure column is not applied
    to the openness here (the renderer scales opening by it once), except that frames sealed
-   by a bilabial stay at 0. Frames the audio gate calls silent are closed (zeros).
+   by a bilabial stay at 0; the anticipation/release ramps around them are weighted by RAMP_W,
+   because the sound already dips where the lips close (full ramps closed the mouth for too
+   long around m/b/p and cost ~0.03 correlation). Frames the audio gate calls silent are
+   closed (zeros).
    Without audio, openness is the timeline's own.
 """
 from __future__ import annotations
@@ -37,7 +40,8 @@ TAU = 0.03                    # s, how far a viseme reaches into its neighbours
 ANTICIPATE_S = 0.07           # s, lips start closing this long before a bilabial
 RELEASE_S = 0.03              # s, and open again over this long after it
 BRIDGE_FRAMES = 3             # audio-silent gaps this short inside speech keep the mouth moving
-SHAPE_W = 0.3                 # share of the opening the viseme decides (the rest: loudness)
+SHAPE_W = 0.2                 # share of the opening the viseme decides (the rest: loudness)
+RAMP_W = 0.4                  # with audio: weight of the anticipation/release closure ramps
 REL_OPEN = 0.6                # viseme opening that counts as fully open for that share
 _COLS = ("open", "spread", "round", "closure", "teeth")
 _PER_FRAME = GRID_HZ // C.FPS
@@ -129,7 +133,8 @@ def _frame_means(x: np.ndarray, n: int) -> np.ndarray:
 def blend_opening(acoustic: np.ndarray, shape_open: np.ndarray) -> np.ndarray:
     """Loudness gives the amount and timing, the viseme (before bilabial closure) the shape."""
     rel = np.clip(_smooth(shape_open) / REL_OPEN, 0.0, 1.0)
-    return np.clip(_smooth(acoustic * (1.0 - SHAPE_W + SHAPE_W * rel)), 0.0, 1.0)
+    smooth = _smooth(acoustic * (1.0 - SHAPE_W + SHAPE_W * rel))
+    return np.clip(np.where(acoustic > 0, smooth, 0.0), 0.0, 1.0)   # no spill into the quiet
 
 
 def features_from_phonemes(phonemes: list[Phoneme], n_frames: int,
@@ -154,6 +159,8 @@ def features_from_phonemes(phonemes: list[Phoneme], n_frames: int,
         voiced = _bridge(snd.voiced > 0, BRIDGE_FRAMES)
         energy = snd.energy
         open_ = blend_opening(snd.open, _frame_means(shape_open, n_frames))
+        # the sound already dips where the lips close: the ramps only hint at it (lip press)
+        closure = np.where(closure >= 1.0, 1.0, RAMP_W * closure)
     open_ = np.where(closure >= 1.0, 0.0, open_)      # smoothing must not reopen sealed lips
     cols = [np.where(voiced, c, 0.0) for c in (open_, spread, rnd, closure, teeth)]
     return FrameFeatures(*(np.asarray(c, np.float32) for c in cols),
