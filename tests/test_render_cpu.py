@@ -227,3 +227,72 @@ def test_get_renderer():
     except BackendUnavailable:
         return
     assert r.name == "flashhead-lite"
+
+
+def _lum(rgb):
+    return np.asarray(rgb, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def test_mouth_palette_follows_the_portraits_saturation(image):
+    """A grayscale portrait gets a gray mouth inside (not a red one); a colour one stays warm."""
+    gray_img = np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, -1)
+    r = CpuRenderer(head_motion=0.0, blinks=False, gaze=False)
+    gray, colour = (r.prepare(x, 0) for x in (gray_img, image))
+    for name in ("cavity", "inner_lip", "tongue", "teeth"):
+        assert np.ptp(getattr(gray.palette, name)) < 2.0, name
+    assert colour.palette.cavity[0] > colour.palette.cavity[2] + 3
+    f = FrameFeatures.zeros(1)
+    f.open[:], f.voiced[:] = 0.9, 1.0
+    out = r.render(r.new_session(gray, 0), span(f))[0].astype(np.int16)
+    ys, xs = mouth_box(gray.landmarks)
+    assert np.ptp(out[ys, xs], axis=-1).max() <= 3     # every pixel of the open mouth is gray
+
+
+def test_upper_teeth_end_behind_the_lip_at_the_corners(portrait):
+    """No bright tooth tips ("fangs") at the corners of a wide-open mouth."""
+    m = portrait.mouth
+    au, s = np.abs(m.sub_u) / m.hw, m.sub_s
+    assert m.upper_alpha[(au > 0.85) & (s > 0)].max() < 0.1
+    assert m.upper_alpha[(au < 0.3) & (s > 0) & (s < 0.05 * m.hw)].min() > 0.8   # the front shows
+
+
+@pytest.fixture(scope="module")
+def parted(still, portrait):
+    """The sample portrait with its lips parted (teeth showing), rendered by us, prepared again."""
+    f = FrameFeatures.zeros(1)
+    f.open[:], f.teeth[:], f.voiced[:] = 0.22, 0.3, 1.0
+    img = still.render(still.new_session(portrait, 0), span(f))[0]
+    return img, still.prepare(img, 0)
+
+
+def test_parted_lips_close_without_a_line_at_rest(still, parted):
+    img, p = parted
+    m = p.mouth
+    assert m.gap_half.max() > 0.08 * m.hw                 # the portrait really is parted
+    out = still.render(still.new_session(p, 0), span(FrameFeatures.zeros(3)))[-1]
+    u, v = np.meshgrid(np.arange(C.SIZE, dtype=np.float32), np.arange(C.SIZE, dtype=np.float32))
+    du, dv = u - m.origin[0], v - m.origin[1]
+    mu, mv = du * m.eu[0] + dv * m.eu[1], du * m.ev[0] + dv * m.ev[1]
+    s = mv - m.seam(mu)
+    band = (np.abs(mu) < 0.4 * m.hw) & (np.abs(s) <= m.gap_half.max())
+    teeth_like = lambda x: (np.ptp(x.astype(np.float32), -1) / np.maximum(x.max(-1), 1) < 0.35).mean()  # noqa: E731
+    assert teeth_like(img[band]) > 0.1          # pale teeth between the lips before
+    assert teeth_like(out[band]) < 0.01         # at rest the band is lip colour only
+
+
+def test_closed_lids_of_a_painted_face_are_not_smeared(image):
+    """Over the eye's opening a closed lid shows lid skin: no dark strokes dragged down (before
+    the fix a third to a half of that area was smeared stroke)."""
+    from flashhead.render.cpu.motion import MotionState
+    from flashhead.render.cpu.renderer import Session
+
+    r = CpuRenderer()
+    p = r.prepare(cv2.stylization(image, sigma_s=60, sigma_r=0.45), 0)
+    s = Session(p, MotionState(0), p.image.copy())
+    for k, eye in enumerate(p.eyes):
+        r._local(s, f"eye{k}", eye, eye.coefficients(1.0, 0.0, 0.0), lambda c: True)
+        lum = _lum(s.work[eye.box.slices])
+        source = eye.lid_v - eye.lid_mag                   # where each closed-lid pixel samples
+        over = (eye.lid_mag > 2) & (eye.lid_v > eye.lid_vu) & (source < eye.lid_vu - 3)
+        assert over.sum() > 50
+        assert (lum[over] < 0.7 * _lum(eye.lid_rgb)).mean() < 0.05, k
