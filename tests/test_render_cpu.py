@@ -296,3 +296,95 @@ def test_closed_lids_of_a_painted_face_are_not_smeared(image):
         over = (eye.lid_mag > 2) & (eye.lid_v > eye.lid_vu) & (source < eye.lid_vu - 3)
         assert over.sum() > 50
         assert (lum[over] < 0.7 * _lum(eye.lid_rgb)).mean() < 0.05, k
+
+
+# ------------------------------------------------------------------ idle poses
+def _pose_run(pose: str, n: int = 14 * C.FPS, enter: int = 25, leave: int | None = None, seed: int = 5,
+              voiced_from: int | None = None):
+    """MotionState over n idle frames: pose set at `enter`, back to idle at `leave`."""
+    from flashhead.render.cpu.motion import MotionState
+    m = MotionState(seed)
+    rows = []
+    for f in range(n):
+        if f == enter:
+            m.set_pose(pose)
+        if f == leave:
+            m.set_pose("idle")
+        voiced = 1.0 if voiced_from is not None and f >= voiced_from else 0.0
+        life = m.step(f, 0.5 * voiced, voiced)
+        rows.append((life.gaze_x, life.gaze_y, *life.head, life.seal, m.nod))
+    return np.array(rows)
+
+
+def test_listening_keeps_the_eyes_on_the_viewer_nods_now_and_then_mouth_closed():
+    idle, listen = _pose_run("idle"), _pose_run("listening")
+    held = slice(2 * C.FPS, None)
+    assert np.abs(idle[held, :2]).max() > 0.1                       # the plain idle looks around
+    assert np.abs(listen[held, :2]).max() < 0.01                    # the listener looks at you
+    nod = listen[held, -1]
+    peaks = np.flatnonzero((nod[1:-1] > nod[:-2]) & (nod[1:-1] >= nod[2:]) & (nod[1:-1] > 1.0))
+    assert 2 <= len(peaks) <= 6 and nod.max() < 4.0                 # occasional, small
+    assert np.abs(idle[:, -1]).max() == 0.0                         # no nods without a reason
+    assert (listen[held, -2] > 0.99).all()                          # lips resting together
+    assert abs(listen[held, 4].mean() - idle[held, 4].mean()) > 1.0  # head tilted to the viewer
+
+
+def test_thinking_looks_up_and_aside_and_differs_from_listening():
+    think, listen = _pose_run("thinking"), _pose_run("listening")
+    held = slice(2 * C.FPS, None)
+    assert think[held, 0].mean() > 0.25 and think[held, 1].mean() < -0.15   # up and aside
+    assert np.abs(think[held, 2:7].mean(0) - listen[held, 2:7].mean(0)).max() > 2.0
+    assert (think[held, -2] > 0.99).all()
+
+
+@pytest.mark.parametrize("pose", ["listening", "thinking"])
+def test_poses_enter_and_leave_without_a_jump(pose):
+    """Per-frame steps while entering and leaving are no larger than the idle's own motion
+    (gaze saccades, nods) and the pose is fully gone a second after leaving."""
+    idle, run = _pose_run("idle"), _pose_run(pose, enter=25, leave=8 * C.FPS)
+    steps = np.abs(np.diff(run[:, :7], axis=0))
+    assert steps[:, :2].max() <= np.abs(np.diff(idle[:, :2], axis=0)).max() + 1e-6   # gaze
+    assert steps[:, 2:7].max() < 1.5                                # head: px / deg per frame
+    for a, b in ((20, 45), (8 * C.FPS - 5, 8 * C.FPS + 20)):        # eased: no kink at the switch
+        acc = np.abs(np.diff(run[a:b, 2:7], 2, axis=0)).max()
+        assert acc < 0.3
+    back = slice(9 * C.FPS + 10, None)
+    assert np.allclose(run[back, 2:7], idle[back, 2:7], atol=0.05)
+
+
+def test_speech_fades_a_pose_out():
+    run = _pose_run("thinking", voiced_from=6 * C.FPS)
+    assert run[5 * C.FPS, 1] < -0.15 and abs(run[8 * C.FPS, 1]) < 0.05
+
+
+def test_renderer_idle_pose_api(image):
+    r = CpuRenderer(head_motion=1.0, blinks=False)
+    p = r.prepare(image, 2)
+    frames = {}
+    for pose in ("idle", "listening", "thinking"):
+        s = r.new_session(p, 2)
+        r.set_idle_pose(s, pose)
+        frames[pose] = r.render(s, span(FrameFeatures.zeros(2 * C.FPS)))[-1].astype(np.int16)
+    for a, b in (("idle", "listening"), ("idle", "thinking"), ("listening", "thinking")):
+        assert np.abs(frames[a] - frames[b]).mean() > 1.0, (a, b)    # visibly different
+    with pytest.raises(InputError):
+        r.set_idle_pose(r.new_session(p, 2), "dancing")
+    from flashhead.render.base import IDLE_POSES, Renderer
+    assert IDLE_POSES == ("idle", "listening", "thinking")
+    with pytest.raises(InputError):
+        Renderer.set_idle_pose(r, None, "asleep")                    # the base checks names too
+
+
+def test_a_pose_keeps_sessions_deterministic_across_chunking(image):
+    r = CpuRenderer()
+    p = r.prepare(image, 4)
+    feats = speechy(60, seed=2)
+    idle = FrameFeatures.zeros(40)
+    whole = r.new_session(p, 4)
+    r.set_idle_pose(whole, "listening")
+    a = r.render(whole, span(FrameFeatures.concat([idle, feats, idle])))
+    parts = r.new_session(p, 4)
+    r.set_idle_pose(parts, "listening")
+    b = np.concatenate([r.render(parts, span(idle)), r.render(parts, span(feats, 40)),
+                        r.render(parts, span(idle, 100))])
+    assert np.array_equal(a, b)

@@ -1,8 +1,14 @@
 """Head motion field (fades out away from the face) and the per-session life generator.
 
 Everything here is a deterministic function of (seed, global frame index, features seen so
-far): the generator advances one frame at a time, so any split of a timeline into spans gives
-the same sequence.
+far, idle-pose changes and the frames they came at): the generator advances one frame at a
+time, so any split of a timeline into spans gives the same sequence.
+
+Idle poses (set_pose): "listening" holds the eyes on the viewer, tilts the head a little
+towards them and nods now and then; "thinking" looks up and aside with the head tilted the
+other way and the sway slowed; the mouth stays closed in both. Each pose has a weight that a
+critically damped spring moves towards 1 (the active pose) or 0 (others, and any pose while
+the voice sounds), so entering and leaving are as smooth as the plain idle motion.
 """
 from __future__ import annotations
 
@@ -21,6 +27,13 @@ LOW = 4                                   # head field resolution divisor
 TX, TY, ROLL, YAW, PITCH = range(5)
 SEAL_RATE = 0.5                           # per frame: lips settle together in silence, part for speech
 BLINK_SHAPE = (0.5, 1.0, 0.85, 0.45, 0.15)   # per-frame lid closure of one blink (~150 ms)
+POSES = ("listening", "thinking")            # idle poses besides the plain idle
+POSE_HZ = 1.2                                # pose weight spring: ~0.5 s to enter or leave
+# head offsets at full weight: TX px, TY px, ROLL deg, YAW px, PITCH px (+ = chin down)
+POSE_HEAD = {"listening": (0.0, 0.0, 1.6, -0.8, 1.2), "thinking": (0.8, -0.6, -2.2, 2.4, -2.0)}
+POSE_GAZE = {"listening": (0.0, 0.0), "thinking": (0.34, -0.2)}   # iris radii, up is negative
+LISTEN_NOD_S = (2.2, 4.5)                    # seconds between a listener's small nods
+LISTEN_NOD = 52.0                            # px/s kick of the nod spring (a ~2 px nod)
 
 
 class HeadRig:
@@ -80,7 +93,8 @@ class MotionState:
     def __init__(self, seed: int, amount: float = 1.0, blinks: bool = True, gaze: bool = True):
         self.amount, self.blinks_on, self.gaze_on = amount, blinks, gaze
         seq = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x5EED])
-        self._blink_rng, self._gaze_rng, sway_rng = (np.random.default_rng(s) for s in seq.spawn(3))
+        self._blink_rng, self._gaze_rng, sway_rng, self._pose_rng = (
+            np.random.default_rng(s) for s in seq.spawn(4))
         self.sway = [(sway_rng.uniform(0.05, 0.32, 3), sway_rng.uniform(0, 2 * np.pi, 3))
                      for _ in range(5)]
         self.breath_phase = float(sway_rng.uniform(0, 2 * np.pi))
@@ -95,6 +109,40 @@ class MotionState:
         self.e_fast = self.e_slow = 0.0
         self.nod = self.nod_v = 0.0
         self.seal = 1.0
+        self.pose = "idle"
+        self.pose_w = {p: 0.0 for p in POSES}
+        self.pose_v = {p: 0.0 for p in POSES}
+        self.next_nod = 0
+
+    def set_pose(self, pose: str) -> None:
+        """"idle", "listening" or "thinking" from the next frame on (blended in and out)."""
+        if pose != "idle" and pose not in POSES:
+            raise ValueError(f"unknown idle pose {pose!r}")
+        if pose == "listening" and self.pose != "listening":
+            self.next_nod = self.frame + int(self._pose_rng.uniform(0.8, 1.6) * C.FPS)
+        self.pose = pose
+
+    def _poses(self, f: int, voiced: float) -> None:
+        """Advance the pose weights (springs) and the listener's nods by one frame."""
+        w, dt = 2 * math.pi * POSE_HZ, C.FRAME_SECONDS
+        for p in POSES:
+            target = 1.0 if (p == self.pose and voiced <= 0.0) else 0.0
+            self.pose_v[p] += (w * w * (target - self.pose_w[p]) - 2 * w * self.pose_v[p]) * dt
+            self.pose_w[p] = min(max(self.pose_w[p] + self.pose_v[p] * dt, 0.0), 1.0)
+        if self.pose == "listening" and f >= self.next_nod:
+            self.nod_v += LISTEN_NOD * self.pose_w["listening"]
+            self.next_nod = f + int(self._pose_rng.uniform(*LISTEN_NOD_S) * C.FPS)
+
+    def _posed(self, gaze: np.ndarray, head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Blend the plain idle gaze and head towards the active poses (thinking: half the sway)."""
+        w = self.pose_w
+        gaze = gaze * max(1.0 - sum(w.values()), 0.0)
+        head = head * np.float32(1.0 - 0.5 * w["thinking"])
+        for p in POSES:
+            if self.gaze_on:
+                gaze = gaze + w[p] * np.asarray(POSE_GAZE[p])
+            head = head + np.float32(w[p] * self.amount) * np.asarray(POSE_HEAD[p], np.float32)
+        return gaze, head
 
     def _blink(self, f: int) -> float:
         if f >= self.next_blink:
@@ -131,6 +179,7 @@ class MotionState:
         rate = 0.12 if voiced > self.activity else 0.035
         self.activity += (voiced - self.activity) * rate
         self.seal += ((voiced <= 0.0) - self.seal) * SEAL_RATE
+        self._poses(f, voiced)
         self.e_fast += (energy - self.e_fast) * 0.5
         self.e_slow += (energy - self.e_slow) * 0.06
         onset = max(0.0, self.e_fast - self.e_slow - 0.06)
@@ -147,4 +196,5 @@ class MotionState:
             2.2 * live * self._sway(3, t),
             1.0 * live * self._sway(4, t) + self.nod + 1.2 * self.e_slow,
         ], np.float32) * self.amount
-        return Life(blink, float(self.gaze[0]), float(self.gaze[1]), head, self.seal)
+        gaze, head = self._posed(self.gaze, head)
+        return Life(blink, float(gaze[0]), float(gaze[1]), head, self.seal)
