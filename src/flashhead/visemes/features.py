@@ -13,7 +13,8 @@ Phoneme path, in steps:
    the sound gives the opening amount and its timing, the phonemes give the shape. openness =
    the acoustic opening of the synthesised audio (visemes.audio: RMS envelope, gated, its
    energy dips closed) times (1 - SHAPE_W + SHAPE_W * the viseme's relative opening), so the
-   jaw follows loudness and an "ee" still opens less than an "ah"; spread, rounding, f/v teeth
+   jaw follows loudness and an "ee" still opens less than an "ah", then the [1 2 1]/4 smoothing
+   (frames the sound left closed stay closed: no spill-over); spread, rounding, f/v teeth
    and the bilabial closures come from the timeline alone. The closure column is not applied
    to the openness here (the renderer scales opening by it once), except that frames sealed
    by a bilabial stay at 0; the anticipation/release ramps around them are weighted by RAMP_W,
