@@ -329,10 +329,14 @@ def test_listening_keeps_the_eyes_on_the_viewer_nods_now_and_then_mouth_closed()
     assert abs(listen[held, 4].mean() - idle[held, 4].mean()) > 1.0  # head tilted to the viewer
 
 
-def test_thinking_looks_up_and_aside_and_differs_from_listening():
+def test_thinking_glances_up_and_aside_returns_to_the_viewer_and_differs_from_listening():
     think, listen = _pose_run("thinking"), _pose_run("listening")
     held = slice(2 * C.FPS, None)
-    assert think[held, 0].mean() > 0.25 and think[held, 1].mean() < -0.15   # up and aside
+    gx, gy = think[held, 0], think[held, 1]
+    assert ((gx > 0.25) & (gy < -0.15)).mean() > 0.2              # up and aside, for a while
+    assert (np.hypot(gx, gy) < 0.03).mean() > 0.2                 # and back on the viewer
+    nod = think[held, -1]
+    assert nod.max() > 0.8 and nod.max() < 4.0                    # small nods on coming back
     assert np.abs(think[held, 2:7].mean(0) - listen[held, 2:7].mean(0)).max() > 2.0
     assert (think[held, -2] > 0.99).all()
 
@@ -353,8 +357,9 @@ def test_poses_enter_and_leave_without_a_jump(pose):
 
 
 def test_speech_fades_a_pose_out():
-    run = _pose_run("thinking", voiced_from=6 * C.FPS)
-    assert run[5 * C.FPS, 1] < -0.15 and abs(run[8 * C.FPS, 1]) < 0.05
+    run, idle = _pose_run("thinking", voiced_from=6 * C.FPS), _pose_run("idle", voiced_from=6 * C.FPS)
+    assert abs(run[5 * C.FPS, 4] - idle[5 * C.FPS, 4]) > 1.5       # tilted while thinking
+    assert np.allclose(run[8 * C.FPS:, 2:5], idle[8 * C.FPS:, 2:5], atol=0.05)
 
 
 def test_renderer_idle_pose_api(image):

@@ -10,8 +10,9 @@ from flashhead.errors import InputError
 from flashhead.visemes.base import FrameFeatures
 
 # Idle poses a session can hold between utterances (zero features): the plain idle, a listener
-# (eyes on the viewer, an occasional small nod, mouth closed) and a thinker (looking up and
-# aside, head tilted, mouth closed). Renderers blend in and out of them smoothly.
+# (eyes on the viewer, an occasional small nod, mouth closed, head tilted towards the viewer)
+# and a thinker (head tilted the other way, short glances up and aside that come back to the
+# viewer with a small nod, mouth closed). Renderers blend in and out of them smoothly.
 IDLE_POSES = ("idle", "listening", "thinking")
 
 

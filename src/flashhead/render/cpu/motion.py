@@ -4,11 +4,12 @@ Everything here is a deterministic function of (seed, global frame index, featur
 far, idle-pose changes and the frames they came at): the generator advances one frame at a
 time, so any split of a timeline into spans gives the same sequence.
 
-Idle poses (set_pose): "listening" holds the eyes on the viewer, tilts the head a little
-towards them and nods now and then; "thinking" looks up and aside with the head tilted the
-other way and the sway slowed; the mouth stays closed in both. Each pose has a weight that a
-critically damped spring moves towards 1 (the active pose) or 0 (others, and any pose while
-the voice sounds), so entering and leaving are as smooth as the plain idle motion.
+Idle poses (set_pose), both with the mouth closed, the eyes on the viewer and a small nod now
+and then: "listening" holds eye contact with the head tilted a little towards the viewer and
+nods every few seconds; "thinking" tilts the head the other way, slows the sway, and glances
+up and aside for a second or two at a time, coming back to the viewer with a nod. Each pose
+has a weight that a critically damped spring moves towards 1 (the active pose) or 0 (others,
+and any pose while the voice sounds), so entering and leaving are as smooth as the plain idle.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ POSE_HEAD = {"listening": (0.0, 0.0, 1.6, -0.8, 1.2), "thinking": (0.8, -0.6, -2
 POSE_GAZE = {"listening": (0.0, 0.0), "thinking": (0.34, -0.2)}   # iris radii, up is negative
 LISTEN_NOD_S = (2.2, 4.5)                    # seconds between a listener's small nods
 LISTEN_NOD = 52.0                            # px/s kick of the nod spring (a ~2 px nod)
+THINK_AWAY_S, THINK_BACK_S = (1.2, 2.4), (1.4, 2.8)   # a thinker's glances away / back to you
 
 
 class HeadRig:
@@ -113,25 +115,42 @@ class MotionState:
         self.pose_w = {p: 0.0 for p in POSES}
         self.pose_v = {p: 0.0 for p in POSES}
         self.next_nod = 0
+        self.away = False                  # a thinker glancing away (else: eyes on the viewer)
+        self.look = self.look_v = 0.0      # eased glance
 
     def set_pose(self, pose: str) -> None:
         """"idle", "listening" or "thinking" from the next frame on (blended in and out)."""
         if pose != "idle" and pose not in POSES:
             raise ValueError(f"unknown idle pose {pose!r}")
-        if pose == "listening" and self.pose != "listening":
+        if pose != self.pose and pose != "idle":
             self.next_nod = self.frame + int(self._pose_rng.uniform(0.8, 1.6) * C.FPS)
+            self.away = False
         self.pose = pose
 
-    def _poses(self, f: int, voiced: float) -> None:
-        """Advance the pose weights (springs) and the listener's nods by one frame."""
+    @staticmethod
+    def _spring(x: float, v: float, target: float) -> tuple[float, float]:
+        """One frame of a critically damped spring at POSE_HZ, x kept within 0..1."""
         w, dt = 2 * math.pi * POSE_HZ, C.FRAME_SECONDS
+        v += (w * w * (target - x) - 2 * w * v) * dt
+        return min(max(x + v * dt, 0.0), 1.0), v
+
+    def _poses(self, f: int, voiced: float) -> None:
+        """Advance the pose weights, the thinker's glance and the poses' nods by one frame."""
         for p in POSES:
             target = 1.0 if (p == self.pose and voiced <= 0.0) else 0.0
-            self.pose_v[p] += (w * w * (target - self.pose_w[p]) - 2 * w * self.pose_v[p]) * dt
-            self.pose_w[p] = min(max(self.pose_w[p] + self.pose_v[p] * dt, 0.0), 1.0)
-        if self.pose == "listening" and f >= self.next_nod:
+            self.pose_w[p], self.pose_v[p] = self._spring(self.pose_w[p], self.pose_v[p], target)
+        self.look, self.look_v = self._spring(self.look, self.look_v, float(self.away))
+        if self.pose == "idle" or f < self.next_nod:
+            return
+        if self.pose == "listening":
             self.nod_v += LISTEN_NOD * self.pose_w["listening"]
             self.next_nod = f + int(self._pose_rng.uniform(*LISTEN_NOD_S) * C.FPS)
+        else:                                    # thinking: glance away, or back with a nod
+            if self.away:
+                self.nod_v += 0.7 * LISTEN_NOD * self.pose_w["thinking"]
+            self.away = not self.away
+            span = THINK_BACK_S if not self.away else THINK_AWAY_S
+            self.next_nod = f + int(self._pose_rng.uniform(*span) * C.FPS)
 
     def _posed(self, gaze: np.ndarray, head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Blend the plain idle gaze and head towards the active poses (thinking: half the sway)."""
@@ -140,7 +159,8 @@ class MotionState:
         head = head * np.float32(1.0 - 0.5 * w["thinking"])
         for p in POSES:
             if self.gaze_on:
-                gaze = gaze + w[p] * np.asarray(POSE_GAZE[p])
+                glance = self.look if p == "thinking" else 1.0
+                gaze = gaze + w[p] * glance * np.asarray(POSE_GAZE[p])
             head = head + np.float32(w[p] * self.amount) * np.asarray(POSE_HEAD[p], np.float32)
         return gaze, head
 
