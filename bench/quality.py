@@ -19,6 +19,8 @@ Usage:
   python bench/quality.py --speed PORTRAIT.png AUDIO            # render ms/frame, 250 frames
   python bench/quality.py --tts-sweep [--voices A,B] [--sentences N] [--portrait P]
                          # espeak text path: SWEEP_SENTENCES x the 20 voices, a table + JSON
+  python bench/quality.py --tts-timing [--voices A,B]
+                         # the timeline against the sound espeak produced (no rendering)
 
 TTS sweep columns: lag and correlation as av_sync; "silent closed" as silence.closed_share;
 "speech open" the share of speech frames (not silent) whose opening exceeds the same closed
@@ -353,6 +355,52 @@ def sweep_row(voice: str, reports: list[dict]) -> dict:
     return row
 
 
+VOWEL_START = "aeiouAEIOUV03@"
+
+
+def tts_timing(voice: str, sentences, seed: int = 1) -> dict:
+    """Phoneme timeline vs the synthesised sound, per voice (medians in ms, 5 ms RMS windows):
+    onset/offset: first loud window after a pause vs the pause's end, last loud window before
+    a pause vs its start; stop_closure: where the silence before an unvoiced stop begins vs
+    the stop's start (0 = the timeline closes with the sound); stressed/unstressed: mean peak
+    opening (features_for) and loudness (RMS / 95th percentile) of the vowels."""
+    from flashhead.speech.espeak import EspeakEngine
+    from flashhead.visemes.features import features_for
+
+    hop = C.SAMPLE_RATE // 200
+    on, off, stop, vowels = [], [], [], {"stressed": [], "unstressed": []}
+    for text in sentences:
+        sp = EspeakEngine().synthesize(text, voice, C.DEFAULT_STABILITY, seed)
+        env = np.sqrt((sp.audio[:len(sp.audio) // hop * hop].reshape(-1, hop) ** 2).mean(1))
+        loud = env > 0.05 * np.percentile(env, 95)
+        feats = features_for(sp)
+        frame_env = rms_envelope(sp.audio, len(feats))
+        frame_env = np.clip(frame_env / np.percentile(frame_env, 95), 0, 1)
+        ph = sp.phonemes
+        for i, p in enumerate(ph):
+            sym, a, b = p.symbol.strip("',%="), int(round(p.start * 200)), int(round(p.end * 200))
+            if sym.startswith("_") and p.end - p.start >= 0.06:
+                if i + 1 < len(ph) and loud[a:].any():
+                    on.append((a + int(np.argmax(loud[a:])) - b) * 5)
+                last = np.flatnonzero(loud[:a + 40])
+                if i > 0 and len(last):
+                    off.append((last[-1] + 1 - a) * 5)
+            if sym in ("p", "t", "k") and i > 0 and ph[i - 1].symbol.strip("',%=")[:1] in VOWEL_START:
+                quiet = np.flatnonzero(~loud[int(round(ph[i - 1].start * 200)):b])
+                if len(quiet):
+                    stop.append((int(round(ph[i - 1].start * 200)) + quiet[0] - a) * 5)
+            if sym[:1] and sym[0] in VOWEL_START:
+                fa, fb = int(p.start * C.FPS), max(int(p.end * C.FPS), int(p.start * C.FPS) + 1)
+                key = "stressed" if p.symbol.startswith("'") else "unstressed"
+                vowels[key].append((feats.open[fa:fb].max(), frame_env[fa:fb].max()))
+    med = lambda x: float(np.median(x)) if x else None   # noqa: E731
+    out = {"voice": voice, "onset_ms": med(on), "offset_ms": med(off), "stop_closure_ms": med(stop)}
+    for k, v in vowels.items():
+        v = np.array(v).reshape(-1, 2)
+        out[f"{k}_open"], out[f"{k}_loudness"] = (round(float(x), 3) for x in v.mean(0))
+    return out
+
+
 def tts_sweep(portrait_path: str, voices, sentences, seed: int = 1, log=print) -> list[dict]:
     from flashhead.render.cpu import CpuRenderer
 
@@ -404,12 +452,18 @@ def main(argv=None) -> int:
                     help="print CPU render ms/frame for 250 frames (1 and 2 OpenCV threads)")
     ap.add_argument("--tts-sweep", action="store_true",
                     help="espeak text path: SWEEP_SENTENCES for every voice; a table, then JSON")
-    ap.add_argument("--voices", help="with --tts-sweep: comma-separated voices (default all 20)")
+    ap.add_argument("--tts-timing", action="store_true",
+                    help="espeak text path: the phoneme timeline against the synthesised sound")
+    ap.add_argument("--voices", help="with --tts-sweep/--tts-timing: comma-separated voices (default all 20)")
     ap.add_argument("--sentences", type=int, default=len(SWEEP_SENTENCES),
                     help="with --tts-sweep: use the first N sentences")
     ap.add_argument("--portrait", default=str(ROOT / "examples" / "portrait_girl_512.png"))
     args = ap.parse_args(argv)
-    if args.tts_sweep:
+    if args.tts_timing:
+        voices = args.voices.split(",") if args.voices else list(C.VOICES)
+        report = {"tts_timing": [tts_timing(v, SWEEP_SENTENCES[:args.sentences], args.seed or 1)
+                                 for v in voices]}
+    elif args.tts_sweep:
         voices = args.voices.split(",") if args.voices else list(C.VOICES)
         rows = tts_sweep(args.portrait, voices, SWEEP_SENTENCES[:args.sentences], args.seed or 1,
                          log=lambda line: print(line, file=sys.stderr, flush=True))
