@@ -278,6 +278,11 @@ def test_parted_lips_close_without_a_line_at_rest(still, parted):
     teeth_like = lambda x: (np.ptp(x.astype(np.float32), -1) / np.maximum(x.max(-1), 1) < 0.35).mean()  # noqa: E731
     assert teeth_like(img[band]) > 0.1          # pale teeth between the lips before
     assert teeth_like(out[band]) < 0.01         # at rest the band is lip colour only
+    f = FrameFeatures.zeros(8)
+    f.open[:], f.voiced[:], f.energy[:] = 0.5, 1.0, 0.5
+    f.closure[-1], f.open[-1] = 1.0, 0.0                    # m/b/p well into speech
+    speaking = still.render(still.new_session(p, 0), span(f))
+    assert teeth_like(speaking[-1][band]) < 0.01
 
 
 def test_closed_lids_of_a_painted_face_are_not_smeared(image):

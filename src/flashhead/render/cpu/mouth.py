@@ -19,6 +19,7 @@ REST_SEAL = 0.8           # resting lips: this fraction of a bilabial press
 ACTIVE_EPS = 0.05          # below this (px or fraction) a coefficient counts as zero
 LIP_SHADE_TINT = 1.0       # inner-lip chroma added to the lip's shadow on the upper teeth
 GAP_MARGIN = 1.5           # px beyond the landmark gap that a parted portrait's lips close over
+REST_GAP_SEAL = 1.0        # resting lips of a parted portrait close this much (m/b/p close fully)
 PARTED_GAP = 0.08          # half-gap (in mouth half-widths) from which a portrait's lips count as parted
 
 
@@ -117,7 +118,7 @@ class MouthRig:
             hw * (0.10 * max(spread, 0.0) - 0.08 * max(-spread, 0.0) - 0.12 * round_),
             0.14 * round_ - 0.25 * max(closure, REST_SEAL * seal) - 0.08 * max(spread, 0.0) - 0.08 * teeth,
             hw * 0.12 * teeth,
-            max(closure, seal),
+            max(closure, REST_GAP_SEAL * seal),
         ], np.float32)
 
     # ----------------------------------------------------------------- layer
