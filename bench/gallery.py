@@ -64,7 +64,7 @@ ARTEFACTS = [
     ("fangs: wide, spread", "astronaut", "mouth", dict(open_=0.9, spread=0.6, teeth=0.3)),
     ("parted portrait, at rest", "parted", "mouth", dict(seal=1.0)),
     ("parted portrait, half open", "parted", "mouth", dict(open_=0.4)),
-    ("toothy smile, m/b/p", "astronaut", "mouth", dict(closure=1.0)),
+    ("toothy smile, m-b-p closed", "astronaut", "mouth", dict(closure=1.0)),
     ("grayscale, open", "grayscale", "mouth", dict(open_=0.8, spread=0.1, teeth=0.2)),
     ("painted, lids closed", "painted", "eyes", dict(blink=1.0)),
     ("cartoon, lids closed", "cartoon", "eyes", dict(blink=1.0)),
