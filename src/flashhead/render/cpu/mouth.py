@@ -40,6 +40,7 @@ class MouthRig:
         self.seam_u, self.seam_v = su[order], sv[order]
         gaps = [np.linalg.norm(lm[i] - lm[j]) / 2 for i, j in zip(L.INNER_UPPER, L.INNER_LOWER)]
         self.gap_half = np.minimum(np.asarray(gaps, np.float32)[order], 0.12 * self.hw_guess(lm))
+        self.parted = bool(self.gap_half.max() >= PARTED_GAP * hw)   # else landmark noise
         self.lip_up = max(proj(13)[1] - proj(0)[1], 0.15 * hw)
         self.lip_lo = max(proj(17)[1] - proj(14)[1], 0.15 * hw)
         v_nose = proj(L.NOSE_BOTTOM)[1]
@@ -98,7 +99,7 @@ class MouthRig:
         """Closes a parted portrait's own gap: at 1, pixels near the seam sample the lips beyond
         the gap (plus GAP_MARGIN, which takes the dark edge lines too), so sealed and resting lips
         meet without the faint line of the gap left between them. Zero for closed-lip portraits."""
-        if self.gap_half.max() < PARTED_GAP * self.hw:   # closed lips (landmark noise): leave them
+        if not self.parted:
             return np.zeros_like(u)
         g = np.interp(u, self.seam_u, self.gap_half).astype(np.float32)
         g = np.where(g > 0.5, g + GAP_MARGIN, 0.0)
@@ -112,13 +113,14 @@ class MouthRig:
         o = max(open_ * (1.0 - 0.85 * closure) - 0.05, 0.0) / 0.95   # tiny openings stay closed
         shape = min(1.0, 0.15 + 3.0 * o)          # lip shaping needs some opening to show
         spread, round_ = spread * shape, round_ * shape
+        gap_seal = max(closure, REST_GAP_SEAL * seal) if self.parted else 0.0
         return np.array([
             hw * 0.62 * o,
             hw * (0.10 * o + 0.16 * teeth),
             hw * (0.10 * max(spread, 0.0) - 0.08 * max(-spread, 0.0) - 0.12 * round_),
             0.14 * round_ - 0.25 * max(closure, REST_SEAL * seal) - 0.08 * max(spread, 0.0) - 0.08 * teeth,
             hw * 0.12 * teeth,
-            max(closure, REST_GAP_SEAL * seal),
+            gap_seal if gap_seal > 1e-3 else 0.0,      # 0 skips the field's work
         ], np.float32)
 
     # ----------------------------------------------------------------- layer
