@@ -17,6 +17,14 @@ Usage:
   python bench/quality.py VIDEO.mp4 [--audio AUDIO]          # audio defaults to the MP4's track
   python bench/quality.py --render PORTRAIT.png AUDIO [--seconds S] [--seed N]
   python bench/quality.py --speed PORTRAIT.png AUDIO            # render ms/frame, 250 frames
+  python bench/quality.py --tts-sweep [--voices A,B] [--sentences N] [--portrait P]
+                         # espeak text path: SWEEP_SENTENCES x the 20 voices, a table + JSON
+  python bench/quality.py --tts-timing [--voices A,B]
+                         # the timeline against the sound espeak produced (no rendering)
+
+TTS sweep columns: lag and correlation as av_sync; "silent closed" as silence.closed_share;
+"speech open" the share of speech frames (not silent) whose opening exceeds the same closed
+threshold, i.e. the mouth visibly moves while the voice sounds.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
 import cv2
@@ -31,6 +40,8 @@ import numpy as np
 
 from flashhead import constants as C
 from flashhead.render.cpu import landmarks as L
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MAX_LAG = 10
 SILENT_REL = 0.10          # silent: RMS below this fraction of the clip's 95th percentile
@@ -85,6 +96,14 @@ def silence_closure(opening: np.ndarray, env: np.ndarray) -> dict:
     return {"silent_frames": int(sel.sum()),
             "closed_share": round(float(closed.mean()), 4) if sel.any() else None,
             "closed_threshold": round(float(thr), 4)}
+
+
+def speech_open(opening: np.ndarray, env: np.ndarray) -> dict:
+    """Share of speech frames (not silent by SILENT_REL) whose mouth is visibly open."""
+    speech = (env >= SILENT_REL * np.percentile(env, 95)) & np.isfinite(opening)
+    thr = np.nanpercentile(opening, 10) + CLOSED_MARGIN
+    return {"speech_frames": int(speech.sum()),
+            "open_share": round(float((opening[speech] >= thr).mean()), 4) if speech.any() else None}
 
 
 def _align(lm: np.ndarray, ref: np.ndarray) -> np.ndarray | None:
@@ -164,6 +183,7 @@ class _Tracker:
     ref: np.ndarray | None = None
     ref_gray: np.ndarray | None = None
     mask: np.ndarray | None = None
+    identity: bool = True      # False: landmarks only (the identity metrics cost most of the time)
 
     def add(self, frame: np.ndarray) -> None:
         if self.mesh is None:
@@ -180,6 +200,8 @@ class _Tracker:
         lm = np.array([(p.x * w, p.y * h) for p in res.multi_face_landmarks[0].landmark],
                       np.float32)[:L.N_LANDMARKS]
         self.lms.append(lm)
+        if not self.identity:
+            return
         gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
         if self.ref is None:
             self.ref, self.ref_gray = lm, gray
@@ -199,9 +221,11 @@ class _Tracker:
 
 
 def evaluate(frames: Iterable[np.ndarray], audio: np.ndarray, fps: int = C.FPS,
-             sample_rate: int = C.SAMPLE_RATE) -> dict:
-    """frames: iterable of (H, W, 3) uint8 RGB; audio: float32 mono at sample_rate."""
-    tr = _Tracker()
+             sample_rate: int = C.SAMPLE_RATE, identity: bool = True) -> dict:
+    """frames: iterable of (H, W, 3) uint8 RGB; audio: float32 mono at sample_rate.
+
+    identity=False skips the identity metrics (reported as None), for quick lip-sync sweeps."""
+    tr = _Tracker(identity=identity)
     for fr in frames:
         tr.add(fr)
     n = len(tr.lms)
@@ -215,8 +239,9 @@ def evaluate(frames: Iterable[np.ndarray], audio: np.ndarray, fps: int = C.FPS,
         "face_found_share": round(float(np.isfinite(opening).mean()), 4),
         "av_sync": av_sync(opening, env),
         "silence": silence_closure(opening, env),
+        "speech": speech_open(opening, env),
         "identity": {"ssim_non_mouth": _stats(np.array(tr.ssim), fps, True),
-                     "landmark_drift": _stats(np.array(tr.drift), fps, False)},
+                     "landmark_drift": _stats(np.array(tr.drift), fps, False)} if identity else None,
         "jitter": jitter(lm, fps),
     }
 
@@ -261,17 +286,23 @@ def evaluate_file(video: str, audio_path: str | None = None) -> dict:
     return evaluate(frames, audio, fps)
 
 
-def render_frames(portrait: str, audio: np.ndarray, seed: int = 0, chunk: int = 250):
-    """Render with the CPU renderer chunk by chunk (features from the audio), yielding frames."""
+def load_rgb(path: str) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def render_frames(portrait, audio: np.ndarray, seed: int = 0, chunk: int = 250, features=None):
+    """Render with the CPU renderer chunk by chunk, yielding frames.
+
+    portrait: a path, or a portrait already prepared by a CpuRenderer; features default to the
+    sound alone (the upload path)."""
     from flashhead.render.base import SpeechSpan
     from flashhead.render.cpu import CpuRenderer
     from flashhead.visemes.audio import features_from_audio
 
-    img = cv2.cvtColor(cv2.imread(portrait, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    feats = features_from_audio(audio)
+    feats = features_from_audio(audio) if features is None else features
     r = CpuRenderer()
     r.setup()
-    p = r.prepare(img, seed)
+    p = r.prepare(load_rgb(portrait), seed) if isinstance(portrait, str) else portrait
     s = r.new_session(p, seed)
     spf = C.SAMPLES_PER_FRAME
     for a in range(0, len(feats), chunk):
@@ -282,6 +313,108 @@ def render_frames(portrait: str, audio: np.ndarray, seed: int = 0, chunk: int = 
         yield from r.render(s, SpeechSpan(a, feats.slice(a, b), seg))
 
 
+# ------------------------------------------------------------------ TTS sweep
+SWEEP_SENTENCES = (
+    "Hello there, how are you today? My name is Anna, and I will be reading the news.",
+    "The quick brown fox jumps over the lazy dog. Maybe my baby bought a blue map.",
+    "Welcome back! Today we look at three simple ways to save energy at home.",
+    "Would you like some fresh orange juice, or should I put the kettle on?",
+    "Seven thousand people visited the old museum on the first sunny weekend of spring.",
+)
+SWEEP_TARGETS = {"max_abs_lag": 1, "min_correlation": 0.75, "min_silent_closed": 0.95,
+                 "min_speech_open": 0.60}
+
+
+def tts_case(portrait, voice: str, text: str, seed: int = 1, identity: bool = False) -> dict:
+    """espeak speech for `text` -> features_for (the text path) -> CPU render -> the harness."""
+    from flashhead.pipeline import pad_to_frames
+    from flashhead.speech.espeak import EspeakEngine
+    from flashhead.visemes.features import features_for
+
+    speech = EspeakEngine().synthesize(text, voice, C.DEFAULT_STABILITY, seed)
+    speech.audio = pad_to_frames(speech.audio)
+    feats = features_for(speech)
+    return evaluate(render_frames(portrait, speech.audio, seed, features=feats), speech.audio,
+                    identity=identity)
+
+
+def sweep_row(voice: str, reports: list[dict]) -> dict:
+    """One voice over its sentences: worst |lag|, mean and min correlation, mean shares."""
+    lags = [r["av_sync"]["lag_frames"] for r in reports]
+    corr = [r["av_sync"]["correlation"] for r in reports]
+    closed = [r["silence"]["closed_share"] for r in reports if r["silence"]["closed_share"] is not None]
+    opened = [r["speech"]["open_share"] for r in reports if r["speech"]["open_share"] is not None]
+    row = {"voice": voice, "lag": max(lags, key=abs), "corr": round(float(np.mean(corr)), 3),
+           "corr_min": round(float(min(corr)), 3),
+           "silent_closed": round(float(np.mean(closed)), 3) if closed else None,
+           "speech_open": round(float(np.mean(opened)), 3) if opened else None}
+    t = SWEEP_TARGETS
+    row["ok"] = bool(abs(row["lag"]) <= t["max_abs_lag"] and row["corr"] >= t["min_correlation"]
+                     and (row["silent_closed"] or 0) >= t["min_silent_closed"]
+                     and (row["speech_open"] or 0) >= t["min_speech_open"])
+    return row
+
+
+VOWEL_START = "aeiouAEIOUV03@"
+
+
+def tts_timing(voice: str, sentences, seed: int = 1) -> dict:
+    """Phoneme timeline vs the synthesised sound, per voice (medians in ms, 5 ms RMS windows):
+    onset/offset: first loud window after a pause vs the pause's end, last loud window before
+    a pause vs its start; stop_closure: where the silence before an unvoiced stop begins vs
+    the stop's start (0 = the timeline closes with the sound); stressed/unstressed: mean peak
+    opening (features_for) and loudness (RMS / 95th percentile) of the vowels."""
+    from flashhead.speech.espeak import EspeakEngine
+    from flashhead.visemes.features import features_for
+
+    hop = C.SAMPLE_RATE // 200
+    on, off, stop, vowels = [], [], [], {"stressed": [], "unstressed": []}
+    for text in sentences:
+        sp = EspeakEngine().synthesize(text, voice, C.DEFAULT_STABILITY, seed)
+        env = np.sqrt((sp.audio[:len(sp.audio) // hop * hop].reshape(-1, hop) ** 2).mean(1))
+        loud = env > 0.05 * np.percentile(env, 95)
+        feats = features_for(sp)
+        frame_env = rms_envelope(sp.audio, len(feats))
+        frame_env = np.clip(frame_env / np.percentile(frame_env, 95), 0, 1)
+        ph = sp.phonemes
+        for i, p in enumerate(ph):
+            sym, a, b = p.symbol.strip("',%="), int(round(p.start * 200)), int(round(p.end * 200))
+            if sym.startswith("_") and p.end - p.start >= 0.06:
+                if i + 1 < len(ph) and loud[a:].any():
+                    on.append((a + int(np.argmax(loud[a:])) - b) * 5)
+                last = np.flatnonzero(loud[:a + 40])
+                if i > 0 and len(last):
+                    off.append((last[-1] + 1 - a) * 5)
+            if sym in ("p", "t", "k") and i > 0 and ph[i - 1].symbol.strip("',%=")[:1] in VOWEL_START:
+                quiet = np.flatnonzero(~loud[int(round(ph[i - 1].start * 200)):b])
+                if len(quiet):
+                    stop.append((int(round(ph[i - 1].start * 200)) + quiet[0] - a) * 5)
+            if sym[:1] and sym[0] in VOWEL_START:
+                fa, fb = int(p.start * C.FPS), max(int(p.end * C.FPS), int(p.start * C.FPS) + 1)
+                key = "stressed" if p.symbol.startswith("'") else "unstressed"
+                vowels[key].append((feats.open[fa:fb].max(), frame_env[fa:fb].max()))
+    med = lambda x: float(np.median(x)) if x else None   # noqa: E731
+    out = {"voice": voice, "onset_ms": med(on), "offset_ms": med(off), "stop_closure_ms": med(stop)}
+    for k, v in vowels.items():
+        v = np.array(v).reshape(-1, 2)
+        out[f"{k}_open"], out[f"{k}_loudness"] = (round(float(x), 3) for x in v.mean(0))
+    return out
+
+
+def tts_sweep(portrait_path: str, voices, sentences, seed: int = 1, log=print) -> list[dict]:
+    from flashhead.render.cpu import CpuRenderer
+
+    portrait = CpuRenderer().prepare(load_rgb(portrait_path), seed)
+    log(f"{'voice':<10} {'lag':>4} {'corr':>6} {'min':>6} {'silent closed':>14} {'speech open':>12}  ok")
+    rows = []
+    for v in voices:
+        row = sweep_row(v, [tts_case(portrait, v, t, seed) for t in sentences])
+        rows.append(row)
+        log(f"{v:<10} {row['lag']:>4} {row['corr']:>6.3f} {row['corr_min']:>6.3f} "
+            f"{row['silent_closed']:>14.3f} {row['speech_open']:>12.3f}  {'yes' if row['ok'] else 'NO'}")
+    return rows
+
+
 def render_speed(portrait: str, audio: np.ndarray, frames: int = 250, threads: int = 1) -> dict:
     """Render ms/frame of the CPU renderer for `frames` frames of speech (features precomputed)."""
     import time
@@ -290,7 +423,7 @@ def render_speed(portrait: str, audio: np.ndarray, frames: int = 250, threads: i
     from flashhead.render.cpu import CpuRenderer
     from flashhead.visemes.audio import features_from_audio
 
-    img = cv2.cvtColor(cv2.imread(portrait, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    img = load_rgb(portrait)
     audio = np.resize(audio, frames * C.SAMPLES_PER_FRAME).astype(np.float32)
     feats = features_from_audio(audio)
     r = CpuRenderer(threads=threads)
@@ -317,8 +450,25 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--speed", nargs=2, metavar=("PORTRAIT", "AUDIO"),
                     help="print CPU render ms/frame for 250 frames (1 and 2 OpenCV threads)")
+    ap.add_argument("--tts-sweep", action="store_true",
+                    help="espeak text path: SWEEP_SENTENCES for every voice; a table, then JSON")
+    ap.add_argument("--tts-timing", action="store_true",
+                    help="espeak text path: the phoneme timeline against the synthesised sound")
+    ap.add_argument("--voices", help="with --tts-sweep/--tts-timing: comma-separated voices (default all 20)")
+    ap.add_argument("--sentences", type=int, default=len(SWEEP_SENTENCES),
+                    help="with --tts-sweep: use the first N sentences")
+    ap.add_argument("--portrait", default=str(ROOT / "examples" / "portrait_girl_512.png"))
     args = ap.parse_args(argv)
-    if args.speed:
+    if args.tts_timing:
+        voices = args.voices.split(",") if args.voices else list(C.VOICES)
+        report = {"tts_timing": [tts_timing(v, SWEEP_SENTENCES[:args.sentences], args.seed or 1)
+                                 for v in voices]}
+    elif args.tts_sweep:
+        voices = args.voices.split(",") if args.voices else list(C.VOICES)
+        rows = tts_sweep(args.portrait, voices, SWEEP_SENTENCES[:args.sentences], args.seed or 1,
+                         log=lambda line: print(line, file=sys.stderr, flush=True))
+        report = {"tts_sweep": rows, "targets": SWEEP_TARGETS, "all_ok": all(r["ok"] for r in rows)}
+    elif args.speed:
         audio = read_audio(args.speed[1])
         report = {"speed": [render_speed(args.speed[0], audio, threads=t) for t in (1, 2, 1)]}
     elif args.render:

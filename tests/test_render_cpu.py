@@ -227,3 +227,174 @@ def test_get_renderer():
     except BackendUnavailable:
         return
     assert r.name == "flashhead-lite"
+
+
+def _lum(rgb):
+    return np.asarray(rgb, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def test_mouth_palette_follows_the_portraits_saturation(image):
+    """A grayscale portrait gets a gray mouth inside (not a red one); a colour one stays warm."""
+    gray_img = np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, -1)
+    r = CpuRenderer(head_motion=0.0, blinks=False, gaze=False)
+    gray, colour = (r.prepare(x, 0) for x in (gray_img, image))
+    for name in ("cavity", "inner_lip", "tongue", "teeth"):
+        assert np.ptp(getattr(gray.palette, name)) < 2.0, name
+    assert colour.palette.cavity[0] > colour.palette.cavity[2] + 3
+    f = FrameFeatures.zeros(1)
+    f.open[:], f.voiced[:] = 0.9, 1.0
+    out = r.render(r.new_session(gray, 0), span(f))[0].astype(np.int16)
+    ys, xs = mouth_box(gray.landmarks)
+    assert np.ptp(out[ys, xs], axis=-1).max() <= 3     # every pixel of the open mouth is gray
+
+
+def test_upper_teeth_end_behind_the_lip_at_the_corners(portrait):
+    """No bright tooth tips ("fangs") at the corners of a wide-open mouth."""
+    m = portrait.mouth
+    au, s = np.abs(m.sub_u) / m.hw, m.sub_s
+    assert m.upper_alpha[(au > 0.85) & (s > 0)].max() < 0.1
+    assert m.upper_alpha[(au < 0.3) & (s > 0) & (s < 0.05 * m.hw)].min() > 0.8   # the front shows
+
+
+@pytest.fixture(scope="module")
+def parted(still, portrait):
+    """The sample portrait with its lips parted (teeth showing), rendered by us, prepared again."""
+    f = FrameFeatures.zeros(1)
+    f.open[:], f.teeth[:], f.voiced[:] = 0.22, 0.3, 1.0
+    img = still.render(still.new_session(portrait, 0), span(f))[0]
+    return img, still.prepare(img, 0)
+
+
+def test_parted_lips_close_without_a_line_at_rest(still, parted):
+    img, p = parted
+    m = p.mouth
+    assert m.gap_half.max() > 0.08 * m.hw                 # the portrait really is parted
+    out = still.render(still.new_session(p, 0), span(FrameFeatures.zeros(3)))[-1]
+    u, v = np.meshgrid(np.arange(C.SIZE, dtype=np.float32), np.arange(C.SIZE, dtype=np.float32))
+    du, dv = u - m.origin[0], v - m.origin[1]
+    mu, mv = du * m.eu[0] + dv * m.eu[1], du * m.ev[0] + dv * m.ev[1]
+    s = mv - m.seam(mu)
+    band = (np.abs(mu) < 0.4 * m.hw) & (np.abs(s) <= m.gap_half.max())
+    teeth_like = lambda x: (np.ptp(x.astype(np.float32), -1) / np.maximum(x.max(-1), 1) < 0.35).mean()  # noqa: E731
+    assert teeth_like(img[band]) > 0.1          # pale teeth between the lips before
+    assert teeth_like(out[band]) < 0.01         # at rest the band is lip colour only
+    f = FrameFeatures.zeros(8)
+    f.open[:], f.voiced[:], f.energy[:] = 0.5, 1.0, 0.5
+    f.closure[-1], f.open[-1] = 1.0, 0.0                    # m/b/p well into speech
+    speaking = still.render(still.new_session(p, 0), span(f))
+    assert teeth_like(speaking[-1][band]) < 0.01
+
+
+def test_closed_lids_of_a_painted_face_are_not_smeared(image):
+    """Over the eye's opening a closed lid shows lid skin: no dark strokes dragged down (before
+    the fix a third to a half of that area was smeared stroke)."""
+    from flashhead.render.cpu.motion import MotionState
+    from flashhead.render.cpu.renderer import Session
+
+    r = CpuRenderer()
+    p = r.prepare(cv2.stylization(image, sigma_s=60, sigma_r=0.45), 0)
+    s = Session(p, MotionState(0), p.image.copy())
+    for k, eye in enumerate(p.eyes):
+        r._local(s, f"eye{k}", eye, eye.coefficients(1.0, 0.0, 0.0), lambda c: True)
+        lum = _lum(s.work[eye.box.slices])
+        source = eye.lid_v - eye.lid_mag                   # where each closed-lid pixel samples
+        over = (eye.lid_mag > 2) & (eye.lid_v > eye.lid_vu) & (source < eye.lid_vu - 3)
+        assert over.sum() > 50
+        assert (lum[over] < 0.7 * _lum(eye.lid_rgb)).mean() < 0.05, k
+
+
+# ------------------------------------------------------------------ idle poses
+def _pose_run(pose: str, n: int = 14 * C.FPS, enter: int = 25, leave: int | None = None, seed: int = 5,
+              voiced_from: int | None = None):
+    """MotionState over n idle frames: pose set at `enter`, back to idle at `leave`."""
+    from flashhead.render.cpu.motion import MotionState
+    m = MotionState(seed)
+    rows = []
+    for f in range(n):
+        if f == enter:
+            m.set_pose(pose)
+        if f == leave:
+            m.set_pose("idle")
+        voiced = 1.0 if voiced_from is not None and f >= voiced_from else 0.0
+        life = m.step(f, 0.5 * voiced, voiced)
+        rows.append((life.gaze_x, life.gaze_y, *life.head, life.seal, m.nod))
+    return np.array(rows)
+
+
+def test_listening_keeps_the_eyes_on_the_viewer_nods_now_and_then_mouth_closed():
+    idle, listen = _pose_run("idle"), _pose_run("listening")
+    held = slice(2 * C.FPS, None)
+    assert np.abs(idle[held, :2]).max() > 0.1                       # the plain idle looks around
+    assert np.abs(listen[held, :2]).max() < 0.01                    # the listener looks at you
+    nod = listen[held, -1]
+    peaks = np.flatnonzero((nod[1:-1] > nod[:-2]) & (nod[1:-1] >= nod[2:]) & (nod[1:-1] > 1.0))
+    assert 2 <= len(peaks) <= 6 and nod.max() < 4.0                 # occasional, small
+    assert np.abs(idle[:, -1]).max() == 0.0                         # no nods without a reason
+    assert (listen[held, -2] > 0.99).all()                          # lips resting together
+    assert abs(listen[held, 4].mean() - idle[held, 4].mean()) > 1.0  # head tilted to the viewer
+
+
+def test_thinking_glances_up_and_aside_returns_to_the_viewer_and_differs_from_listening():
+    think, listen = _pose_run("thinking"), _pose_run("listening")
+    held = slice(2 * C.FPS, None)
+    gx, gy = think[held, 0], think[held, 1]
+    assert ((gx > 0.25) & (gy < -0.15)).mean() > 0.2              # up and aside, for a while
+    assert (np.hypot(gx, gy) < 0.03).mean() > 0.2                 # and back on the viewer
+    nod = think[held, -1]
+    assert nod.max() > 0.8 and nod.max() < 4.0                    # small nods on coming back
+    assert np.abs(think[held, 2:7].mean(0) - listen[held, 2:7].mean(0)).max() > 2.0
+    assert (think[held, -2] > 0.99).all()
+
+
+@pytest.mark.parametrize("pose", ["listening", "thinking"])
+def test_poses_enter_and_leave_without_a_jump(pose):
+    """Per-frame steps while entering and leaving are no larger than the idle's own motion
+    (gaze saccades, nods) and the pose is fully gone a second after leaving."""
+    idle, run = _pose_run("idle"), _pose_run(pose, enter=25, leave=8 * C.FPS)
+    steps = np.abs(np.diff(run[:, :7], axis=0))
+    assert steps[:, :2].max() <= np.abs(np.diff(idle[:, :2], axis=0)).max() + 1e-6   # gaze
+    assert steps[:, 2:7].max() < 1.5                                # head: px / deg per frame
+    for a, b in ((20, 45), (8 * C.FPS - 5, 8 * C.FPS + 20)):        # eased: no kink at the switch
+        acc = np.abs(np.diff(run[a:b, 2:7], 2, axis=0)).max()
+        assert acc < 0.3
+    back = slice(9 * C.FPS + 10, None)
+    assert np.allclose(run[back, 2:7], idle[back, 2:7], atol=0.05)
+
+
+def test_speech_fades_a_pose_out():
+    run, idle = _pose_run("thinking", voiced_from=6 * C.FPS), _pose_run("idle", voiced_from=6 * C.FPS)
+    assert abs(run[5 * C.FPS, 4] - idle[5 * C.FPS, 4]) > 1.5       # tilted while thinking
+    assert np.allclose(run[8 * C.FPS:, 2:5], idle[8 * C.FPS:, 2:5], atol=0.05)
+
+
+def test_renderer_idle_pose_api(image):
+    r = CpuRenderer(head_motion=1.0, blinks=False)
+    p = r.prepare(image, 2)
+    frames = {}
+    for pose in ("idle", "listening", "thinking"):
+        s = r.new_session(p, 2)
+        r.set_idle_pose(s, pose)
+        frames[pose] = r.render(s, span(FrameFeatures.zeros(2 * C.FPS)))[-1].astype(np.int16)
+    for a, b in (("idle", "listening"), ("idle", "thinking"), ("listening", "thinking")):
+        assert np.abs(frames[a] - frames[b]).mean() > 1.0, (a, b)    # visibly different
+    with pytest.raises(InputError):
+        r.set_idle_pose(r.new_session(p, 2), "dancing")
+    from flashhead.render.base import IDLE_POSES, Renderer
+    assert IDLE_POSES == ("idle", "listening", "thinking")
+    with pytest.raises(InputError):
+        Renderer.set_idle_pose(r, None, "asleep")                    # the base checks names too
+
+
+def test_a_pose_keeps_sessions_deterministic_across_chunking(image):
+    r = CpuRenderer()
+    p = r.prepare(image, 4)
+    feats = speechy(60, seed=2)
+    idle = FrameFeatures.zeros(40)
+    whole = r.new_session(p, 4)
+    r.set_idle_pose(whole, "listening")
+    a = r.render(whole, span(FrameFeatures.concat([idle, feats, idle])))
+    parts = r.new_session(p, 4)
+    r.set_idle_pose(parts, "listening")
+    b = np.concatenate([r.render(parts, span(idle)), r.render(parts, span(feats, 40)),
+                        r.render(parts, span(idle, 100))])
+    assert np.array_equal(a, b)

@@ -6,7 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flashhead.errors import InputError
 from flashhead.visemes.base import FrameFeatures
+
+# Idle poses a session can hold between utterances (zero features): the plain idle, a listener
+# (eyes on the viewer, an occasional small nod, mouth closed, head tilted towards the viewer)
+# and a thinker (head tilted the other way, short glances up and aside that come back to the
+# viewer with a small nod, mouth closed). Renderers blend in and out of them smoothly.
+IDLE_POSES = ("idle", "listening", "thinking")
 
 
 @dataclass
@@ -70,3 +77,17 @@ class Renderer(ABC):
 
     def close(self) -> None:
         """Release resources."""
+
+    def set_idle_pose(self, session: object, pose: str) -> None:
+        """Hold `pose` (one of IDLE_POSES) whenever the session renders idle frames, from the next
+        rendered frame on; speech frames fade it out and it returns when they end.
+
+        Renderers without idle poses keep the plain idle (this default only checks the name).
+        """
+        check_idle_pose(pose)
+
+
+def check_idle_pose(pose: object) -> str:
+    if pose not in IDLE_POSES:
+        raise InputError(f"unknown idle pose {pose!r}; one of {', '.join(IDLE_POSES)}", field="pose")
+    return pose

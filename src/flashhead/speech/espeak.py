@@ -200,10 +200,49 @@ def prosody(voice: Voice, stability: float, seed: int, n: int) -> list[tuple[int
     return out
 
 
-def _timeline(take: _Take, offset: float, rate: int, n_samples: int) -> list[Phoneme]:
-    """Phoneme events -> Phonemes; each ends where the next starts (the last at the take's end)."""
-    starts = [(s / rate, sym) for s, sym in take.events]
-    end_of_take = n_samples / rate
+UNVOICED_STOPS = frozenset({"p", "t", "k", "tS"})
+CLOSURE_MAX_S = 0.09        # the longest stop closure moved out of the preceding phoneme
+CLOSURE_WIN_S = 0.005       # RMS window that finds the closure's silence
+CLOSURE_QUIET = 0.05        # silent: RMS below this share of the take's 95th percentile
+_STRESS = re.compile(r"['\",%=]")
+
+
+def _window_rms(x: np.ndarray, win: int) -> np.ndarray:
+    """RMS of consecutive `win`-sample windows of int16 audio, aligned to the END of x."""
+    n = len(x) // win
+    tail = x[len(x) - n * win:].astype(np.float32) / 32768.0
+    return np.sqrt((tail.reshape(n, win) ** 2).mean(1))
+
+
+def _closure_start(audio: np.ndarray, rate: int, event: int, floor: int, quiet: float) -> int:
+    """Sample where the silence that ends at a stop's event began (never before `floor`).
+
+    espeak reports an unvoiced stop (p t k) at its burst: the closure before it, 40-60 ms of
+    silence, is counted in the preceding phoneme, so the lips would close (p) or the jaw rise
+    (t k) only when the sound is already back. Walk back over silent windows to the closure's
+    start instead.
+    """
+    win = max(1, int(rate * CLOSURE_WIN_S))
+    rms = _window_rms(audio[max(floor, event - int(rate * CLOSURE_MAX_S)):event], win)
+    loud = np.flatnonzero(rms >= quiet)
+    silent_tail = len(rms) - (loud[-1] + 1 if len(loud) else 0)
+    return event - silent_tail * win
+
+
+def _timeline(take: _Take, offset: float, rate: int, audio: np.ndarray) -> list[Phoneme]:
+    """Phoneme events -> Phonemes; each ends where the next starts (the last at the take's end).
+
+    An unvoiced stop starts where its closure's silence starts (see _closure_start)."""
+    events = [list(e) for e in take.events]
+    rms = _window_rms(audio, max(1, int(rate * CLOSURE_WIN_S)))
+    quiet = CLOSURE_QUIET * float(np.percentile(rms, 95)) if len(rms) else 0.0
+    for i in range(1, len(events)):
+        if _STRESS.sub("", events[i][1]) in UNVOICED_STOPS:
+            prev = events[i - 1][0]
+            floor = prev + int(0.3 * max(events[i][0] - prev, 0))   # the previous keeps 30%
+            events[i][0] = _closure_start(audio, rate, events[i][0], floor, quiet)
+    starts = [(s / rate, sym) for s, sym in events]
+    end_of_take = len(audio) / rate
     out = []
     for i, (start, sym) in enumerate(starts):
         end = starts[i + 1][0] if i + 1 < len(starts) else end_of_take
@@ -248,7 +287,7 @@ class EspeakEngine(TTSEngine):
         parts, phonemes, pos = [np.zeros(pad, np.int16)], [Phoneme(PAUSE, 0.0, PAD_SECONDS)], pad
         for take in takes:
             audio = np.concatenate(take.chunks) if take.chunks else np.zeros(0, np.int16)
-            phonemes += _timeline(take, pos / rate, rate, len(audio))
+            phonemes += _timeline(take, pos / rate, rate, audio)
             parts.append(audio)
             pos += len(audio)
         parts.append(np.zeros(pad, np.int16))

@@ -9,12 +9,19 @@ Phoneme path, in steps:
 4. frames: mean of the grid over each 40 ms frame; a frame mostly inside a bilabial, or holding
    its midpoint, is closed (closure 1), so short stops are never averaged away;
    then a zero-phase [1 2 1]/4 smoothing of the shape columns;
-5. the sound: openness = smooth((PHONEME_W * phoneme openness + ENERGY_W * loudness) * gate),
-   where the gate eases from 0 to 1 as the frame's loudness rises through ENERGY_GATE, so the
-   mouth follows the RMS envelope; after smoothing, frames quieter than QUIET_GATE close again
-   (eased over QUIET_GATE, so stop closures and pauses shut without a spill-over), and the viseme still
-   shapes each sound; bilabial closures stay sealed, and frames the audio gate calls silent are
+5. with the audio (TTS, where the timeline and the sound come together) the two are blended:
+   the sound gives the opening amount and its timing, the phonemes give the shape. openness =
+   the acoustic opening of the synthesised audio (visemes.audio: RMS envelope, gated, its
+   energy dips closed) times (1 - SHAPE_W + SHAPE_W * the viseme's relative opening), so the
+   jaw follows loudness and an "ee" still opens less than an "ah", then the [1 2 1]/4 smoothing
+   (frames the sound left closed stay closed: no spill-over); spread, rounding, f/v teeth
+   and the bilabial closures come from the timeline alone. The closure column is not applied
+   to the openness here (the renderer scales opening by it once), except that frames sealed
+   by a bilabial stay at 0; the anticipation/release ramps around them are weighted by RAMP_W,
+   because the sound already dips where the lips close (full ramps closed the mouth for too
+   long around m/b/p and cost ~0.03 correlation). Frames the audio gate calls silent are
    closed (zeros).
+   Without audio, openness is the timeline's own.
 """
 from __future__ import annotations
 
@@ -34,9 +41,9 @@ TAU = 0.03                    # s, how far a viseme reaches into its neighbours
 ANTICIPATE_S = 0.07           # s, lips start closing this long before a bilabial
 RELEASE_S = 0.03              # s, and open again over this long after it
 BRIDGE_FRAMES = 3             # audio-silent gaps this short inside speech keep the mouth moving
-PHONEME_W, ENERGY_W = 0.55, 0.45   # openness mix with the audio (phoneme shape vs loudness)
-ENERGY_GATE = (0.08, 0.22)     # loudness (RMS / clip reference) over which the mouth may open
-QUIET_GATE = (0.06, 0.12)      # after smoothing: quieter frames (stop closures, pauses) shut
+SHAPE_W = 0.2                 # share of the opening the viseme decides (the rest: loudness)
+RAMP_W = 0.4                  # with audio: weight of the anticipation/release closure ramps
+REL_OPEN = 0.6                # viseme opening that counts as fully open for that share
 _COLS = ("open", "spread", "round", "closure", "teeth")
 _PER_FRAME = GRID_HZ // C.FPS
 
@@ -110,12 +117,6 @@ def _smooth(x: np.ndarray) -> np.ndarray:
     return 0.25 * p[:-2] + 0.5 * p[1:-1] + 0.25 * p[2:]
 
 
-def _gate(energy: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """0 below lo, 1 above hi, a smoothstep between."""
-    t = np.clip((energy - lo) / (hi - lo), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
 def _bridge(voiced: np.ndarray, gap: int) -> np.ndarray:
     """Fill runs of silence no longer than `gap` frames that lie between voiced frames."""
     out = voiced.astype(bool).copy()
@@ -126,6 +127,17 @@ def _bridge(voiced: np.ndarray, gap: int) -> np.ndarray:
     return out
 
 
+def _frame_means(x: np.ndarray, n: int) -> np.ndarray:
+    return x[:n * _PER_FRAME].reshape(n, _PER_FRAME).mean(axis=1)
+
+
+def blend_opening(acoustic: np.ndarray, shape_open: np.ndarray) -> np.ndarray:
+    """Loudness gives the amount and timing, the viseme (before bilabial closure) the shape."""
+    rel = np.clip(_smooth(shape_open) / REL_OPEN, 0.0, 1.0)
+    smooth = _smooth(acoustic * (1.0 - SHAPE_W + SHAPE_W * rel))
+    return np.clip(np.where(acoustic > 0, smooth, 0.0), 0.0, 1.0)   # no spill into the quiet
+
+
 def features_from_phonemes(phonemes: list[Phoneme], n_frames: int,
                            audio: np.ndarray | None = None,
                            phoneme_set: str = "espeak") -> FrameFeatures:
@@ -133,6 +145,7 @@ def features_from_phonemes(phonemes: list[Phoneme], n_frames: int,
     segs = _segments(phonemes, phoneme_set)
     grid = _blend(segs, n_frames * _PER_FRAME)
     grid[:, 3] = 0.0          # lip closure comes from the bilabial timing alone
+    shape_open = grid[:, 0].copy()
     core = _bilabials(grid, segs)
     f = _to_frames(grid, core, n_frames)
     open_, spread, rnd, closure, teeth = (f[:, i] for i in range(len(_COLS)))
@@ -146,9 +159,9 @@ def features_from_phonemes(phonemes: list[Phoneme], n_frames: int,
             [snd, FrameFeatures.zeros(n_frames - len(snd))])
         voiced = _bridge(snd.voiced > 0, BRIDGE_FRAMES)
         energy = snd.energy
-        open_ = _smooth((PHONEME_W * open_ + ENERGY_W * energy) * _gate(energy, *ENERGY_GATE))
-        # frames quieter than the gate close again after the smoothing (eased, not cut)
-        open_ = np.clip(open_ * _gate(energy, *QUIET_GATE), 0.0, 1.0)
+        open_ = blend_opening(snd.open, _frame_means(shape_open, n_frames))
+        # the sound already dips where the lips close: the ramps only hint at it (lip press)
+        closure = np.where(closure >= 1.0, 1.0, RAMP_W * closure)
     open_ = np.where(closure >= 1.0, 0.0, open_)      # smoothing must not reopen sealed lips
     cols = [np.where(voiced, c, 0.0) for c in (open_, spread, rnd, closure, teeth)]
     return FrameFeatures(*(np.asarray(c, np.float32) for c in cols),

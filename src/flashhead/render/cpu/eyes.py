@@ -8,6 +8,7 @@ from .warp import BlendField, Box, local_coords, smoothstep, step, to_image
 
 BLINK, GAZE_X, GAZE_Y = range(3)
 LID_COVER = 0.85      # how much of the stretched lid skin (and lashes) the lid colour hides
+LASH_KEEP = 1.5       # output px of lash line kept at the closed lid's edge
 
 
 class EyeRig:
@@ -67,6 +68,7 @@ class EyeRig:
         else:
             self.lid_map = np.broadcast_to(self.lid_rgb, region.shape).astype(np.float32)
         self.lid_v, self.lid_vu, self.lid_mag = v, vu, blink
+        self.over_eye = (smoothstep(-1.0, 2.0, v - vu) * np.clip(blink / 3.0, 0, 1)).astype(np.float32)
         # how fast the blink displacement grows down the face: at coefficient c the lid skin is
         # sampled 1 - c * grow rows per row, i.e. stretched where that falls well below 1
         gy, gx = np.gradient(blink.astype(np.float32))
@@ -79,7 +81,14 @@ class EyeRig:
         v_src = self.lid_v - c[BLINK] * self.lid_mag
         strength = LID_COVER * smoothstep(0.15, 0.5, float(c[BLINK]))
         stretched = np.clip((c[BLINK] * self.lid_grow - 0.25) / 0.35, 0, 1)
-        a = stretched * np.clip((self.lid_vu - 2.0 - v_src) / 2.0, 0, 1) * strength
+        # source rows per output row: where the lid is stretched a thin (painted, inked) lash
+        # stroke above the lid line would smear over several rows; cover all of it except the
+        # last LASH_KEEP output rows, which stay a crisp lash line
+        squeeze = np.clip(1.0 - c[BLINK] * self.lid_grow, 0.05, 1.0)
+        # over the eye's own opening a (nearly) closed lid is skin: painted and inked faces have
+        # strokes there (eyeliner, crease lines) that the warp would drag down as smears
+        lid = np.maximum(stretched, self.over_eye * smoothstep(0.6, 0.95, float(c[BLINK])))
+        a = lid * np.clip((self.lid_vu - LASH_KEEP * squeeze - v_src) / squeeze, 0, 1) * strength
         ys, xs = np.nonzero(a.max(1) > 0.01)[0], np.nonzero(a.max(0) > 0.01)[0]
         if not len(ys):
             return

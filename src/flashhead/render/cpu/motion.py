@@ -1,8 +1,15 @@
 """Head motion field (fades out away from the face) and the per-session life generator.
 
 Everything here is a deterministic function of (seed, global frame index, features seen so
-far): the generator advances one frame at a time, so any split of a timeline into spans gives
-the same sequence.
+far, idle-pose changes and the frames they came at): the generator advances one frame at a
+time, so any split of a timeline into spans gives the same sequence.
+
+Idle poses (set_pose), both with the mouth closed, the eyes on the viewer and a small nod now
+and then: "listening" holds eye contact with the head tilted a little towards the viewer and
+nods every few seconds; "thinking" tilts the head the other way, slows the sway, and glances
+up and aside for a second or two at a time, coming back to the viewer with a nod. Each pose
+has a weight that a critically damped spring moves towards 1 (the active pose) or 0 (others,
+and any pose while the voice sounds), so entering and leaving are as smooth as the plain idle.
 """
 from __future__ import annotations
 
@@ -21,6 +28,14 @@ LOW = 4                                   # head field resolution divisor
 TX, TY, ROLL, YAW, PITCH = range(5)
 SEAL_RATE = 0.5                           # per frame: lips settle together in silence, part for speech
 BLINK_SHAPE = (0.5, 1.0, 0.85, 0.45, 0.15)   # per-frame lid closure of one blink (~150 ms)
+POSES = ("listening", "thinking")            # idle poses besides the plain idle
+POSE_HZ = 1.2                                # pose weight spring: ~0.5 s to enter or leave
+# head offsets at full weight: TX px, TY px, ROLL deg, YAW px, PITCH px (+ = chin down)
+POSE_HEAD = {"listening": (0.0, 0.0, 1.6, -0.8, 1.2), "thinking": (0.8, -0.6, -2.2, 2.4, -2.0)}
+POSE_GAZE = {"listening": (0.0, 0.0), "thinking": (0.34, -0.2)}   # iris radii, up is negative
+LISTEN_NOD_S = (2.2, 4.5)                    # seconds between a listener's small nods
+LISTEN_NOD = 52.0                            # px/s kick of the nod spring (a ~2 px nod)
+THINK_AWAY_S, THINK_BACK_S = (1.2, 2.4), (1.4, 2.8)   # a thinker's glances away / back to you
 
 
 class HeadRig:
@@ -80,7 +95,8 @@ class MotionState:
     def __init__(self, seed: int, amount: float = 1.0, blinks: bool = True, gaze: bool = True):
         self.amount, self.blinks_on, self.gaze_on = amount, blinks, gaze
         seq = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x5EED])
-        self._blink_rng, self._gaze_rng, sway_rng = (np.random.default_rng(s) for s in seq.spawn(3))
+        self._blink_rng, self._gaze_rng, sway_rng, self._pose_rng = (
+            np.random.default_rng(s) for s in seq.spawn(4))
         self.sway = [(sway_rng.uniform(0.05, 0.32, 3), sway_rng.uniform(0, 2 * np.pi, 3))
                      for _ in range(5)]
         self.breath_phase = float(sway_rng.uniform(0, 2 * np.pi))
@@ -95,6 +111,58 @@ class MotionState:
         self.e_fast = self.e_slow = 0.0
         self.nod = self.nod_v = 0.0
         self.seal = 1.0
+        self.pose = "idle"
+        self.pose_w = {p: 0.0 for p in POSES}
+        self.pose_v = {p: 0.0 for p in POSES}
+        self.next_nod = 0
+        self.away = False                  # a thinker glancing away (else: eyes on the viewer)
+        self.look = self.look_v = 0.0      # eased glance
+
+    def set_pose(self, pose: str) -> None:
+        """"idle", "listening" or "thinking" from the next frame on (blended in and out)."""
+        if pose != "idle" and pose not in POSES:
+            raise ValueError(f"unknown idle pose {pose!r}")
+        if pose != self.pose and pose != "idle":
+            self.next_nod = self.frame + int(self._pose_rng.uniform(0.8, 1.6) * C.FPS)
+            self.away = False
+        self.pose = pose
+
+    @staticmethod
+    def _spring(x: float, v: float, target: float) -> tuple[float, float]:
+        """One frame of a critically damped spring at POSE_HZ, x kept within 0..1."""
+        w, dt = 2 * math.pi * POSE_HZ, C.FRAME_SECONDS
+        v += (w * w * (target - x) - 2 * w * v) * dt
+        return min(max(x + v * dt, 0.0), 1.0), v
+
+    def _poses(self, f: int, voiced: float) -> None:
+        """Advance the pose weights, the thinker's glance and the poses' nods by one frame."""
+        for p in POSES:
+            target = 1.0 if (p == self.pose and voiced <= 0.0) else 0.0
+            self.pose_w[p], self.pose_v[p] = self._spring(self.pose_w[p], self.pose_v[p], target)
+        self.look, self.look_v = self._spring(self.look, self.look_v, float(self.away))
+        if self.pose == "idle" or f < self.next_nod:
+            return
+        if self.pose == "listening":
+            self.nod_v += LISTEN_NOD * self.pose_w["listening"]
+            self.next_nod = f + int(self._pose_rng.uniform(*LISTEN_NOD_S) * C.FPS)
+        else:                                    # thinking: glance away, or back with a nod
+            if self.away:
+                self.nod_v += 0.7 * LISTEN_NOD * self.pose_w["thinking"]
+            self.away = not self.away
+            span = THINK_BACK_S if not self.away else THINK_AWAY_S
+            self.next_nod = f + int(self._pose_rng.uniform(*span) * C.FPS)
+
+    def _posed(self, gaze: np.ndarray, head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Blend the plain idle gaze and head towards the active poses (thinking: half the sway)."""
+        w = self.pose_w
+        gaze = gaze * max(1.0 - sum(w.values()), 0.0)
+        head = head * np.float32(1.0 - 0.5 * w["thinking"])
+        for p in POSES:
+            if self.gaze_on:
+                glance = self.look if p == "thinking" else 1.0
+                gaze = gaze + w[p] * glance * np.asarray(POSE_GAZE[p])
+            head = head + np.float32(w[p] * self.amount) * np.asarray(POSE_HEAD[p], np.float32)
+        return gaze, head
 
     def _blink(self, f: int) -> float:
         if f >= self.next_blink:
@@ -131,6 +199,7 @@ class MotionState:
         rate = 0.12 if voiced > self.activity else 0.035
         self.activity += (voiced - self.activity) * rate
         self.seal += ((voiced <= 0.0) - self.seal) * SEAL_RATE
+        self._poses(f, voiced)
         self.e_fast += (energy - self.e_fast) * 0.5
         self.e_slow += (energy - self.e_slow) * 0.06
         onset = max(0.0, self.e_fast - self.e_slow - 0.06)
@@ -147,4 +216,5 @@ class MotionState:
             2.2 * live * self._sway(3, t),
             1.0 * live * self._sway(4, t) + self.nod + 1.2 * self.e_slow,
         ], np.float32) * self.amount
-        return Life(blink, float(self.gaze[0]), float(self.gaze[1]), head, self.seal)
+        gaze, head = self._posed(self.gaze, head)
+        return Life(blink, float(gaze[0]), float(gaze[1]), head, self.seal)

@@ -13,11 +13,14 @@ from .palette import Palette
 from .warp import BlendField, Box, local_coords, smoothstep, step, to_image
 
 # Coefficient order of the mouth fields.
-JAW, LIFT, SPREAD, LIPV, TUCK = range(5)
+JAW, LIFT, SPREAD, LIPV, TUCK, SEAL = range(6)
 JAW_LINE = (132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361)
 REST_SEAL = 0.8           # resting lips: this fraction of a bilabial press
 ACTIVE_EPS = 0.05          # below this (px or fraction) a coefficient counts as zero
 LIP_SHADE_TINT = 1.0       # inner-lip chroma added to the lip's shadow on the upper teeth
+GAP_MARGIN = 1.5           # px beyond the landmark gap that a parted portrait's lips close over
+REST_GAP_SEAL = 1.0        # resting lips of a parted portrait close this much (m/b/p close fully)
+PARTED_GAP = 0.08          # half-gap (in mouth half-widths) from which a portrait's lips count as parted
 
 
 class MouthRig:
@@ -37,6 +40,7 @@ class MouthRig:
         self.seam_u, self.seam_v = su[order], sv[order]
         gaps = [np.linalg.norm(lm[i] - lm[j]) / 2 for i, j in zip(L.INNER_UPPER, L.INNER_LOWER)]
         self.gap_half = np.minimum(np.asarray(gaps, np.float32)[order], 0.12 * self.hw_guess(lm))
+        self.parted = bool(self.gap_half.max() >= PARTED_GAP * hw)   # else landmark noise
         self.lip_up = max(proj(13)[1] - proj(0)[1], 0.15 * hw)
         self.lip_lo = max(proj(17)[1] - proj(14)[1], 0.15 * hw)
         v_nose = proj(L.NOSE_BOTTOM)[1]
@@ -89,7 +93,19 @@ class MouthRig:
         zero = np.zeros_like(u)
         return [to_image(zero, -jaw, eu, ev), to_image(zero, lift, eu, ev),
                 to_image(spread, zero, eu, ev), to_image(zero, lipv, eu, ev),
-                to_image(zero, tuck, eu, ev)]
+                to_image(zero, tuck, eu, ev), to_image(zero, self._seal_basis(u, s), eu, ev)]
+
+    def _seal_basis(self, u, s):
+        """Closes a parted portrait's own gap: at 1, pixels near the seam sample the lips beyond
+        the gap (plus GAP_MARGIN, which takes the dark edge lines too), so sealed and resting lips
+        meet without the faint line of the gap left between them. Zero for closed-lip portraits."""
+        if not self.parted:
+            return np.zeros_like(u)
+        g = np.interp(u, self.seam_u, self.gap_half).astype(np.float32)
+        g = np.where(g > 0.5, g + GAP_MARGIN, 0.0)
+        reach = np.maximum(np.where(s < 0, self.lip_up, self.lip_lo), 2.0 * g + 1.0)
+        side = np.where(s < 0, -1.0, 1.0)          # never sample the middle of the gap
+        return side * g * (1.0 - smoothstep(0.0, reach, np.abs(s)))
 
     def coefficients(self, open_, spread, round_, closure, teeth, seal=0.0) -> np.ndarray:
         """Feature values -> field coefficients; seal (0..1) presses resting lips lightly together."""
@@ -97,12 +113,14 @@ class MouthRig:
         o = max(open_ * (1.0 - 0.85 * closure) - 0.05, 0.0) / 0.95   # tiny openings stay closed
         shape = min(1.0, 0.15 + 3.0 * o)          # lip shaping needs some opening to show
         spread, round_ = spread * shape, round_ * shape
+        gap_seal = max(closure, REST_GAP_SEAL * seal) if self.parted else 0.0
         return np.array([
             hw * 0.62 * o,
             hw * (0.10 * o + 0.16 * teeth),
             hw * (0.10 * max(spread, 0.0) - 0.08 * max(-spread, 0.0) - 0.12 * round_),
             0.14 * round_ - 0.25 * max(closure, REST_SEAL * seal) - 0.08 * max(spread, 0.0) - 0.08 * teeth,
             hw * 0.12 * teeth,
+            gap_seal if gap_seal > 1e-3 else 0.0,      # 0 skips the field's work
         ], np.float32)
 
     # ----------------------------------------------------------------- layer

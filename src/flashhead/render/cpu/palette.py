@@ -74,8 +74,25 @@ def sample_palette(image: np.ndarray, lm: np.ndarray) -> Palette:
         if own is not None and gray(own)[0] > 0.75 * skin_l and gray(own)[0] > gray(lip)[0] * 1.15:
             teeth, shows = own.astype(np.float32), True
     cavity = lip * np.array([0.22, 0.13, 0.13], np.float32) + 6.0
-    return Palette(skin=skin, lip=lip, teeth=np.clip(teeth, 0, 255).astype(np.float32),
-                   cavity=cavity.astype(np.float32),
-                   inner_lip=(lip * 0.62).astype(np.float32),
-                   tongue=(lip * np.array([0.78, 0.5, 0.5], np.float32) + 8).astype(np.float32),
-                   shows_teeth=shows)
+    tongue = lip * np.array([0.78, 0.5, 0.5], np.float32) + 8
+    # the red tints above suit a colour photo; a grayscale or faded portrait gets as much
+    # colour inside the mouth as its own skin and lips have
+    k = saturation_share(skin, lip)
+    return Palette(skin=skin, lip=lip, teeth=_desaturate(np.clip(teeth, 0, 255), k),
+                   cavity=_desaturate(cavity, k), inner_lip=_desaturate(lip * 0.62, k),
+                   tongue=_desaturate(tongue, k), shows_teeth=shows)
+
+
+FULL_CHROMA = 40.0   # skin/lip chroma (max - min channel, 0..255) that counts as a colour portrait
+
+
+def saturation_share(skin: np.ndarray, lip: np.ndarray) -> float:
+    """0 for a grayscale portrait, 1 for a normally coloured one."""
+    chroma = max(float(np.ptp(skin)), float(np.ptp(lip)))
+    return float(np.clip(chroma / FULL_CHROMA, 0.0, 1.0))
+
+
+def _desaturate(rgb: np.ndarray, k: float) -> np.ndarray:
+    """Keep the luminance; scale the colour away from gray by k."""
+    lum = float(np.asarray(rgb, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+    return (lum + (np.asarray(rgb, np.float32) - lum) * k).astype(np.float32)

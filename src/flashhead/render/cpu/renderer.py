@@ -8,7 +8,7 @@ import numpy as np
 
 from flashhead import constants as C
 from flashhead.errors import InputError
-from flashhead.render.base import Renderer, SpeechSpan
+from flashhead.render.base import Renderer, SpeechSpan, check_idle_pose
 
 from . import landmarks as L
 from .eyes import EyeRig
@@ -106,3 +106,7 @@ class CpuRenderer(Renderer):
         else:
             rig.composite(s.work[ys, xs], c)
         s.dirty[key] = True
+
+    def set_idle_pose(self, session: Session, pose: str) -> None:
+        """Listening / thinking / plain idle poses (see motion.MotionState.set_pose)."""
+        session.motion.set_pose(check_idle_pose(pose))

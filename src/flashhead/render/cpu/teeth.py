@@ -16,6 +16,7 @@ from .warp import smoothstep, step
 TOOTH_EDGES = (0.0, 0.29, 0.52, 0.69, 0.83, 0.95)   # boundaries across the arch, in half-widths
 TOOTH_TONE = (1.0, 0.97, 0.94, 0.96, 0.9, 0.86)     # per-tooth brightness, centre outwards
 TEETH_BLUR = 0.7                                    # px: match a typical portrait's softness
+CORNER_RISE = 0.10                                  # half-widths the edge rises at the corners
 
 
 def _tooth_coords(au: np.ndarray):
@@ -43,9 +44,12 @@ def upper_layer(u: np.ndarray, s: np.ndarray, hw: float, pal: Palette,
     """Premultiplied RGB (h, w, 3) and alpha (h, w) of the upper teeth in the mouth sub-window."""
     au = np.abs(u) / hw
     _, frac, _ = _tooth_coords(au)
-    # incisal edge a little below the closed seam, following the arch, rounded at each tooth
-    edge = 0.10 * hw * (1.0 - 0.35 * au ** 2) - 0.03 * hw * (2.0 * frac - 1.0) ** 2
-    alpha = step(edge - s, 1.0) * (1.0 - smoothstep(0.88, 0.98, au))
+    # incisal edge a little below the closed seam, following the arch, rounded at each tooth;
+    # towards the corners it curves up behind the upper lip (and the row fades into the
+    # corner's shadow), so the last teeth never end in a bright point against the dark mouth
+    edge = (0.10 * hw * (1.0 - 0.35 * au ** 2) - 0.03 * hw * (2.0 * frac - 1.0) ** 2
+            - CORNER_RISE * hw * smoothstep(0.55, 0.95, au))
+    alpha = step(edge - s, 1.0) * (1.0 - smoothstep(0.78, 0.96, au))
     gum = edge - 0.48 * hw                                   # where the gum line would be
     vert = 0.5 + 0.5 * smoothstep(gum, gum + 0.3 * hw, s)    # shadow up towards the gum
     if own is not None:
