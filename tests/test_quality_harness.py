@@ -55,19 +55,8 @@ def test_ssim_masked(Q):
 
 
 def _features(audio):
-    try:
-        from flashhead.visemes.audio import features_from_audio
-        return features_from_audio(audio)
-    except ImportError:   # fall back to a plain RMS envelope
-        from flashhead.visemes.base import FrameFeatures
-        n = -(-len(audio) // C.SAMPLES_PER_FRAME)
-        env = np.sqrt(np.convolve(np.pad(audio, (0, n * 640 - len(audio))) ** 2, np.ones(640) / 640,
-                                  "same")[320::640])
-        f = FrameFeatures.zeros(n)
-        f.open[:] = f.energy[:] = np.clip(env / np.percentile(env, 95), 0, 1) ** 0.7
-        f.open[f.open < 0.15] = 0
-        f.voiced[:] = f.open > 0
-        return f
+    from flashhead.visemes.audio import features_from_audio
+    return features_from_audio(audio)
 
 
 @pytest.fixture(scope="module")
