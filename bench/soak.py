@@ -44,10 +44,14 @@ MAX_OUTSTANDING_JOBS = 3          # submits wait while this many queue jobs are 
 OP_TIMEOUT_S = 180.0
 SPEECH_S = 0.64                   # audio pushed per live session
 SAMPLE_RATE = 16000
+SESSION_ROOM = 64                 # engine capacity and per-key sessions for the soak server (> clients)
 
 
 def start_server(data_dir: Path, port: int, arena_max: int | None, extra_env: dict) -> subprocess.Popen:
-    env = {"FLASHHEAD_FETCH_ALLOW": "127.0.0.1,localhost", **extra_env}
+    # Room for every client's stream or live session at once: the soak measures the server under
+    # the whole mix, not admission (refusals past capacity are tested in tests/test_engine_server.py).
+    env = {"FLASHHEAD_FETCH_ALLOW": "127.0.0.1,localhost", "FLASHHEAD_ENGINE_CAPACITY": str(SESSION_ROOM),
+           "FLASHHEAD_ENGINE_KEY_SESSIONS": str(SESSION_ROOM), **extra_env}
     if arena_max:
         env["MALLOC_ARENA_MAX"] = str(arena_max)
     return queue_load.start_server(data_dir, port, 1, env)
@@ -141,6 +145,8 @@ class Soak:
         last = None
         async with http.stream("POST", f"/{ENDPOINT}/stream", json={"image_url": self.portrait_url,
                                                                    "text": TEXT}) as s:
+            if s.status_code != 200:
+                await s.aread()            # the error body, for the report
             _expect(s.status_code == 200, s)
             async for line in s.aiter_lines():
                 if line.startswith("data:"):

@@ -121,8 +121,10 @@ def test_engine_heartbeat_reports_batch_sizes_to_metrics(tmp_path):
 
 
 def test_streams_through_the_engine_step_in_batches(engines, tmp_path):
-    """4 /stream sessions opened together on the engine (tiny neural renderer): every chunk step
-    of theirs runs in a batch of 4, and each stream completes."""
+    """4 /stream sessions opened together on the engine (tiny neural renderer): their chunk steps
+    run batched, and each stream completes. How many share each batch depends on when each
+    stream's prepare (TTS, portrait) ends, which a loaded machine spreads out (seen: [1, 1, 3, 3]);
+    the exact batch-of-4 per step is asserted through the scheduler above."""
     import asyncio
     import base64
 
@@ -158,4 +160,4 @@ def test_streams_through_the_engine_step_in_batches(engines, tmp_path):
     finally:
         runner.stop()
     assert all(k[-1] == "end" and k.count("event") > 2 for k in results), results
-    assert sizes and set(sizes) == {SESSIONS}, sizes
+    assert sizes and max(sizes) > 1, sizes
