@@ -58,8 +58,6 @@ def _hash(salt: bytes, secret: str) -> bytes:
 
 
 class SqliteKeyStore:
-    local = True                 # a local file: cheap enough to check on the event loop
-
     def __init__(self, data_dir: str | Path):
         self.path = Path(data_dir) / "keys.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +121,6 @@ class RedisKeyStore:
     """The same keys for every server sharing a redis: `{prefix}keys` hash (id -> JSON record
     with the salted hash, never the secret) and `{prefix}keys:active` set (unrevoked ids)."""
 
-    local = False
 
     def __init__(self, url: str, prefix: str = "flashhead:"):
         import redis
@@ -247,11 +244,6 @@ class Auth:
         from flashhead.jobs.backends import option
         return cls(settings.data_dir, make_key_store(settings), option(settings, "jwt_secret", None),
                    mode=mode, token_ttl_s=settings.token_ttl_s)
-
-    @property
-    def local(self) -> bool:
-        """True when a check touches no network (keys.db, or OPEN): cheap enough on the event loop."""
-        return self.mode == OPEN or self.keys.local
 
     def check(self, header: str | None, *, token: str | None = None, token_type: str | None = None,
               app: str | None = None) -> str | None:

@@ -24,6 +24,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
+from flashhead import constants as C
 from flashhead.api.auth import Auth
 from flashhead.api.limits import AbuseLimits
 from flashhead.api.observability import Metrics
@@ -31,6 +32,7 @@ from flashhead.config import Settings
 from flashhead.jobs.backends import option  # noqa: F401  (re-exported)
 from flashhead.jobs.queue import JobQueue
 from flashhead.jobs.webhooks import WebhookOutbox, WebhookSigner
+from flashhead.schemas import FlashHeadAudioRequest, FlashHeadRequest
 from flashhead.storage.base import Storage
 
 
@@ -77,7 +79,7 @@ async def authenticate(conn: HTTPConnection, *, token_type: str | None = None,
             ctx.limits.hit(key_id)
         return key_id
 
-    return await off_loop(ctx, admit)
+    return await off_loop(admit)
 
 
 async def require_key(request: Request) -> str | None:
@@ -91,8 +93,24 @@ async def require_key_or_cdn_token(request: Request) -> str | None:
     return await authenticate(request, token_type="cdn")
 
 
-async def off_loop(ctx: AppContext, fn, *args):
+async def off_loop(fn, *args):
     """Run an auth/limit check in the threadpool: keys.db is a SQLite read that can wait on a
     writer's lock (busy timeout), keys and limits in redis are network round trips; neither may
     stall the event loop."""
     return await run_in_threadpool(fn, *args)
+
+
+ENDPOINT_MODELS = ((C.TEXT_ENDPOINT, FlashHeadRequest), (C.AUDIO_ENDPOINT, FlashHeadAudioRequest))
+
+
+def add_endpoint_routes(router, make, *, path: str, name: str, summary: str, **kw) -> None:
+    """One POST route per model endpoint (text, audio): `make(endpoint, model)` builds the handler,
+    whose `body` parameter gets that endpoint's model (a real class, not the string 'model');
+    `path` and `summary` are formatted with {endpoint}; the handler is named `{name}_<endpoint>`
+    (the OpenAPI operation id)."""
+    for endpoint, model in ENDPOINT_MODELS:
+        handler = make(endpoint, model)
+        handler.__annotations__["body"] = model
+        handler.__name__ = f"{name}_{endpoint.replace('/', '_').replace('-', '_')}"
+        router.add_api_route(path.format(endpoint=endpoint), handler, methods=["POST"],
+                             summary=summary.format(endpoint=endpoint), **kw)

@@ -31,7 +31,6 @@ class AbuseLimits:
             raise InputError(f"must look like '100/second;6000/minute', got {rate_limit!r}",
                              field="rate_limit") from None
         self.max_active_jobs = max_active_jobs
-        self.local = redis_url is None        # False: every hit is a redis round trip
         storage = MemoryStorage() if redis_url is None else RedisStorage(redis_url, key_prefix=prefix + "limits")
         self.limiter = FixedWindowRateLimiter(storage)
 

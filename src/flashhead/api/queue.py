@@ -11,13 +11,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from flashhead import constants as C
-from flashhead.api.deps import AppContext, get_ctx, require_key
+from flashhead.api.deps import AppContext, add_endpoint_routes, get_ctx, require_key
 from flashhead.api.errors import error_body, error_headers, status_for_type
 from flashhead.errors import InputError, NotFound
 from flashhead.jobs.state import JobState, Priority
 from flashhead.jobs.store import CancelOutcome, Job, NewJob
 from flashhead.storage.localize import own_file_key
-from flashhead.schemas import FlashHeadAudioRequest, FlashHeadRequest
 
 QUEUE_PREFIX = "/queue"
 APP_PATH = C.TEXT_ENDPOINT                      # status/result/cancel drop the subpath
@@ -142,14 +141,11 @@ def _submit_route(endpoint: str, model):
         return JSONResponse({"request_id": job.id, **request_urls(job.base_url, job.id),
                              "status": "IN_QUEUE", "queue_position": ctx.jobs.store.queue_position(job.id)},
                             headers={REQUEST_ID_HEADER: job.id})
-    submit.__annotations__["body"] = model   # a real class, not the string 'model'
-    submit.__name__ = f"submit_{endpoint.replace('/', '_').replace('-', '_')}"
     return submit
 
 
-for _endpoint, _model in ((C.TEXT_ENDPOINT, FlashHeadRequest), (C.AUDIO_ENDPOINT, FlashHeadAudioRequest)):
-    router.add_api_route(f"{QUEUE_PREFIX}/{_endpoint}", _submit_route(_endpoint, _model), methods=["POST"],
-                         tags=["queue"], summary=f"Submit a {_endpoint} request to the queue")
+add_endpoint_routes(router, _submit_route, path=QUEUE_PREFIX + "/{endpoint}", name="submit", tags=["queue"],
+                    summary="Submit a {endpoint} request to the queue")
 
 
 async def store_read(ctx: AppContext, fn, *args, **kwargs):

@@ -8,10 +8,9 @@ from functools import partial
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
-from flashhead import constants as C
-from flashhead.api.deps import get_ctx, require_key
+from flashhead.api.deps import add_endpoint_routes, get_ctx, require_key
 from flashhead.api.queue import job_response, submit_job
-from flashhead.schemas import FlashHeadAudioRequest, FlashHeadRequest, FlashHeadResponse
+from flashhead.schemas import FlashHeadResponse
 
 POLL_MIN_S, POLL_MAX_S = 0.02, 0.25
 
@@ -32,12 +31,8 @@ def _run_route(endpoint: str, model):
                 await run_in_threadpool(ctx.jobs.cancel, job.id)
             job = await run_in_threadpool(partial(ctx.jobs.store.get, job.id, with_input=False))
         return job_response(job)
-    run.__annotations__["body"] = model   # a real class, not the string 'model'
-    run.__name__ = f"run_{endpoint.replace('/', '_').replace('-', '_')}"
     return run
 
 
-for _endpoint, _model in ((C.TEXT_ENDPOINT, FlashHeadRequest), (C.AUDIO_ENDPOINT, FlashHeadAudioRequest)):
-    router.add_api_route(f"/{_endpoint}", _run_route(_endpoint, _model), methods=["POST"],
-                         response_model=FlashHeadResponse, tags=["run"],
-                         summary=f"Run {_endpoint} and wait for the output")
+add_endpoint_routes(router, _run_route, path="/{endpoint}", name="run", response_model=FlashHeadResponse,
+                    tags=["run"], summary="Run {endpoint} and wait for the output")

@@ -157,7 +157,7 @@ def initiate_multipart(body: InitiateBody, request: Request, key_id: str | None 
 @router.put(f"{CDN_PREFIX}/uploads/{{key}}", tags=["storage"])
 async def signed_put(key: str, request: Request, token: str = ""):
     ctx = get_ctx(request)
-    claims = await off_loop(ctx, ctx.auth.verify_upload_token, token, check_key(key))
+    claims = await off_loop(ctx.auth.verify_upload_token, token, check_key(key))
     if "mp" in claims:
         raise Unauthorized("this token is for a multipart upload", field="token")
     f = await _store(ctx, request, claims["ct"], claims["name"], key=key)
@@ -167,7 +167,7 @@ async def signed_put(key: str, request: Request, token: str = ""):
 @router.put(f"{CDN_PREFIX}/uploads/{{key}}/multipart/{{upload_id}}/{{number}}", tags=["storage"])
 async def signed_part(key: str, upload_id: str, number: int, request: Request, token: str = ""):
     ctx = get_ctx(request)
-    await off_loop(ctx, _check_mp_token, ctx, token, key, upload_id)
+    await off_loop(_check_mp_token, ctx, token, key, upload_id)
     return await _put_part(ctx, request, key, upload_id, number)
 
 

@@ -27,11 +27,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from flashhead import constants as C
-from flashhead.api.deps import get_ctx, require_key
+from flashhead.api.deps import add_endpoint_routes, get_ctx, require_key
 from flashhead.api.queue import check_inputs
 from flashhead.engine.service import Session
 from flashhead.errors import FlashheadError
-from flashhead.schemas import FlashHeadAudioRequest, FlashHeadRequest
 
 log = logging.getLogger("flashhead.stream")
 ENDPOINTS = (C.TEXT_ENDPOINT, C.AUDIO_ENDPOINT)
@@ -96,14 +95,11 @@ def _stream_route(endpoint: str, model):
                                     key_id, segments)
         return StreamingResponse(sse_body(session), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    stream.__annotations__["body"] = model   # a real class, not the string 'model'
-    stream.__name__ = f"stream_{endpoint.replace('/', '_').replace('-', '_')}"
     return stream
 
 
-for _endpoint, _model in ((C.TEXT_ENDPOINT, FlashHeadRequest), (C.AUDIO_ENDPOINT, FlashHeadAudioRequest)):
-    router.add_api_route(f"/{_endpoint}/stream", _stream_route(_endpoint, _model), methods=["POST"],
-                         tags=["stream"], summary=f"Stream {_endpoint} as Server-Sent Events")
+add_endpoint_routes(router, _stream_route, path="/{endpoint}/stream", name="stream", tags=["stream"],
+                    summary="Stream {endpoint} as Server-Sent Events")
 
 
 # -- playground --------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def decode_audio(
                 raise InputError(f"the {kind.name} file's audio codec has no decoder here", field=field)
             _check_declared_duration(container, stream, max_seconds, field)
             pieces = _decode(container, stream, max_samples, max_seconds, field)
-    except (av.FFmpegError, ValueError, EOFError) as exc:
+    except (av.FFmpegError, ValueError, EOFError):
         raise InputError(f"the {kind.name} file is damaged or holds no audio that can be decoded",
                          field=field) from None
     audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
