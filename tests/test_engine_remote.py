@@ -10,7 +10,7 @@ import redis
 
 from flashhead.engine.remote import RESERVE, TOUCH, Keys
 
-TTL_S = 0.5
+TTL_S = 30.0
 
 
 @pytest.fixture
@@ -36,20 +36,29 @@ def test_reserve_takes_the_freest_live_engine_and_refuses_when_full(r):
     assert take("s5") == b"a"
 
 
+def _redis_now(r) -> float:
+    sec, usec = r.time()
+    return sec + usec / 1e6
+
+
 def test_touch_keeps_a_slot_alive_and_reports_a_lost_engine_or_slot(r):
+    """Time passing is played by moving the stored deadlines (the scripts read redis's clock):
+    no sleeps, so a stalled test process can neither expire a slot nor keep one alive."""
     keys = Keys(f"remote{time.monotonic_ns()}:")
+    slots = keys.sessions("a")
     reserve, touch = r.register_script(RESERVE), r.register_script(TOUCH)
     r.sadd(keys.engines, "a")
     r.set(keys.engine("a"), 1)
     assert reserve(keys=[keys.engines], args=[keys.prefix, "s1", TTL_S]) == b"a"
-    beat = lambda sid: touch(keys=[keys.engine("a"), keys.sessions("a")], args=[sid, TTL_S])  # noqa: E731
-    end = time.monotonic() + 5 * TTL_S                # past the slot set's own lifetime (4 TTL)
-    while time.monotonic() < end:
-        assert beat("s1") == 1
-        time.sleep(TTL_S / 4)
-    assert r.zscore(keys.sessions("a"), "s1") is not None
-    time.sleep(TTL_S * 1.5)                           # its API node fell silent: the slot expired
+    beat = lambda sid: touch(keys=[keys.engine("a"), slots], args=[sid, TTL_S])  # noqa: E731
+    r.zadd(slots, {"s1": _redis_now(r) + 0.5})         # nearly TTL_S later: the slot is about to lapse
+    r.pexpire(slots, 100)                              # ... and so is the slot set itself (4 TTL)
+    assert beat("s1") == 1                             # a beat renews both
+    assert _redis_now(r) + TTL_S - 5 < r.zscore(slots, "s1") <= _redis_now(r) + TTL_S
+    assert 4 * TTL_S * 1000 - 5000 < r.pttl(slots) <= 4 * TTL_S * 1000
+    r.zadd(slots, {"s1": _redis_now(r) - 0.001})       # its API node fell silent: the slot expired
     assert beat("s1") == -1
+    assert r.zscore(slots, "s1") < _redis_now(r)       # ... and stays expired (not renewed)
     assert beat("never") == -1
     r.delete(keys.engine("a"))                        # the engine's key expired
     assert beat("s1") == 0

@@ -91,10 +91,12 @@ def assert_meets_issue_bounds(rep: dict) -> None:
     assert rep["identity"]["landmark_drift"]["last_minute"] < 0.05
 
 
+@pytest.mark.slow     # renders and measures 8 s of video (identity included): ~15 s
 def test_real_speech_render_meets_the_bounds(speech_report):
     assert_meets_issue_bounds(speech_report)
 
 
+@pytest.mark.slow     # renders and measures 6 s more video: ~15 s
 def test_harness_notices_a_late_video(Q, speech_report, speech_path, portrait_path):
     """The same bounds fail when the mouth is driven 4 frames late: the metric can fail."""
     from flashhead.render.base import SpeechSpan

@@ -177,14 +177,20 @@ def test_concurrent_synthesis_is_serialised(tts):
 
 
 def test_same_audio_a_second_later():
-    """libespeak seeds its noise generator from the clock: the engine must reseed it."""
+    """libespeak seeds its noise generator from time(2), in whole seconds, inside the C library
+    (no clock to inject from Python): the engine must reseed it. The second take starts once the
+    clock has ticked past the second in which the first one ended (polling, at most ~1 s)."""
     import time
 
     from flashhead.speech.espeak import EspeakEngine
 
     engine = EspeakEngine()
     first = engine.synthesize("Same seed, same frames.", "Aria", 0.5, 5).audio
-    time.sleep(1.1)
+    ended = int(time.time())
+    deadline = time.monotonic() + 5
+    while int(time.time()) == ended and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert int(time.time()) > ended, "the wall clock did not advance"
     again = engine.synthesize("Same seed, same frames.", "Aria", 0.5, 5).audio
     assert np.array_equal(first, again)
 

@@ -1,7 +1,10 @@
 """POST /{owner}/{alias}/stream against the real server, read by the official fal_client."""
 from __future__ import annotations
 
+import base64
+import io
 import subprocess
+import wave
 from pathlib import Path
 
 import fal_client
@@ -11,7 +14,8 @@ import pytest
 
 from flashhead import constants as C
 from flashhead.errors import RenderFailed
-from stream_server import PORTRAIT, fal_pointed_server, SPEECH, data_uri, decode_frames, fetch, segment_bytes
+from stream_server import (PORTRAIT, SPEECH, data_uri, decode_frames, fal_pointed_server, fetch, segment_bytes,
+                           speech_pcm)
 
 JS_DIR = Path(__file__).parent / "js"
 TEXT = "Hello there, this is a short streamed sentence from the local server."
@@ -56,15 +60,24 @@ def test_python_client_streams_chunks_then_the_final_output(server, client):
     assert final["seed"] == 11
 
 
+def _speech_wav_uri(seconds: float) -> str:
+    """The first `seconds` of the example speech, as a WAV data URI (a short render)."""
+    buf = io.BytesIO()
+    with wave.open(str(SPEECH)) as src, wave.open(buf, "wb") as out:
+        out.setparams(src.getparams())
+        out.writeframes(speech_pcm(seconds))
+    return f"data:audio/wav;base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
 def test_audio_endpoint_streams_with_segment_urls(server, client):
-    args = {"image_url": data_uri(PORTRAIT, "image/png"), "audio_url": data_uri(SPEECH, "audio/wav")}
+    args = {"image_url": data_uri(PORTRAIT, "image/png"), "audio_url": _speech_wav_uri(3.0)}
     events = list(client.stream(C.AUDIO_ENDPOINT, args, path="/stream?segments=url"))
     for e in events[:-1]:
         assert e["segment"].startswith(server[0]) and "/files/" in e["segment"]
     events = [{**e, "segment": fetch(e["segment"], server[1]),
                **({"init_segment": fetch(e["init_segment"], server[1])} if "init_segment" in e else {})}
               if "segment" in e else e for e in events]
-    assert check_stream(events, server[1])["duration"] == pytest.approx(10.0, abs=0.05)
+    assert check_stream(events, server[1])["duration"] == pytest.approx(3.0, abs=0.05)
 
 
 def test_errors_before_the_stream_are_http_errors(server):

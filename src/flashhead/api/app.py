@@ -19,7 +19,7 @@ from flashhead import __version__
 from flashhead.api import errors, ops, queue, run, storage
 from flashhead.api.auth import KEYS, Auth
 from flashhead.api.bodies import BodyLimitMiddleware
-from flashhead.api.deps import AppContext, option
+from flashhead.api.deps import AppContext
 from flashhead.api.limits import AbuseLimits
 from flashhead.api.memory import heap_trimmer
 from flashhead.api.observability import Metrics, RequestContextMiddleware, setup_logging
@@ -52,8 +52,8 @@ def build_context(settings: Settings, engines=None, auth_mode: str = KEYS) -> Ap
     shared = getattr(auth.keys, "shared_seed", None)       # several servers: one signing key
     signer = WebhookSigner(data_dir / "webhook_ed25519.key",
                            seed=shared("webhook_ed25519") if shared else None)
-    policy = RetryPolicy(max_tries=option(settings, "webhook_max_tries", 10, int),
-                         window_s=option(settings, "webhook_retry_window_s", 7200.0, float),
+    policy = RetryPolicy(max_tries=settings.webhook_max_tries,
+                         window_s=settings.webhook_retry_window_s,
                          timeout_s=settings.webhook_timeout_s)
     outbox = WebhookOutbox(data_dir / "webhooks.db", signer, policy,
                            on_result=lambda ok: metrics.webhooks.labels("ok" if ok else "error").inc(),
@@ -126,7 +126,7 @@ def _worker_mode(settings: Settings, worker_mode: str | None, engines, generate)
     GIL. thread: in this process; the default when the caller hands in its own engines or a
     generate (tests, embedding)."""
     default = "thread" if engines is not None or generate is not None else "process"
-    mode = worker_mode or option(settings, "worker_mode", default)
+    mode = worker_mode or settings.worker_mode or default
     if mode not in ("thread", "process"):
         raise ValueError(f"worker_mode must be 'thread' or 'process', got {mode!r}")
     if mode == "process" and generate is not None:
@@ -145,7 +145,7 @@ def create_app(settings: Settings | None = None, engines=None, *, workers: int |
 
     settings = settings or get_settings()
     ctx = build_context(settings, engines, auth_mode)
-    ctx.n_workers = workers if workers is not None else option(settings, "workers", 1, int)
+    ctx.n_workers = workers if workers is not None else settings.workers
     ctx.worker_mode = _worker_mode(settings, worker_mode, engines, generate)
 
     @asynccontextmanager

@@ -176,9 +176,9 @@ class RedisKeyStore:
 def make_key_store(settings) -> SqliteKeyStore | RedisKeyStore:
     """FLASHHEAD_KEYS_STORE: sqlite | redis (the job store's) | a redis URL; unset: redis when the
     job store is redis (several servers must agree on the keys), else sqlite."""
-    from flashhead.jobs.backends import REDIS_SCHEMES, option, redis_url
+    from flashhead.jobs.backends import REDIS_SCHEMES, redis_url
 
-    spec = option(settings, "keys_store", None)
+    spec = settings.keys_store
     if spec in (None, "redis"):
         url = redis_url(settings)
         if url is None and spec == "redis":
@@ -192,7 +192,7 @@ def make_key_store(settings) -> SqliteKeyStore | RedisKeyStore:
         raise InputError(f"must be sqlite, redis or a redis:// URL, got {spec!r}", field="keys_store")
     if url is None:
         return SqliteKeyStore(settings.data_dir)
-    return RedisKeyStore(url, prefix=option(settings, "redis_prefix", "flashhead:"))
+    return RedisKeyStore(url, prefix=settings.redis_prefix)
 
 
 def token_secret(configured: str | None, keys, data_dir: Path) -> bytes:
@@ -241,8 +241,7 @@ class Auth:
 
     @classmethod
     def from_settings(cls, settings, mode: str = KEYS) -> "Auth":
-        from flashhead.jobs.backends import option
-        return cls(settings.data_dir, make_key_store(settings), option(settings, "jwt_secret", None),
+        return cls(settings.data_dir, make_key_store(settings), settings.jwt_secret,
                    mode=mode, token_ttl_s=settings.token_ttl_s)
 
     def check(self, header: str | None, *, token: str | None = None, token_type: str | None = None,

@@ -29,7 +29,6 @@ from flashhead.api.auth import Auth
 from flashhead.api.limits import AbuseLimits
 from flashhead.api.observability import Metrics
 from flashhead.config import Settings
-from flashhead.jobs.backends import option  # noqa: F401  (re-exported)
 from flashhead.jobs.queue import JobQueue
 from flashhead.jobs.webhooks import WebhookOutbox, WebhookSigner
 from flashhead.schemas import FlashHeadAudioRequest, FlashHeadRequest

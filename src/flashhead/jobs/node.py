@@ -21,7 +21,7 @@ from flashhead.config import Settings
 from flashhead.engine.process import EngineProcess, capacity_of
 from flashhead.engine.remote import EngineHost
 from flashhead.errors import BackendUnavailable
-from flashhead.jobs.backends import make_store, option, redis_url
+from flashhead.jobs.backends import make_store, redis_url
 from flashhead.jobs.processes import ProcessWorkerPool
 from flashhead.jobs.queue import JobQueue
 
@@ -33,7 +33,7 @@ def check_shared(settings: Settings) -> None:
     if redis_url(settings) is None:
         raise BackendUnavailable("API nodes and workers on separate machines need a shared Redis job store: "
                                  "--job-store redis://HOST:6379/0 (or FLASHHEAD_JOB_STORE)", field="job_store")
-    if option(settings, "storage", "local") != "s3":
+    if settings.storage != "s3":
         raise BackendUnavailable("API nodes and workers on separate machines need shared S3 storage: "
                                  "--storage s3 (or FLASHHEAD_STORAGE) and the FLASHHEAD_S3_* settings",
                                  field="storage")

@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 from flashhead.config import Settings
-from flashhead.jobs.backends import option
 from flashhead.jobs.queue import JobQueue
 from flashhead.jobs.state import JobState
 from flashhead.jobs.store import WORKER_CRASHED
@@ -46,9 +45,6 @@ SETTINGS_ENV = "FLASHHEAD_WORKER_SETTINGS_JSON"
 POLL_S = 0.1                 # an idle worker looks at the store this often without a wake-up
 STOP_GRACE_S = 10.0          # a graceful stop lets a running job finish for this long
 RESTART_DELAY_S = 1.0
-# Workers run at a lower CPU priority (FLASHHEAD_WORKER_NICE; 0 turns it off): rendering is
-# batch work that takes whatever CPU is idle, while API requests are short and latency-bound.
-WORKER_NICE = 10
 PR_SET_PDEATHSIG = 1
 
 
@@ -232,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
-        os.nice(option(settings, "worker_nice", WORKER_NICE, int))
+        # a lower CPU priority (FLASHHEAD_WORKER_NICE; 0: off): rendering is batch work that takes
+        # whatever CPU is idle, while API requests are short and latency-bound
+        os.nice(settings.worker_nice)
         pool = _build_pool(settings, a.instance, a.index)
     except Exception as exc:
         log.exception("render worker start-up failed", extra={"worker": a.index})

@@ -1,12 +1,16 @@
 """Renderer backends: get_renderer('cpu' | 'flashhead-lite' | 'flashhead-pro')."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flashhead.errors import BackendUnavailable, InputError
-from flashhead.render.base import Renderer, SpeechSpan
+
+if TYPE_CHECKING:     # render.base pulls in numpy/scipy: `flashhead keys` and `weights` need neither
+    from flashhead.render.base import Renderer
 
 RENDERERS = ("cpu", "flashhead-lite", "flashhead-pro")
 
-__all__ = ["RENDERERS", "Renderer", "SpeechSpan", "get_renderer"]
+__all__ = ["RENDERERS", "get_renderer"]
 
 
 def get_renderer(name: str, **kw) -> Renderer:
