@@ -31,9 +31,12 @@ demo: install
 test: install sysdeps jsdeps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-# Everything but the tests marked slow (10-minute sessions, deploy, browser, crash, engine faults, soak).
+# Everything but the tests marked slow (10-minute sessions, deploy, browser, crash, engine faults,
+# soak, long quality renders). JOBS=2 runs it in two pytest-xdist workers, one test file each at a
+# time (module servers start once): faster on an idle machine, not on a loaded one.
+JOBS ?=
 test-fast: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" $(if $(JOBS),-n $(JOBS) --dist loadfile) tests
 
 bench: install
 	$(BIN)/python bench/render_speed.py 30 300

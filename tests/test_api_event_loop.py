@@ -4,7 +4,6 @@ answering other requests."""
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from bounds_helpers import inproc_server
 
 SUBMIT = "/queue/fal-ai/flashhead"
-STALL_S = 1.5
+WAIT_S = 10          # a bound for things that take milliseconds; no timing is measured
 
 
 @pytest.fixture(scope="module")
@@ -21,39 +20,45 @@ def server(tmp_path_factory):
         yield base, app
 
 
-def _health_while(base: str, slow_request) -> float:
-    """Seconds /health takes while `slow_request` (a stalled call) is in flight."""
+class Stall:
+    """Replaces obj.name with a call that blocks until released: `entered` is set once a request
+    is stuck in it. No fixed sleeps: the test waits for the stall, then asks for /health."""
+
+    def __init__(self, monkeypatch, obj, name):
+        self.entered, self.released = threading.Event(), threading.Event()
+        real = getattr(obj, name)
+
+        def stuck(*a, **kw):
+            self.entered.set()
+            self.released.wait(WAIT_S)
+            return real(*a, **kw)
+        monkeypatch.setattr(obj, name, stuck)
+
+
+def _health_answers_while(base: str, stall: Stall, slow_request) -> None:
+    """/health answers while `slow_request` is stuck in the stall (the stall is released only
+    after /health answered: a server whose event loop waited on it could not answer at all)."""
     t = threading.Thread(target=slow_request)
     t.start()
-    time.sleep(0.3)                     # the slow request has reached the stall
-    t0 = time.monotonic()
-    assert httpx.get(f"{base}/health", timeout=10).status_code == 200
-    took = time.monotonic() - t0
-    t.join()
-    return took
-
-
-def _stall(monkeypatch, obj, name):
-    real = getattr(obj, name)
-
-    def slow(*a, **kw):
-        time.sleep(STALL_S)
-        return real(*a, **kw)
-    monkeypatch.setattr(obj, name, slow)
+    try:
+        assert stall.entered.wait(WAIT_S), "the slow request never reached the stall"
+        assert httpx.get(f"{base}/health", timeout=WAIT_S / 2).status_code == 200
+        assert not stall.released.is_set() and t.is_alive()
+    finally:
+        stall.released.set()
+        t.join()
 
 
 @pytest.mark.parametrize("route", ["status", "stream"])
 def test_a_stalled_status_read_does_not_block_the_server(server, monkeypatch, route):
     base, app = server
     rid = httpx.post(f"{base}{SUBMIT}", json={"text": "hi", "image_url": "data:image/png;base64,AA"}).json()["request_id"]
-    _stall(monkeypatch, app.state.ctx.jobs.store, "logs")
+    stall = Stall(monkeypatch, app.state.ctx.jobs.store, "logs")
     url = f"{base}{SUBMIT}/requests/{rid}/status" + ("/stream" if route == "stream" else "")
-    took = _health_while(base, lambda: httpx.get(url, params={"logs": 1}, timeout=30))
-    assert took < STALL_S / 2
+    _health_answers_while(base, stall, lambda: httpx.get(url, params={"logs": 1}, timeout=30))
 
 
 def test_a_stalled_key_check_does_not_block_the_server(server, monkeypatch):
     base, app = server
-    _stall(monkeypatch, app.state.ctx.auth, "check")
-    took = _health_while(base, lambda: httpx.get(f"{base}{SUBMIT}/requests/nope/status", timeout=30))
-    assert took < STALL_S / 2
+    stall = Stall(monkeypatch, app.state.ctx.auth, "check")
+    _health_answers_while(base, stall, lambda: httpx.get(f"{base}{SUBMIT}/requests/nope/status", timeout=30))

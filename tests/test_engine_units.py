@@ -55,13 +55,25 @@ class Task:
 
 
 def test_scheduler_serves_the_earliest_deadline_first_and_streams_last():
+    """`future` falls due 50 ms after the stream's step, not at a fixed time: a slow machine
+    cannot make it due before the stream ran (the order is set by due times, never raced), and
+    the scheduler must still wake for it by itself."""
     log, sent = [], []
     s = Scheduler(1, lambda kind, sid, payload: sent.append(payload))
     now = time.monotonic()
-    s.add("stream", Task("stream", log, None))
+    future, stream = Task("future", log, now + 3600), Task("stream", log, None)
+    stream_step = stream.step
+
+    def step_then_future_falls_due():
+        out = stream_step()
+        future.due = time.monotonic() + 0.05
+        return out
+
+    stream.step = step_then_future_falls_due
+    s.add("stream", stream)
     s.add("late", Task("late", log, now - 0.5))
     s.add("later", Task("later", log, now - 0.1))
-    s.add("future", Task("future", log, now + 0.3))
+    s.add("future", future)
     threading.Thread(target=s.run, daemon=True).start()
     deadline = time.monotonic() + 5
     while len(log) < 4 and time.monotonic() < deadline:

@@ -150,8 +150,11 @@ def test_paced_chunks_never_leave_before_their_media_time_minus_lead():
     for c in chunks:
         assert c.released_at >= c.media_time - lead - 1e-3
         assert c.media_time == pytest.approx(chunks[0].media_time + c.start_frame / C.FPS)
+    # Held back to the media clock, not sent at once. Each chunk may leave up to `lead` early and
+    # the first may leave less early than the last (a loaded machine rendered it late): the span
+    # is the media span less at most one lead.
     span = chunks[-1].released_at - chunks[0].released_at
-    assert span >= (chunks[-1].start_frame - chunks[0].start_frame) / C.FPS - 1e-3
+    assert span >= (chunks[-1].start_frame - chunks[0].start_frame) / C.FPS - lead - 1e-3
 
 
 def test_bad_input_and_closed_session_raise_named_errors():

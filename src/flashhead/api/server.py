@@ -69,15 +69,15 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = DEFA
           no_auth: bool = False, i_know_this_is_open: bool = False) -> None:
     """Run the API on uvicorn: one API process plus `workers` render worker processes
     (FLASHHEAD_WORKER_MODE=thread renders in threads of the API process instead)."""
-    import uvicorn
-
-    from flashhead.api.app import create_app
-    from flashhead.config import Settings
-
     data_dir = Path(data_dir)
     mode = auth_mode(host, data_dir, no_auth, i_know_this_is_open)
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise SystemExit("--ssl-certfile and --ssl-keyfile go together")
+    import uvicorn          # after the checks: a refused start answers at once, not after seconds
+
+    from flashhead.api.app import create_app
+    from flashhead.config import Settings
+
     app = create_app(Settings(data_dir=data_dir), workers=workers, auth_mode=mode)
     uvicorn.run(app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                 log_level="warning", access_log=False, timeout_graceful_shutdown=5)
