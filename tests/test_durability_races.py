@@ -112,6 +112,7 @@ def test_thread_workers_survive_store_errors_in_claim_and_finish(tmp_path, monke
         pool.stop()
 
 
+@pytest.mark.slow     # starts three servers (~7 s); the lock itself is checked fast below
 def test_a_second_server_on_one_data_dir_is_refused_with_a_message(tmp_path):
     """Before: two servers on one SQLite data dir both started, and each re-queued the other's
     running jobs every 2 s (rendered twice). Now the second exits at start-up with a message."""
