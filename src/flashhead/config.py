@@ -119,6 +119,23 @@ class Settings(BaseSettings):
                                              "session's Redis stream keeps (MAXLEN)")
     engine_remote_stream_ttl_s: float = Field(120.0, ge=1, description="several machines: lifetime of a "
                                               "session's Redis stream after its last message")
+    # --- webrtc (WHEP output of live sessions) ---
+    webrtc_chunk_frames: int = Field(2, ge=1, le=8, description="WebRTC live sessions: frames per engine "
+                                     "chunk (80 ms): speech shows after this much audio")
+    webrtc_jitter_s: float = Field(0.08, ge=0, le=2, description="WebRTC: how long the API holds a chunk "
+                                   "before it plays, to absorb render-time jitter (latency vs stalls)")
+    webrtc_max_session_s: float = Field(3600.0, gt=0, description="WebRTC: the longest a WHEP session "
+                                        "lives; then it ends (as a DELETE does)")
+    webrtc_connect_timeout_s: float = Field(15.0, gt=0, le=120, description="WebRTC: a WHEP session whose "
+                                            "peer does not connect within this ends")
+    webrtc_max_buffer_s: float = Field(2.0, gt=0, le=30, description="WebRTC: media the API holds for a "
+                                       "peer that does not take it; older media is dropped")
+    webrtc_ice_servers: list[str] = Field(default_factory=list, description="WebRTC: STUN/TURN URLs "
+                                          "(JSON list, e.g. [\"stun:stun.example.org:3478\"]); none by "
+                                          "default: host candidates only")
+    webrtc_ice_username: str | None = Field(None, description="WebRTC: TURN username")
+    webrtc_ice_credential: str | None = Field(None, description="WebRTC: TURN credential")
+    webrtc_max_sdp_bytes: int = Field(64 * 1024, ge=1024, description="WebRTC: the largest SDP offer")
 
 
 @lru_cache(maxsize=1)

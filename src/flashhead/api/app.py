@@ -37,10 +37,10 @@ from flashhead.jobs.worker import WorkerPool
 
 log = logging.getLogger("flashhead.api")
 EXPOSED_HEADERS = ["x-fal-request-id", "x-request-id", "x-fal-error-type", "x-fal-request-timeout-type",
-                   "content-range", "accept-ranges", "etag"]
+                   "content-range", "accept-ranges", "etag", "location"]
 API_NODE_ONLY = ("this server is an API node (flashhead serve --no-worker): it renders queue requests on "
                  "`flashhead worker` machines only; /stream and realtime need a server with workers")
-EXTENSIONS = ("flashhead.api.stream", "flashhead.api.realtime")   # written by the streaming helper
+EXTENSIONS = ("flashhead.api.stream", "flashhead.api.realtime", "flashhead.api.webrtc")
 
 
 def build_context(settings: Settings, engines=None, auth_mode: str = KEYS) -> AppContext:
@@ -167,6 +167,8 @@ def create_app(settings: Settings | None = None, engines=None, *, workers: int |
         for task in periodic:
             task.start()
         yield
+        if ctx.webrtc is not None:
+            await ctx.webrtc.close_all()
         for task in periodic:
             task.stop()
         ctx.engine.stop()

@@ -10,7 +10,8 @@ EngineThread (tests, embedding with given Engines): the same loop in a thread of
 
 Messages are (kind, session id, payload) tuples.
   API -> engine  stream {payload, endpoint, base_url, segments}  | live {image_url, base_url,
-                 seed, pace} | audio <pcm bytes> | eos | interrupt | stop | close (client gone)
+                 seed, pace, output?, chunk_frames?, lead_s?} | audio <pcm bytes> | eos | interrupt
+                 | pose <idle pose name> | stop | close (client gone)
   engine -> API  ready {capacity, threads} | beat {active, oldest_step_s, steps: [s, ...], batches: [n, ...]}
                  prepared | started {...} | event {...} | stopped {...} | end
                  | error {error_type, message, field, fatal}
@@ -97,7 +98,7 @@ class Engine:
             with self._lock:
                 self._opening.add(sid)
             self._prepare.submit(self._open, kind, sid, payload)
-        elif kind in ("audio", "eos", "interrupt"):
+        elif kind in ("audio", "eos", "interrupt", "pose"):
             self._live_input(kind, sid, payload)
         elif kind == "stop":
             task = self.scheduler.remove(sid)
@@ -142,7 +143,7 @@ class Engine:
                 from flashhead.errors import InputError
                 raise InputError("no live session: send start first", field="type")
             {"audio": lambda: task.session.push_audio(payload), "eos": task.session.end_of_speech,
-             "interrupt": task.session.interrupt}[kind]()
+             "interrupt": task.session.interrupt, "pose": lambda: task.session.set_idle_pose(payload)}[kind]()
         except Exception as exc:  # noqa: BLE001 - the session goes on; the client hears why
             self.send("error", sid, error_payload(exc, fatal=False))
             return

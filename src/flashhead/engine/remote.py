@@ -9,7 +9,7 @@ Keys (under the redis prefix):
                             The API reserves a slot atomically (RESERVE) and renews it (TOUCH); an
                             API node that dies stops renewing and the engine drops the session.
   engine:{id}:in            stream API -> engine: {sid, kind, data}: stream | live | audio | eos |
-                            interrupt | stop | close (capped by MAXLEN)
+                            interrupt | pose | stop | close (capped by MAXLEN)
   session:{sid}:out         stream engine -> API: {kind, data} as relay.EngineLink's messages
                             (capped by MAXLEN, with a TTL, deleted when the API closes the session)
 Payloads are msgpack. Admission is immediate: no engine with a free slot -> CapacityExceeded.

@@ -37,7 +37,7 @@ from flashhead.errors import InputError, LimitExceeded
 from flashhead.live.buffers import SpeechFifo, pcm16_to_float
 from flashhead.live.features import FeatureStream, StreamingExtractor
 from flashhead.pipeline import Chunk
-from flashhead.render.base import SpeechSpan
+from flashhead.render.base import SpeechSpan, check_idle_pose
 from flashhead.visemes.base import FrameFeatures
 
 
@@ -70,6 +70,7 @@ class LiveSession:
         self._pending = bytearray()
         self._eos = False
         self._interrupts = 0
+        self._pose: str | None = None       # an idle pose asked for, not yet handed to the renderer
         self._closed = False
         # Owned by the consumer thread.
         self._stream = FeatureStream(make_extractor)
@@ -111,6 +112,14 @@ class LiveSession:
             self._pending.clear()
             self._eos = False
             self._interrupts += 1
+            self._cond.notify_all()
+
+    def set_idle_pose(self, pose: str) -> None:
+        """Idle frames from the next chunk on hold `pose` ("idle" | "listening" | "thinking"; see
+        Renderer.set_idle_pose). Applied by the consumer, between renders."""
+        with self._cond:
+            self._check_open()
+            self._pose = check_idle_pose(pose)
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -175,6 +184,9 @@ class LiveSession:
             del self._pending[:n]
             eos, self._eos = self._eos, False
             interrupts = self._interrupts
+            pose, self._pose = self._pose, None
+        if pose is not None:
+            self.renderer.set_idle_pose(self._state, pose)
         if interrupts != self._seen_interrupts:
             self._seen_interrupts = interrupts
             self._stream.reset()
