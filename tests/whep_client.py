@@ -16,8 +16,8 @@ SDP = "application/sdp"
 
 @dataclass
 class Received:
-    video: list = field(default_factory=list)      # (arrival, rtp timestamp, I420 Y plane copy)
-    audio: list = field(default_factory=list)      # (arrival, rtp timestamp, float mono samples at 48 kHz)
+    video: list = field(default_factory=list)      # (arrival, RTP timestamp, Y plane)
+    audio: list = field(default_factory=list)      # (arrival, RTP timestamp, float mono samples at 48 kHz)
     reports: dict = field(default_factory=dict)    # kind -> [(ntp seconds, rtp timestamp)]
     messages: list = field(default_factory=list)   # data channel messages (decoded)
 
@@ -75,16 +75,19 @@ class WhepClient:
     async def _read(self, track) -> None:
         from aiortc.mediastreams import MediaStreamError
 
+        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.kind == track.kind)
         try:
             while True:
                 frame = await track.recv()
                 now = time.monotonic()
+                # aiortc counts pts from the track's first RTP timestamp; undo that.
+                rtp = (receiver._RTCRtpReceiver__timestamp_mapper._origin + frame.pts) % 2**32
                 if track.kind == "video":
                     y = frame.to_ndarray(format="gray") if self.keep_pixels else None
-                    self.got.video.append((now, frame.pts, y))
+                    self.got.video.append((now, rtp, y))
                 else:
                     a = frame.to_ndarray().astype(np.float32).reshape(-1, len(frame.layout.channels))[:, 0] / 32768
-                    self.got.audio.append((now, frame.pts, a))
+                    self.got.audio.append((now, rtp, a))
         except MediaStreamError:
             pass
 

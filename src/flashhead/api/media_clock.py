@@ -30,6 +30,10 @@ BLOCKS_PER_FRAME = C.SAMPLES_PER_FRAME // BLOCK_SAMPLES
 FRAME_BYTES = C.SIZE * C.SIZE * 3 // 2         # one I420 frame
 BLOCK_BYTES = BLOCK_SAMPLES * C.PCM_BYTES_PER_SAMPLE
 SILENCE = bytes(BLOCK_BYTES)
+# aiortc's Opus encoder returns a block's packet when it is given the next block (20 ms later),
+# plus ~2 ms of resampling: audio blocks go to it this much before their due time, so that the
+# packets leave (and the RTCP sender reports map them) at the same clock as the video frames.
+AUDIO_EARLY_S = 0.022
 
 
 class MediaTimeline:
@@ -60,7 +64,7 @@ class MediaTimeline:
             slot = self.write + i
             self.frames[slot] = video[i * FRAME_BYTES:(i + 1) * FRAME_BYTES]
             for j in range(BLOCKS_PER_FRAME):
-                b = (slot * BLOCKS_PER_FRAME + j) * BLOCK_BYTES
+                b = (i * BLOCKS_PER_FRAME + j) * BLOCK_BYTES
                 self.blocks[slot * BLOCKS_PER_FRAME + j] = pcm[b:b + BLOCK_BYTES]
         self.write += chunk["frames"]
         self._trim()
@@ -89,6 +93,7 @@ class MediaTimeline:
 
     # -- the tracks' side ------------------------------------------------------------------
     def due(self, slot: float) -> float:
+        """When slot `slot` (fractions: audio blocks) goes out."""
         return self.base + slot / C.FPS
 
     def _catch_up(self, slot: float) -> int:
@@ -123,7 +128,7 @@ class MediaTimeline:
             self.audio_next = self._catch_up(0) * BLOCKS_PER_FRAME
         block = self.audio_next
         await self._wait(lambda: self.write * BLOCKS_PER_FRAME > block)
-        await _sleep_until(self.clock, self.due(block / BLOCKS_PER_FRAME))
+        await _sleep_until(self.clock, self.due(block / BLOCKS_PER_FRAME) - AUDIO_EARLY_S)
         self.audio_next = max(self.audio_next, block + 1)
         return block, self.blocks.pop(block, None) or SILENCE
 
