@@ -120,9 +120,10 @@ class Settings(BaseSettings):
     engine_remote_stream_ttl_s: float = Field(120.0, ge=1, description="several machines: lifetime of a "
                                               "session's Redis stream after its last message")
     # --- webrtc (WHEP output of live sessions) ---
-    webrtc_chunk_frames: int = Field(2, ge=1, le=8, description="WebRTC live sessions: frames per engine "
-                                     "chunk (80 ms): speech shows after this much audio")
-    webrtc_jitter_s: float = Field(0.08, ge=0, le=2, description="WebRTC: how long the API holds a chunk "
+    webrtc_chunk_frames: int = Field(1, ge=1, le=8, description="WebRTC live sessions: frames per engine "
+                                     "chunk (40 ms): speech shows after this much audio (plus the 80 ms "
+                                     "lookahead of the feature extractor)")
+    webrtc_jitter_s: float = Field(0.06, ge=0, le=2, description="WebRTC: how long the API holds a chunk "
                                    "before it plays, to absorb render-time jitter (latency vs stalls)")
     webrtc_max_session_s: float = Field(3600.0, gt=0, description="WebRTC: the longest a WHEP session "
                                         "lives; then it ends (as a DELETE does)")

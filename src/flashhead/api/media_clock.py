@@ -2,9 +2,9 @@
 frames and audio blocks out, on one timeline.
 
 Slot k of the timeline is video frame k and the audio samples [k*640, (k+1)*640) (two 20 ms
-blocks); slot k is due at `base + k / FPS`, where base is the arrival of the first chunk plus
-`jitter_s` (chunks then arrive about as their slots fall due, since the engine paces them on its
-own media clock). Both tracks (video.py / audio) read the same slots at the same due times, so the
+blocks); slot k is due at `base + k / FPS`. The engine paces chunks on its own media clock, so
+they arrive about as their slots fall due; base is set so that the soonest-arriving chunk's first
+slot falls due `jitter_s` after it arrived (render-time jitter up to that is absorbed). Both tracks (video.py / audio) read the same slots at the same due times, so the
 RTP timestamps (pts = slot time) and the send times agree for both, and audio and video stay in
 sync: a late chunk delays both alike.
 
@@ -57,8 +57,7 @@ class MediaTimeline:
         if self.discarding and not chunk.get("interrupted"):
             return False
         self.discarding = False
-        if self.base is None:
-            self.base = self.clock() + self.jitter_s
+        self._anchor()
         video, pcm = chunk["video"], chunk["pcm"]
         for i in range(chunk["frames"]):
             slot = self.write + i
@@ -70,6 +69,14 @@ class MediaTimeline:
         self._trim()
         self._changed.set()
         return True
+
+    def _anchor(self) -> None:
+        """Slot `write` (this chunk's first) falls due jitter_s after now, or earlier: the base only
+        moves earlier, to the chunk that arrived soonest, so a slow first render (or any slow
+        one) does not leave a standing buffer behind it. A late chunk waits for nothing: its
+        slots leave as soon as they arrive."""
+        target = self.clock() + self.jitter_s - self.write / C.FPS
+        self.base = target if self.base is None else min(self.base, target)
 
     def interrupt(self) -> None:
         """Drop every slot no track has taken; discard chunks until the engine's interrupted one."""

@@ -21,8 +21,8 @@ A session ends on DELETE, `stop`, a failed or closed peer connection, a peer tha
 within webrtc_connect_timeout_s, after webrtc_max_session_s, or when the engine fails.
 
 Why raw media: the engine sends these sessions' frames (I420) and PCM16 instead of fMP4 segments,
-so the API does not decode what the engine just encoded, chunks need not be whole AAC frames (80 ms
-instead of 320 ms: speech shows sooner), and audio has no AAC priming delay to undo.
+so the API does not decode what the engine just encoded, chunks need not be whole AAC frames (one 40 ms
+frame instead of 320 ms: speech shows sooner), and audio has no AAC priming delay to undo.
 """
 from __future__ import annotations
 

@@ -1,0 +1,173 @@
+"""WebRTC speech latency: first PCM16 chunk in (over the data channel) -> first decoded video frame
+that shows that speech, at an aiortc client, on loopback, with the CPU renderer; prints JSON.
+
+    .venv/bin/python bench/webrtc_latency.py [--trials 20] [--sessions 1] [--burst-ms 0]
+
+The server runs in a child process (API + render engine thread, CPU renderer, as `create_app`
+with worker_mode="thread") so that the client's decoding does not share its interpreter. To see
+which decoded frame first shows the speech, the renderer runs in the tests' marker mode: the real
+CPU renderer draws every frame, then a white square is painted in the corner of each frame whose
+audio is speech (the renderer's work is unchanged). Each trial waits in idle, then pushes a 1 s
+utterance that starts on a loud frame, in 40 ms messages at the speed it plays (--burst-ms: that
+much of it at once first, as a TTS that runs ahead does), then end_of_speech.
+--sessions N: N-1 more WHEP sessions idle beside the measured one (load on the same engine).
+The machine's load average is printed with the figures: on a shared machine they move with it.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+SPEECH = ROOT / "examples" / "speech_excerpt_10s.wav"
+PORTRAIT = ROOT / "examples" / "portrait_girl_512.png"
+EP = "fal-ai/flashhead"
+MARK = 64
+UTTERANCE_S = 1.0
+PACKET = 1280                     # 40 ms of PCM16 at 16 kHz
+
+
+class SpeechMarker:
+    """The real renderer; frames whose audio is speech (RMS > 0.02) get a white corner square."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def render(self, session, span):
+        frames = self.inner.render(session, span)
+        audio = np.asarray(span.audio, np.float32).reshape(span.n_frames, -1)
+        speech = np.sqrt((audio ** 2).mean(1)) > 0.02
+        frames[:, :MARK, :MARK] = np.where(speech, 255, 0)[:, None, None, None].astype(np.uint8)
+        return frames
+
+
+def serve(port: int, data_dir: str) -> None:
+    """The child: a keyless loopback server with the marked CPU renderer."""
+    import uvicorn
+
+    from flashhead.api.app import create_app
+    from flashhead.config import Settings
+    from flashhead.pipeline import Engines
+
+    settings = Settings(data_dir=data_dir, renderer="cpu", tts="espeak")
+    engines = Engines.create(settings)
+    marked = dataclasses.replace(engines, renderer=SpeechMarker(engines.renderer))
+    app = create_app(settings, marked, worker_mode="thread", auth_mode="open")
+    stored = app.state.ctx.storage.put_bytes(PORTRAIT.read_bytes(), "image/png", PORTRAIT.name)
+    Path(data_dir, "portrait_url").write_text(app.state.ctx.storage.url(stored.key, f"http://127.0.0.1:{port}"))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio")
+
+
+def utterances(n: int) -> list[bytes]:
+    """n 1-s pieces of the speech excerpt, each starting on a loud 40 ms frame."""
+    with wave.open(str(SPEECH)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    frame = 640
+    rms = np.sqrt((pcm[: len(pcm) // frame * frame].reshape(-1, frame).astype(np.float64) / 32768) ** 2).mean(1)
+    onsets = [i for i in range(1, len(rms) - 30) if rms[i] > 0.05 and rms[i - 1] < 0.05] or [0]
+    size = int(UTTERANCE_S * 16000)
+    return [pcm[onsets[k % len(onsets)] * frame:][:size].tobytes() for k in range(n)]
+
+
+async def trial(client, pcm: bytes, burst_ms: int) -> float:
+    seen = len(client.got.video)
+    burst = burst_ms * 32
+    t0 = time.monotonic()
+    if burst:
+        await client.send({"type": "audio", "pcm": pcm[:burst]})
+    await client.push_pcm(pcm[burst:])
+    await client.send({"type": "end_of_speech"})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for arrival, _, y in client.got.video[seen:]:
+            if arrival >= t0 and y[8:MARK - 8, 8:MARK - 8].mean() > 200:
+                return arrival - t0
+        await asyncio.sleep(0.01)
+    raise RuntimeError("no speech frame within 5 s")
+
+
+async def measure(base: str, image_url: str, args) -> list[float]:
+    from whep_client import WhepClient
+
+    extra = [WhepClient(base, EP, {}, keep_pixels=False) for _ in range(args.sessions - 1)]
+    client = WhepClient(base, EP, {})
+    try:
+        for c in extra + [client]:
+            r = await c.connect(image_url)
+            if r.status_code != 201:
+                raise RuntimeError(f"WHEP POST: HTTP {r.status_code} {r.text}")
+        await asyncio.sleep(2.0)
+        out = []
+        for pcm in utterances(args.trials):
+            out.append(await trial(client, pcm, args.burst_ms))
+            await asyncio.sleep(1.0)                     # back to idle
+            client.got.video.clear()
+        return out
+    finally:
+        for c in extra + [client]:
+            await c.close()
+
+
+def wait_up(base: str, data_dir: str, proc) -> str:
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the server exited")
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200 and Path(data_dir, "portrait_url").exists():
+                return Path(data_dir, "portrait_url").read_text()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the server did not start")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--sessions", type=int, default=1)
+    p.add_argument("--burst-ms", type=int, default=0)
+    p.add_argument("--serve", nargs=2, metavar=("PORT", "DATA_DIR"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        serve(int(args.serve[0]), args.serve[1])
+        return
+    from stream_server import free_port
+
+    port, data_dir = free_port(), tempfile.mkdtemp(prefix="webrtc-bench-")
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), data_dir],
+                            env={**os.environ, "FLASHHEAD_FETCH_ALLOW": "127.0.0.1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        lat = asyncio.run(measure(base, wait_up(base, data_dir, proc), args))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    ms = np.asarray(lat) * 1000
+    print(json.dumps({"trials": len(ms), "sessions": args.sessions, "burst_ms": args.burst_ms,
+                      "first_speech_frame_ms": {"p50": round(float(np.percentile(ms, 50)), 1),
+                                                "p95": round(float(np.percentile(ms, 95)), 1),
+                                                "min": round(float(ms.min()), 1), "max": round(float(ms.max()), 1)},
+                      "load_average": [round(x, 2) for x in os.getloadavg()]}))
+
+
+if __name__ == "__main__":
+    main()
