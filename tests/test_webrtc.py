@@ -272,3 +272,46 @@ def test_a_peer_that_never_connects_frees_its_slot(tmp_path, engines):
             await pc.close()
 
         run(scenario())
+
+
+@pytest.mark.slow
+def test_a_realtime_websocket_of_the_same_key_drives_a_whep_session(server):
+    """The agent layout: a browser holds the WebRTC session, the agent's server attaches to it by
+    id over the realtime WebSocket and speaks into it; another key cannot attach."""
+    import msgpack
+    from websockets.asyncio.client import connect
+
+    base, key, app, image_url = server
+    other = app.state.ctx.auth.keys.create("another tenant")
+    ws_url = base.replace("http", "ws") + f"/{EP}/realtime"
+
+    async def scenario():
+        client = WhepClient(base, EP, {"Authorization": f"Key {key}"}, keep_pixels=False)
+        try:
+            assert (await client.connect(image_url)).status_code == 201
+            sid = client.location.rsplit("/", 1)[1]
+            async with connect(ws_url, additional_headers={"Authorization": f"Key {other}"}) as ws:
+                await ws.send(msgpack.packb({"type": "attach", "session": sid}))
+                refused = await asyncio.wait_for(ws.recv(), 10)
+            async with connect(ws_url, additional_headers={"Authorization": f"Key {key}"}) as ws:
+                await ws.send(msgpack.packb({"type": "attach", "session": sid}))
+                attached = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 10), raw=False)
+                await asyncio.sleep(0.5)
+                t_speech = time.monotonic()
+                for at in range(0, 32000 * 2, 1280):                     # 2 s of speech, in real time
+                    await ws.send(msgpack.packb({"type": "audio", "pcm": speech_with_clicks(2.0, [])[at:at + 1280]}))
+                    await asyncio.sleep(0.04)
+                await ws.send(msgpack.packb({"type": "end_of_speech"}))
+                await asyncio.sleep(1.0)
+                await ws.send(msgpack.packb({"type": "stop"}))
+                stopped = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 10), raw=False)
+            return refused, attached, stopped, client.got, t_speech
+        finally:
+            await client.close()
+
+    refused, attached, stopped, got, t_speech = run(scenario())
+    assert isinstance(refused, str) and '"NOT_FOUND"' in refused, refused
+    assert attached == {"type": "attached", "session": attached["session"]}
+    loud = [t for t, _, a in got.audio if float(np.sqrt((a ** 2).mean())) > 0.05]
+    assert loud and min(loud) > t_speech and max(loud) - min(loud) > 1.0, "the pushed speech was not heard"
+    assert stopped["type"] == "stopped" and not app.state.ctx.webrtc.sessions
