@@ -235,8 +235,13 @@ def test_whep_sessions_count_against_capacity_and_free_their_slot(tmp_path, engi
                 assert app.state.ctx.engine.admission.in_flight == 1
                 assert await first.delete() == 204
                 assert app.state.ctx.engine.admission.in_flight == 0
-                third = WhepClient(base, EP, auth)
+                async with httpx.AsyncClient(base_url=base) as http:      # a browser holds a token, not the key
+                    token = (await http.post("/rest/tokens/", json={"allowed_apps": ["flashhead"]}, headers=auth)).json()
+                third = WhepClient(base, EP, {"Authorization": f"Bearer {token}"})
                 assert (await third.connect(image_url)).status_code == 201
+                bad = WhepClient(base, EP, {"Authorization": "Bearer not-a-token"})
+                assert (await bad.connect(image_url)).status_code == 401
+                await bad.close()
                 await third.send({"type": "stop"})                 # the data channel ends it too
                 deadline = time.monotonic() + 5
                 while app.state.ctx.webrtc.sessions and time.monotonic() < deadline:
