@@ -9,7 +9,8 @@ which decoded frame first shows the speech, the renderer runs in the tests' mark
 CPU renderer draws every frame, then a white square is painted in the corner of each frame whose
 audio is speech (the renderer's work is unchanged). Each trial waits in idle, then pushes a 1 s
 utterance that starts on a loud frame, in 40 ms messages at the speed it plays (--burst-ms: that
-much of it at once first, as a TTS that runs ahead does), then end_of_speech.
+much of it at once first, as a TTS that runs ahead does), then end_of_speech; the next trial
+starts once 0.5 s of received frames show no speech.
 --sessions N: N-1 more WHEP sessions idle beside the measured one (load on the same engine).
 The machine's load average is printed with the figures: on a shared machine they move with it.
 """
@@ -84,7 +85,23 @@ def utterances(n: int) -> list[bytes]:
     return [pcm[onsets[k % len(onsets)] * frame:][:size].tobytes() for k in range(n)]
 
 
+def marked(y) -> bool:
+    return y[8:MARK - 8, 8:MARK - 8].mean() > 200
+
+
+async def quiet(client) -> None:
+    """Until the last 0.5 s of received frames show no speech (the previous utterance is over)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        recent = client.got.video[-12:]
+        if len(recent) == 12 and not any(marked(y) for _, _, y in recent):
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError("the previous utterance still shows after 30 s")
+
+
 async def trial(client, pcm: bytes, burst_ms: int) -> float:
+    await quiet(client)
     seen = len(client.got.video)
     burst = burst_ms * 32
     t0 = time.monotonic()
@@ -95,7 +112,7 @@ async def trial(client, pcm: bytes, burst_ms: int) -> float:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         for arrival, _, y in client.got.video[seen:]:
-            if arrival >= t0 and y[8:MARK - 8, 8:MARK - 8].mean() > 200:
+            if arrival >= t0 and marked(y):
                 return arrival - t0
         await asyncio.sleep(0.01)
     raise RuntimeError("no speech frame within 5 s")
@@ -115,8 +132,7 @@ async def measure(base: str, image_url: str, args) -> list[float]:
         out = []
         for pcm in utterances(args.trials):
             out.append(await trial(client, pcm, args.burst_ms))
-            await asyncio.sleep(1.0)                     # back to idle
-            client.got.video.clear()
+            del client.got.video[:-12]
         return out
     finally:
         for c in extra + [client]:
