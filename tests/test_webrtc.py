@@ -194,24 +194,35 @@ def test_whep_refuses_bad_requests_with_clear_errors(server):
         assert r.status_code == 415 and r.json()["detail"][0]["loc"] == ["body", "Content-Type"], r.text
         r = http.post(url, content="not sdp at all", params={"image_url": image_url}, headers={**auth, "Content-Type": SDP})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "body"], r.text
-        r = http.post(url, content=audio_only_offer(), params={"image_url": image_url},
+        r = http.post(url, content=offer("audio"), params={"image_url": image_url},
                       headers={**auth, "Content-Type": SDP})
         assert r.status_code == 422 and "video" in r.json()["detail"][0]["msg"], r.text
-        r = http.post(url, content=audio_only_offer(), headers={**auth, "Content-Type": SDP})
+        r = http.post(url, content=offer("audio"), headers={**auth, "Content-Type": SDP})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "image_url"], r.text
-        r = http.post(url, content=audio_only_offer(), params={"image_url": image_url}, headers={"Content-Type": SDP})
+        r = http.post(url, content=offer("video", "audio"), params={"image_url": "file:///etc/passwd"},
+                      headers={**auth, "Content-Type": SDP})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "image_url"], r.text
+        r = http.post(url, content=offer("video", "audio"), params={"image_url": image_url, "seed": "x"},
+                      headers={**auth, "Content-Type": SDP})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "seed"], r.text
+        r = http.post(url, content="v=0\r\n" + "a=x\r\n" * 20_000, params={"image_url": image_url},
+                      headers={**auth, "Content-Type": SDP})
+        assert r.status_code == 413, r.text
+        r = http.post(url, content=offer("audio"), params={"image_url": image_url}, headers={"Content-Type": SDP})
         assert r.status_code == 401, r.text
         r = http.delete(f"{url}/nope", headers=auth)
         assert r.status_code == 404 and r.json()["error_type"] == "not_found", r.text
         assert "/etc" not in r.text and "Traceback" not in r.text
 
 
-def audio_only_offer() -> str:
+def offer(*kinds: str) -> str:
+    """An aiortc client's SDP offer that receives these kinds."""
     async def make():
         from aiortc import RTCConfiguration, RTCPeerConnection
 
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        pc.addTransceiver("audio", direction="recvonly")
+        for kind in kinds:
+            pc.addTransceiver(kind, direction="recvonly")
         await pc.setLocalDescription(await pc.createOffer())
         sdp = pc.localDescription.sdp
         await pc.close()

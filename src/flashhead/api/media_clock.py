@@ -10,8 +10,10 @@ sync: a late chunk delays both alike.
 
 interrupt(): every slot not yet taken by its track is dropped at once (the speech stops now, not
 after the buffered media); chunks already rendered before the engine heard of it are discarded
-until its first `interrupted` chunk, which fills the timeline from the first free slot of both
-tracks. A track that finds its slot empty (a gap, a stall) repeats the last frame / sends silence.
+until its first `interrupted` chunk. Slots stay the engine's frame indices: the interrupted chunk
+takes the slots after the dropped ones, which become a gap (a held frame, silence: at most
+jitter_s plus a frame), so the engine's later chunks still arrive as their slots fall due.
+A track that finds its slot empty (a gap, a stall) repeats the last frame / sends silence.
 A peer that stops taking media keeps at most `max_buffer_s` of it; older slots are dropped.
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ class MediaTimeline:
         self.base: float | None = None
         self.frames: dict[int, bytes] = {}       # slot -> I420 bytes
         self.blocks: dict[int, bytes] = {}       # 20 ms block -> PCM16 bytes
-        self.write = 0                           # the next slot a chunk fills
+        self.write = 0                           # the slot after the last chunk's
         self.video_next = 0                      # the next slot the video track takes
         self.audio_next = 0                      # the next block the audio track takes
         self.discarding = False
@@ -53,11 +55,14 @@ class MediaTimeline:
 
     # -- the engine's side -----------------------------------------------------------------
     def append(self, chunk: dict) -> bool:
-        """A raw chunk (frames, video, pcm, interrupted); False if dropped after an interrupt."""
+        """A raw chunk (start seconds, frames, video, pcm, interrupted); False if dropped after an
+        interrupt. Its slots are its frames' indices on the engine's media clock."""
         if self.discarding and not chunk.get("interrupted"):
             return False
+        self.write = round(chunk["start"] * C.FPS)
+        if self.base is None or not chunk.get("interrupted"):   # an interrupted chunk leaves early
+            self._anchor()
         self.discarding = False
-        self._anchor()
         video, pcm = chunk["video"], chunk["pcm"]
         for i in range(chunk["frames"]):
             slot = self.write + i
@@ -82,7 +87,6 @@ class MediaTimeline:
         """Drop every slot no track has taken; discard chunks until the engine's interrupted one."""
         self.frames = {k: v for k, v in self.frames.items() if k < self.video_next}
         self.blocks = {k: v for k, v in self.blocks.items() if k < self.audio_next}
-        self.write = max(self.video_next, math.ceil(self.audio_next / BLOCKS_PER_FRAME))
         self.discarding = True
 
     def close(self) -> None:

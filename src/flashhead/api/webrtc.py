@@ -146,7 +146,7 @@ class WhepSession:
         except FlashheadError as exc:                # the engine failed: the session is over
             self.emit(json.loads(error_frame(exc)))
         finally:
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.close()))
+            await self.close()
 
     async def _lifetime(self) -> None:
         s = self.service.settings
