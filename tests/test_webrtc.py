@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from flashhead import constants as C
-from stream_server import PORTRAIT, free_port, running_server, speech_pcm  # noqa: F401
+from stream_server import PORTRAIT, running_server, speech_pcm, tone_pcm
 from whep_client import SDP, WhepClient, upload
 
 EP = C.TEXT_ENDPOINT
@@ -74,11 +74,13 @@ def unwrap(ts: list[int]) -> np.ndarray:
 
 
 def sender_time(reports: list, rtp: int, rate: int) -> float:
-    """The sender's NTP time of an RTP timestamp, from the track's last sender report."""
-    ntp, ref = reports[-1]
-    d = (rtp - ref) % 2**32
-    d = d - 2**32 if d >= 2**31 else d
-    return ntp + d / rate
+    """The sender's NTP time of an RTP timestamp. Each sender report pairs the last packet's RTP
+    timestamp with the time it left; a packet that left late (a busy machine) shifts its pair
+    later, never earlier, so the earliest mapping over all reports is the on-time one."""
+    def via(ntp: float, ref: int) -> float:
+        d = (rtp - ref) % 2**32
+        return ntp + (d - 2**32 if d >= 2**31 else d) / rate
+    return min(via(ntp, ref) for ntp, ref in reports)
 
 
 def marker_frames(got) -> list[int]:
@@ -151,9 +153,9 @@ def test_whep_session_streams_5s_of_speech_in_sync(server):
 
 @pytest.mark.slow
 def test_interrupt_stops_the_speech_within_200ms(server):
-    """End to end (the client hears silence within 200 ms, aiortc's receive buffer included), and
-    on the sender's clock (the server stops sending speech at once: the media it buffered is
-    dropped, not played out)."""
+    """With 5 s of voice still queued: end to end (the client hears silence within 200 ms,
+    aiortc's receive buffer included), and on the sender's clock (the server stops sending speech
+    at once: what it buffered is dropped, not played out)."""
     base, key, _, image_url = server
 
     async def scenario():
@@ -161,11 +163,10 @@ def test_interrupt_stops_the_speech_within_200ms(server):
         try:
             assert (await client.connect(image_url)).status_code == 201
             await asyncio.sleep(0.5)
-            pusher = asyncio.ensure_future(client.push_pcm(speech_with_clicks(8.0, [])))
+            await client.push_pcm(tone_pcm(8.0), realtime=False)     # 8 s of steady voice, queued at once
             await asyncio.sleep(2.5)
             t_interrupt, wall = time.monotonic(), time.time()
             await client.send({"type": "interrupt"})
-            pusher.cancel()
             await asyncio.sleep(1.5)
             return client.got, t_interrupt, wall
         finally:
@@ -173,14 +174,14 @@ def test_interrupt_stops_the_speech_within_200ms(server):
 
     got, t_interrupt, wall = run(scenario())
     loud = [(t, rtp, float(np.sqrt((a ** 2).mean()))) for t, rtp, a in got.audio]
-    before = [rms for t, _, rms in loud if t_interrupt - 1.0 < t < t_interrupt]
-    assert max(before) > 0.05, "no speech was playing before the interrupt"
+    before = [rms for t, _, rms in loud if t_interrupt - 0.5 < t < t_interrupt]
+    assert len(before) >= 20 and min(before) > 0.05, "the voice was not playing right up to the interrupt"
     last_heard, last_rtp = max((t, rtp) for t, rtp, rms in loud if rms > 0.01)
     sent = sender_time(got.reports["audio"], last_rtp, 48_000) - NTP_EPOCH - wall
     print(f"speech heard until {1000 * (last_heard - t_interrupt):.0f} ms after the interrupt, "
           f"sent until {1000 * sent:.0f} ms")
     assert last_heard - t_interrupt <= 0.200
-    assert sent <= 0.080                   # one Opus frame and its decoder tail; 117 ms when the buffer plays out
+    assert sent <= 0.080                   # one Opus frame and its decoder tail (the buffer is <= jitter_s)
     chunks = [m for m in got.messages if m.get("type") == "chunk"]
     assert any(m["interrupted"] for m in chunks) and not chunks[-1]["speaking"]
 
