@@ -32,7 +32,13 @@ import json
 import logging
 import secrets
 
+import av
 import msgpack
+import numpy as np
+from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection,
+                    RTCSessionDescription)
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import SessionDescription
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
@@ -52,39 +58,44 @@ AUDIO_TIME_BASE = fractions.Fraction(1, C.SAMPLE_RATE)
 
 # ---- tracks -------------------------------------------------------------------------------------
 
-def _tracks(timeline: MediaTimeline):
-    import av
-    from aiortc import MediaStreamTrack
-    from aiortc.mediastreams import MediaStreamError
+class VideoTrack(MediaStreamTrack):
+    """The timeline's frames, each at its slot's due time, pts = slot time (90 kHz)."""
 
-    class VideoTrack(MediaStreamTrack):
-        kind = "video"
+    kind = "video"
 
-        async def recv(self):
-            try:
-                slot, data = await timeline.next_frame()
-            except EOFError:
-                self.stop()
-                raise MediaStreamError from None
-            frame = av.VideoFrame.from_ndarray(i420_array(data), format="yuv420p")
-            frame.pts, frame.time_base = slot * (90_000 // C.FPS), VIDEO_TIME_BASE
-            return frame
+    def __init__(self, timeline: MediaTimeline):
+        super().__init__()
+        self.timeline = timeline
 
-    class AudioTrack(MediaStreamTrack):
-        kind = "audio"
+    async def recv(self):
+        try:
+            slot, data = await self.timeline.next_frame()
+        except EOFError:
+            self.stop()
+            raise MediaStreamError from None
+        frame = av.VideoFrame.from_ndarray(i420_array(data), format="yuv420p")
+        frame.pts, frame.time_base = slot * (90_000 // C.FPS), VIDEO_TIME_BASE
+        return frame
 
-        async def recv(self):
-            import numpy as np
-            try:
-                block, data = await timeline.next_block()
-            except EOFError:
-                self.stop()
-                raise MediaStreamError from None
-            frame = av.AudioFrame.from_ndarray(np.frombuffer(data, "<i2").reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = C.SAMPLE_RATE, block * BLOCK_SAMPLES, AUDIO_TIME_BASE
-            return frame
 
-    return VideoTrack(), AudioTrack()
+class AudioTrack(MediaStreamTrack):
+    """The timeline's audio in 20 ms blocks (PCM16 mono 16 kHz; aiortc resamples for Opus)."""
+
+    kind = "audio"
+
+    def __init__(self, timeline: MediaTimeline):
+        super().__init__()
+        self.timeline = timeline
+
+    async def recv(self):
+        try:
+            block, data = await self.timeline.next_block()
+        except EOFError:
+            self.stop()
+            raise MediaStreamError from None
+        frame = av.AudioFrame.from_ndarray(np.frombuffer(data, "<i2").reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = C.SAMPLE_RATE, block * BLOCK_SAMPLES, AUDIO_TIME_BASE
+        return frame
 
 
 # ---- one session --------------------------------------------------------------------------------
@@ -179,9 +190,7 @@ class WebRtcService:
         self.ctx, self.settings = ctx, ctx.settings
         self.sessions: dict[str, WhepSession] = {}
 
-    def configuration(self):
-        from aiortc import RTCConfiguration, RTCIceServer
-
+    def configuration(self) -> RTCConfiguration:
         s = self.settings
         servers = [RTCIceServer(urls=url, username=s.webrtc_ice_username, credential=s.webrtc_ice_credential)
                    for url in s.webrtc_ice_servers]
@@ -189,8 +198,6 @@ class WebRtcService:
 
     async def create(self, offer_sdp: str, image_url: str, seed: int | None, base_url: str,
                      key_id: str | None) -> WhepSession:
-        from aiortc import RTCPeerConnection
-
         offer = _offer(offer_sdp)
         await run_in_threadpool(check_inputs, self.ctx, {"image_url": image_url}, base_url)
         s = self.settings
@@ -221,11 +228,8 @@ class WebRtcService:
             await whep.close()
 
 
-def _offer(sdp: str):
+def _offer(sdp: str) -> RTCSessionDescription:
     """The offer, checked: it must be SDP that asks to receive video and audio."""
-    from aiortc import RTCSessionDescription
-    from aiortc.sdp import SessionDescription
-
     try:
         parsed = SessionDescription.parse(sdp)
     except Exception:  # noqa: BLE001 - aiortc's parser raises assorted errors on junk
@@ -236,8 +240,7 @@ def _offer(sdp: str):
     return RTCSessionDescription(sdp=sdp, type="offer")
 
 
-async def _answer(pc, offer, whep: WhepSession) -> None:
-    video, audio = _tracks(whep.timeline)
+async def _answer(pc: RTCPeerConnection, offer: RTCSessionDescription, whep: WhepSession) -> None:
 
     @pc.on("datachannel")
     def on_datachannel(channel):
@@ -253,8 +256,8 @@ async def _answer(pc, offer, whep: WhepSession) -> None:
         await pc.setRemoteDescription(offer)
     except Exception:  # noqa: BLE001 - aiortc refuses offers it cannot negotiate with assorted errors
         raise InputError("the offer cannot be negotiated (no common codec or transport)", field="body") from None
-    pc.addTrack(video)
-    pc.addTrack(audio)
+    pc.addTrack(VideoTrack(whep.timeline))
+    pc.addTrack(AudioTrack(whep.timeline))
     await pc.setLocalDescription(await pc.createAnswer())
 
 
