@@ -70,6 +70,13 @@ CLOSING = (Timeout, CapacityExceeded)     # sent as a frame, then the socket clo
 
 
 def error_frame(exc: BaseException) -> str:
+    """The x-fal-error text frame of the WebSocket."""
+    return json.dumps(error_message(exc))
+
+
+def error_message(exc: BaseException) -> dict:
+    """{"type": "x-fal-error", "error": KIND, "reason": text}: the realtime error body (WebSocket
+    text frames, WebRTC data channel msgpack maps)."""
     if isinstance(exc, FlashheadError):
         kind, reason = exc.error_type.upper(), str(exc)
     elif isinstance(exc, ValidationError):
@@ -78,7 +85,7 @@ def error_frame(exc: BaseException) -> str:
     else:
         log.exception("realtime failure", exc_info=exc)
         kind, reason = "INTERNAL_ERROR", "internal error"
-    return json.dumps({"type": "x-fal-error", "error": kind, "reason": reason})
+    return {"type": "x-fal-error", "error": kind, "reason": reason}
 
 
 class Connection:

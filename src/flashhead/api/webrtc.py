@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import fractions
-import json
 import logging
 import secrets
 
@@ -46,6 +45,7 @@ from flashhead import constants as C
 from flashhead.api.deps import authenticate
 from flashhead.api.media_clock import BLOCK_SAMPLES, MediaTimeline, i420_array
 from flashhead.api.queue import check_inputs
+from flashhead.api.realtime import decode_message, error_message, live_message
 from flashhead.api.stream import ENDPOINTS
 from flashhead.errors import (FlashheadError, InputError, NotFound, PayloadTooLarge,
                               UnsupportedMediaType)
@@ -124,8 +124,6 @@ class WhepSession:
         self.session.send(kind, payload)
 
     async def on_message(self, raw) -> None:
-        from flashhead.api.realtime import decode_message, error_frame, live_message
-
         try:
             msg = decode_message(raw)
             if msg.get("type") == "stop":
@@ -133,7 +131,7 @@ class WhepSession:
                 return
             live_message(self, msg)
         except FlashheadError as exc:
-            self.emit(json.loads(error_frame(exc)))
+            self.emit(error_message(exc))
 
     def emit(self, message: dict) -> None:
         """A message to the peer over the data channel (dropped when there is none)."""
@@ -142,20 +140,16 @@ class WhepSession:
 
     # -- engine chunks ---------------------------------------------------------------------
     async def _pump(self) -> None:
-        from flashhead.api.realtime import error_frame
-
         try:
             while True:
                 kind, payload = await self.session.get()
                 if kind == "error":                  # the session goes on (e.g. too much audio queued)
-                    self.emit(json.loads(error_frame(payload)))
+                    self.emit(error_message(payload))
                 elif kind == "event" and self.timeline.append(payload):
                     self.emit({k: payload[k] for k in ("type", "index", "start", "duration", "speaking",
                                                        "interrupted")})
-                elif kind == "stopped":
-                    break
         except FlashheadError as exc:                # the engine failed: the session is over
-            self.emit(json.loads(error_frame(exc)))
+            self.emit(error_message(exc))
         finally:
             await self.close()
 
