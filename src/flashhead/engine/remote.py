@@ -218,6 +218,10 @@ class EngineHost:
         self.keys = Keys(settings.redis_prefix)
         self.ttl_s = settings.engine_remote_ttl_s
         self.maxlen = settings.engine_remote_stream_maxlen
+        # A raw (WebRTC) session's chunk is a whole I420 frame (~400 KB): its stream keeps no more
+        # chunks than the API would hold for it unread.
+        self.raw_maxlen = min(self.maxlen, settings.engine_max_pending_chunks)
+        self.maxlens: dict[str, int] = {}
         self.eid = uuid.uuid4().hex[:16]
         self.aio = aioredis.Redis.from_url(url)
         self.channels: dict = {}            # session id -> relay.Channel
@@ -283,6 +287,8 @@ class EngineHost:
 
     async def _handle(self, sid: str, kind: str, payload) -> None:
         if kind in ("stream", "live"):
+            if payload.get("output") == "raw":
+                self.maxlens[sid] = self.raw_maxlen
             link = self.runner.link
             try:
                 if link is None:
@@ -293,6 +299,7 @@ class EngineHost:
                     EngineFailed("the render engine of this node is restarting")
                 await self._publish(sid, "error", error_payload(failed, fatal=True))
                 await self.aio.zrem(self.keys.sessions(self.eid), sid)
+                self.maxlens.pop(sid, None)
                 return
             self.pumps[sid] = asyncio.create_task(self._pump(sid, self.channels[sid]))
         elif kind == "close":
@@ -327,12 +334,14 @@ class EngineHost:
         finally:
             self.channels.pop(sid, None)
             self.pumps.pop(sid, None)
+            self.maxlens.pop(sid, None)
             await self.aio.zrem(self.keys.sessions(self.eid), sid)
 
     async def _publish(self, sid: str, kind: str, payload) -> None:
         out = self.keys.out(sid)
         async with self.aio.pipeline(transaction=False) as p:
-            p.xadd(out, {"kind": kind, "data": pack(payload)}, maxlen=self.maxlen, approximate=False)
+            p.xadd(out, {"kind": kind, "data": pack(payload)}, maxlen=self.maxlens.get(sid, self.maxlen),
+                   approximate=False)
             p.expire(out, int(self.settings.engine_remote_stream_ttl_s))
             await p.execute()
 
