@@ -158,7 +158,7 @@ class Connection:
         self.idle_timeout = _idle_timeout(self.ctx.settings, msg.get("idle_timeout"), self.idle_timeout)
         base_url = http_base_url(self.ctx, self.ws)
         await run_in_threadpool(check_inputs, self.ctx, {"image_url": image_url}, base_url)
-        session = self.ctx.engine.open("live", {"image_url": image_url, "base_url": base_url, "seed": seed,
+        session = await self.ctx.engine.open("live", {"image_url": image_url, "base_url": base_url, "seed": seed,
                                                 "pace": bool(msg.get("pace", True))}, self.key_id)
         try:
             _, started = await session.get()
@@ -198,17 +198,17 @@ class Connection:
         pcm = msg.get("pcm")
         if not isinstance(pcm, (bytes, bytearray)):
             raise InputError("must be binary PCM16 little-endian mono 16 kHz audio", field="pcm")
-        self.live().send("audio", bytes(pcm))
+        await self.live().send("audio", bytes(pcm))
 
     async def end_of_speech(self, msg: dict) -> None:
-        self.live().send("eos")
+        await self.live().send("eos")
 
     async def interrupt(self, msg: dict) -> None:
-        self.live().send("interrupt")
+        await self.live().send("interrupt")
 
     async def stop(self, msg: dict) -> None:
         """The engine answers "stopped" (frames rendered), which the pump forwards."""
-        self.live().send("stop")
+        await self.live().send("stop")
         await asyncio.gather(self.pump, return_exceptions=True)
         self.pump = None
 
