@@ -107,7 +107,7 @@ def test_a_live_client_that_does_not_read_ends_with_limit_exceeded_and_frees_its
 async def _until(predicate, what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: "
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.1)
 
 
@@ -126,9 +126,9 @@ def test_a_stalled_redis_does_not_stall_the_api_nodes_event_loop(cluster):
         conn.send({"type": "audio", "pcm": speech_pcm(0.5)})
         time.sleep(0.3)
         t = time.monotonic()
+        assert t - paused_at < pause_ms / 1000 - 1.0, "the request went out late in the pause (load?)"
         assert http.get("/.well-known/jwks.json").status_code == 200
         answered_s = time.monotonic() - t
-        assert time.monotonic() - paused_at < pause_ms / 1000, "the request came after the pause; load?"
         print(f"\nrequest during a {pause_ms} ms Redis pause answered in {answered_s * 1000:.0f} ms")
         assert answered_s < 1.0, answered_s
         conn.send({"type": "stop"})                                  # the session went on after
