@@ -13,6 +13,7 @@ one engine node (`flashhead worker`) over a real redis-server and moto S3.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from types import SimpleNamespace
@@ -102,6 +103,42 @@ def test_a_live_client_that_does_not_read_ends_with_limit_exceeded_and_frees_its
         await remote.aio.aclose()
 
     asyncio.run(run())
+
+
+def test_a_realtime_client_that_stops_reading_gets_limit_exceeded(cluster):
+    """End to end through an API node: a realtime client whose socket stops reading (a small
+    receive buffer, websockets' own queue of one message): the API node's relay falls behind,
+    the session's slot is freed while the client still reads nothing, and once it reads again
+    it gets its chunks, then LIMIT_EXCEEDED."""
+    import socket
+
+    import msgpack
+    from websockets.sync.client import connect
+
+    c = cluster
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)      # before connecting: no autotuning;
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000)    # small segments keep the server's
+    sock.connect(("127.0.0.1", c.b.port))                          # send buffer small (not ~4 MB)
+    with connect(f"wss://127.0.0.1:{c.b.port}/{TEXT_ENDPOINT}/realtime", sock=sock, ssl=c.b.ssl_context(),
+                 server_hostname="127.0.0.1", additional_headers={"Authorization": f"Key {c.key2}"},
+                 max_queue=1, open_timeout=30, ping_interval=None, compression=None) as ws:
+        ws.send(msgpack.packb({"type": "start", "image_url": c.image, "pace": False}))   # speech at full speed
+        assert msgpack.unpackb(ws.recv(timeout=60))["type"] == "started"
+        assert c.r.zcard(c.keys.sessions(c.eid)) == 1
+        pcm = speech_pcm(8.0)
+        for i in range(0, len(pcm), 3200):
+            ws.send(msgpack.packb({"type": "audio", "pcm": pcm[i:i + 3200]}))
+        ws.send(msgpack.packb({"type": "end_of_speech"}))
+        t = time.monotonic()
+        _wait(lambda: c.r.zcard(c.keys.sessions(c.eid)) == 0, timeout=90, what="the slow client's slot freed")
+        print(f"\nthe client that stopped reading lost its session after {time.monotonic() - t:.1f} s")
+        kinds = []
+        while (msg := ws.recv(timeout=30)) is not None and isinstance(msg, bytes):
+            kinds.append(msgpack.unpackb(msg)["type"])
+        error = json.loads(msg)
+    assert kinds and set(kinds) == {"chunk"}, kinds
+    assert error["error"] == "LIMIT_EXCEEDED" and f"more than {MAX_PENDING} chunks" in error["reason"], error
 
 
 async def _until(predicate, what: str, timeout: float = 60.0) -> None:
