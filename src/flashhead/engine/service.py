@@ -13,7 +13,6 @@ from flashhead.engine.remote import BATCH_BUCKETS, STEP_BUCKETS, remote_metrics
 from flashhead.errors import BackendUnavailable
 
 
-
 class Session:
     """One admitted session: its capacity ticket and its channel to the engine."""
 
@@ -24,6 +23,7 @@ class Session:
         return await self.channel.get()
 
     async def send(self, kind: str, payload=None) -> None:
+        """Async as a RemoteSession's, whose send awaits Redis."""
         self.channel.send(kind, payload)
 
     def close(self) -> None:
