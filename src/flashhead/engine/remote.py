@@ -336,10 +336,10 @@ def _mean(tally: dict | None) -> float | None:
 class EngineHost:
     """Engine side: takes sessions from this engine's Redis inbox into a local EngineProcess."""
 
-    def __init__(self, settings: Settings, capacity: int):
+    def __init__(self, settings: Settings):
         url = _settings_url(settings)
-        self.settings, self.capacity = settings, capacity
-        self.runner = None
+        self.settings = settings
+        self.runner, self.capacity = None, 0
         self.keys = Keys(settings.redis_prefix)
         self.ttl_s = settings.engine_remote_ttl_s
         self.maxlen = settings.engine_remote_stream_maxlen
@@ -368,8 +368,9 @@ class EngineHost:
         with self._lock:
             return {"active": self.active, "steps": self.steps.as_dict(), "batches": self.batches.as_dict()}
 
-    def start(self, runner) -> "EngineHost":
-        self.runner = runner
+    def start(self, runner, capacity: int) -> "EngineHost":
+        """Once `runner` (an EngineProcess) is ready: offers its `capacity` to the API nodes."""
+        self.runner, self.capacity = runner, capacity
         self._thread.start()
         return self
 
@@ -445,6 +446,7 @@ class EngineHost:
             self.pumps[sid] = asyncio.create_task(self._pump(sid, self.channels[sid]))
         elif kind == "close":
             self._drop(sid)
+            await self.aio.delete(self.keys.out(sid))     # what its pump published meanwhile
         elif (channel := self.channels.get(sid)) is not None:
             try:
                 channel.send(kind, payload)

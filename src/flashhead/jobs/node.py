@@ -47,12 +47,12 @@ def run_worker_node(settings: Settings, processes: int, stop: threading.Event) -
     queue.start()                    # lease heartbeat, orphan sweep, deadlines
     pool = ProcessWorkerPool(queue, settings, processes)
     pool.start()
-    host = EngineHost(settings, capacity_of(settings))
+    host = EngineHost(settings)
     engine = EngineProcess(settings, on_beat=host.observe).start()
     try:
         pool.wait_ready()
         engine.wait_ready()
-        host.start(engine)
+        host.start(engine, capacity_of(settings))
         log.info("worker node ready", extra={"instance": queue.store.instance, "workers": processes,
                                              "renderer": settings.renderer})
         while not stop.wait(1.0):
