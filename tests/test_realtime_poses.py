@@ -84,7 +84,9 @@ def test_the_data_channel_feeds_poses_and_inputs_to_the_engine():
     from flashhead.config import Settings
 
     sent, emitted = [], []
-    engine_session = SimpleNamespace(send=lambda kind, payload=None: sent.append((kind, payload)))
+    async def send(kind, payload=None):
+        sent.append((kind, payload))
+    engine_session = SimpleNamespace(send=send)
     service = SimpleNamespace(settings=Settings(), sessions={})
     whep = WhepSession(service, "s", None, engine_session, pc=None)
     whep.emit = emitted.append

@@ -97,7 +97,8 @@ class Settings(BaseSettings):
                                         "engine admits at once; default 8 (cpu renderer) or 2 (neural)")
     engine_threads: int | None = Field(None, ge=1, description="render threads in the engine process; "
                                        "default: the CPU cores")
-    engine_key_sessions: int = Field(4, ge=1, description="concurrent real-time sessions per API key")
+    engine_key_sessions: int = Field(4, ge=1, description="concurrent real-time sessions per API key (with "
+                                     "engines on worker nodes: over every API node together)")
     engine_step_deadline_s: float = Field(30.0, gt=0, description="an engine silent this long while it has "
                                           "sessions running is hung: killed and restarted")
     engine_retry_after_s: int = Field(5, ge=1, description="Retry-After of a 429 at capacity")

@@ -140,7 +140,7 @@ class Connection:
             if handler is not None:
                 await handler(msg)
             else:
-                live_message(self.live(), msg)
+                await live_message(self.live(), msg)
         except (WebSocketDisconnect, *CLOSING):
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is reported as an x-fal-error frame
@@ -169,7 +169,7 @@ class Connection:
         self.idle_timeout = _idle_timeout(self.ctx.settings, msg.get("idle_timeout"), self.idle_timeout)
         base_url = http_base_url(self.ctx, self.ws)
         await run_in_threadpool(check_inputs, self.ctx, {"image_url": image_url}, base_url)
-        session = self.ctx.engine.open("live", {"image_url": image_url, "base_url": base_url, "seed": seed,
+        session = await self.ctx.engine.open("live", {"image_url": image_url, "base_url": base_url, "seed": seed,
                                                 "pace": bool(msg.get("pace", True))}, self.key_id)
         try:
             _, started = await session.get()
@@ -224,7 +224,7 @@ class Connection:
             await attached.close()
             await self.send({"type": "stopped", "session": attached.id})
             return
-        self.live().send("stop")
+        await self.live().send("stop")
         await asyncio.gather(self.pump, return_exceptions=True)
         self.pump = None
 
@@ -252,7 +252,7 @@ def decode_message(raw: bytes | str) -> dict:
 POSE_MESSAGES = {"listening": "listening", "thinking": "thinking", "speaking": "idle"}
 
 
-def live_message(target, msg: dict) -> None:
+async def live_message(target, msg: dict) -> None:
     """The inputs of a running live session, from a realtime WebSocket or a WebRTC data channel:
     audio, end_of_speech, interrupt, and the idle poses (listening / thinking while the user
     talks, speaking: back to the plain idle). target.send(kind, payload) reaches the engine."""
@@ -261,13 +261,13 @@ def live_message(target, msg: dict) -> None:
         pcm = msg.get("pcm")
         if not isinstance(pcm, (bytes, bytearray)):
             raise InputError("must be binary PCM16 little-endian mono 16 kHz audio", field="pcm")
-        target.send("audio", bytes(pcm))
+        await target.send("audio", bytes(pcm))
     elif kind == "end_of_speech":
-        target.send("eos")
+        await target.send("eos")
     elif kind == "interrupt":
-        target.send("interrupt")
+        await target.send("interrupt")
     elif kind in POSE_MESSAGES:
-        target.send("pose", POSE_MESSAGES[kind])
+        await target.send("pose", POSE_MESSAGES[kind])
     else:
         raise InputError(f"unknown message type {kind!r}", field="type")
 

@@ -115,13 +115,13 @@ class WhepSession:
         self.tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._lifetime())]
 
     # -- client messages (data channel or an attached WebSocket) ---------------------------
-    def send(self, kind: str, payload=None) -> None:
+    async def send(self, kind: str, payload=None) -> None:
         """Forward one input to the engine; an interrupt also drops the media not yet sent."""
         if self.closed:
             raise InputError("the WebRTC session has ended", field="session")
         if kind == "interrupt":
             self.timeline.interrupt()
-        self.session.send(kind, payload)
+        await self.session.send(kind, payload)
 
     async def on_message(self, raw) -> None:
         try:
@@ -129,7 +129,7 @@ class WhepSession:
             if msg.get("type") == "stop":
                 await self.close()
                 return
-            live_message(self, msg)
+            await live_message(self, msg)
         except FlashheadError as exc:
             self.emit(error_message(exc))
 
@@ -195,7 +195,7 @@ class WebRtcService:
         offer = _offer(offer_sdp)
         await run_in_threadpool(check_inputs, self.ctx, {"image_url": image_url}, base_url)
         s = self.settings
-        session = self.ctx.engine.open("live", {
+        session = await self.ctx.engine.open("live", {
             "image_url": image_url, "base_url": base_url, "seed": seed, "pace": True, "output": "raw",
             "chunk_frames": s.webrtc_chunk_frames, "lead_s": 0.0}, key_id)
         pc = RTCPeerConnection(self.configuration())

@@ -9,10 +9,8 @@ from flashhead.config import Settings
 from flashhead.engine.admission import Admission, Ticket
 from flashhead.engine.process import EngineProcess, EngineThread, capacity_of
 from flashhead.engine.relay import Channel
+from flashhead.engine.remote import BATCH_BUCKETS, STEP_BUCKETS, remote_metrics
 from flashhead.errors import BackendUnavailable
-
-STEP_BUCKETS = (.005, .01, .02, .05, .1, .2, .32, .5, 1, 2, 5)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class Session:
@@ -24,7 +22,8 @@ class Session:
     async def get(self) -> tuple[str, object]:
         return await self.channel.get()
 
-    def send(self, kind: str, payload=None) -> None:
+    async def send(self, kind: str, payload=None) -> None:
+        """Async as a RemoteSession's, whose send awaits Redis."""
         self.channel.send(kind, payload)
 
     def close(self) -> None:
@@ -73,6 +72,8 @@ class EngineService:
         return bool(link and not link.closed)
 
     def health(self) -> dict:
+        if self.remote is not None:
+            return self.remote.health()
         return {"up": self.up, "capacity": self.admission.capacity, "sessions": self.admission.in_flight,
                 "restarts": getattr(self.runner, "restarts", 0)}
 
@@ -80,10 +81,10 @@ class EngineService:
     def error(self) -> str | None:
         return getattr(self.runner, "error", None)
 
-    def open(self, kind: str, spec: dict, key_id: str | None) -> Session:
+    async def open(self, kind: str, spec: dict, key_id: str | None) -> Session:
         """From the event loop. Raises CapacityExceeded at once when no slot is free."""
         if self.remote is not None:
-            return self.remote.open(kind, spec, key_id)
+            return await self.remote.open(kind, spec, key_id)
         if self.absent:
             raise BackendUnavailable(self.absent)
         link = self.runner.link if self.runner is not None else None
@@ -102,6 +103,13 @@ class _EngineCollector:
         self.service = service
 
     def collect(self):
+        s = self.service
+        if s.remote is not None:            # an API node: the engine nodes', read from Redis
+            yield from remote_metrics(s.remote)
+        else:
+            yield from self._local()
+
+    def _local(self):
         s = self.service
         for name, doc, value in (
                 ("flashhead_engine_capacity", "Real-time sessions the engine admits", s.admission.capacity),

@@ -47,20 +47,19 @@ def run_worker_node(settings: Settings, processes: int, stop: threading.Event) -
     queue.start()                    # lease heartbeat, orphan sweep, deadlines
     pool = ProcessWorkerPool(queue, settings, processes)
     pool.start()
-    engine = EngineProcess(settings).start()
-    host = None
+    host = EngineHost(settings)
+    engine = EngineProcess(settings, on_beat=host.observe).start()
     try:
         pool.wait_ready()
         engine.wait_ready()
-        host = EngineHost(settings, engine, capacity_of(settings)).start()
+        host.start(engine, capacity_of(settings))
         log.info("worker node ready", extra={"instance": queue.store.instance, "workers": processes,
                                              "renderer": settings.renderer})
         while not stop.wait(1.0):
             if pool.error or engine.error:
                 raise RuntimeError(pool.error or engine.error)
     finally:
-        if host is not None:
-            host.stop()
+        host.stop()
         engine.stop()
         pool.stop()
         queue.stop()
