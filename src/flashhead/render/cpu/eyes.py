@@ -51,8 +51,10 @@ class EyeRig:
         self._init_lid(image, u, v, vu, blink)
         # the lower lid line, where the blink field steps from full to none: those pixels sample
         # the open eye (white or iris specks under a closed lid); closed, they take the darker of
-        # the warped and the portrait's own (lower lashes) colour
+        # the warped and the portrait's own (lower lashes) colour. The lash line around it is
+        # softened a little when closed (else it reads as a pen line)
         self.seam = np.nonzero((op > 0) & (np.abs(v - vl) < 0.75))
+        self.lash = np.nonzero((op > 0) & (v > vl - 3.5) & (v < vl + 1.5))
         self.seam_rgb = image[self.box.slices][self.seam]
         self.lid_cols = 1.0 - smoothstep(half, half + m, np.abs(u))   # the outline's columns
         zero = np.zeros_like(u)
@@ -108,6 +110,7 @@ class EyeRig:
             return
         self._cover_lid(region, c)
         if c[BLINK] > 0.9:
+            region[self.lash] = cv2.GaussianBlur(region, (3, 3), 0.8)[self.lash]   # soft, not drawn
             region[self.seam] = np.minimum(region[self.seam], self.seam_rgb)
 
     def _cover_lid(self, region: np.ndarray, c: np.ndarray) -> None:
