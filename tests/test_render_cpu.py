@@ -297,9 +297,9 @@ def test_closed_lids_show_no_dark_strokes(kind):
     """A closed lid is skin from a third of the eye's height above the upper-lid landmarks down to
     the lash line (the last 3.5 px above the lower lid): no outline strokes or lashes left at the
     corners or dragged down. Dark = under 0.7 of that area's median luminance. Measured: under
-    1% now; 3-14% with the previous cover (e5c5922), 13-38% with none (a50af7d). Its texture
-    (std / median) is 0.014-0.053 now, 0.05-0.09 when dark strokes are only 85% covered like
-    skin. Along the lower lid line no pixel of the open eye (white, iris) shows, and on the photo
+    1% now; 3-14% with the previous cover (e5c5922), 13-38% with none (a50af7d). Its spread
+    (std / median) is 0.02-0.067 now, 0.11-0.25 before, up to 0.109 when dark strokes are only
+    85% covered like skin. Along the lower lid line no pixel of the open eye (white, iris) shows, and on the photo
     the lash line is soft, not drawn: 90th percentile of the vertical luminance step over it 32
     now, 53-68 before (a pen line)."""
     from flashhead.media.image import crop_face
@@ -319,7 +319,7 @@ def test_closed_lids_show_no_dark_strokes(kind):
         lum = _lum(s.work)[mask > 0]
         assert mask.sum() > 500
         assert (lum < 0.7 * np.median(lum)).mean() < 0.02, (kind, e["iris"])
-        assert np.std(lum) < 0.07 * np.median(lum), (kind, e["iris"])
+        assert np.std(lum) < 0.075 * np.median(lum), (kind, e["iris"])
         lash = np.zeros_like(mask)
         cv2.polylines(lash, [np.round(lo - (0, 2)).astype(np.int32)], False, 1, 5)
         step_y = np.abs(np.diff(_lum(s.work), axis=0))[lash[:-1] > 0]

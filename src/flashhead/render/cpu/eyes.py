@@ -68,12 +68,15 @@ class EyeRig:
         band = (v < vu - 3) & (v > vu - self.fade) & (np.abs(u) < 0.6 * self.half + 2)
         self.lid_rgb = (np.median(region[band], 0) if band.sum() > 8
                         else region.reshape(-1, 3).mean(0)).astype(np.float32)
-        # long lashes reach into the band: only skin-bright pixels make the lid colour
+        # long lashes reach into the band: only skin-bright pixels make the lid colour map, taken
+        # out to the corners and spread little, so it follows shading and eye shadow (else the
+        # closed lid shows as a lighter patch)
         lum = region @ LUMA
         self.lid_l = lid_l = float(self.lid_rgb @ LUMA)
-        skin = (band & (lum > 0.85 * lid_l)).astype(np.float32)
+        wide = (v < vu - 2) & (v > vu - self.fade) & (np.abs(u) < self.half + 3)
+        skin = (wide & (lum > 0.8 * lid_l)).astype(np.float32)
         if skin.sum() > 8:
-            sig = max(0.6 * self.fade, 3.0)
+            sig = max(0.5 * self.fade, 3.0)
             num = cv2.GaussianBlur(region * skin[..., None], (0, 0), sig)
             den = cv2.GaussianBlur(skin, (0, 0), sig)[..., None]
             w = np.clip(den / 0.05, 0, 1)
