@@ -164,8 +164,9 @@ class MouthRig:
         win = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
         alpha, u, s = alpha[win], self.sub_u[win], self.sub_s[win]
         te = u / (hw + c[SPREAD])
-        d_up = s + c[LIFT] * self._taper(te)
-        s_lo = c[JAW] * self._taper(te) - c[TUCK] * np.sqrt(np.clip(1 - te * te, 0, 1))
+        taper = self._taper(te)
+        d_up = s + c[LIFT] * taper
+        s_lo = c[JAW] * taper - c[TUCK] * np.sqrt(np.clip(1 - te * te, 0, 1))
         d_lo = s_lo - s
         gap = np.maximum(d_up + d_lo, 1e-3)
         # cavity: darkest high up in the shadow of the upper teeth, warmer towards the lower lip
