@@ -254,3 +254,23 @@ def test_rendered_ahead_keeps_order_bounds_the_lead_and_stops_with_its_consumer(
     chunks.close()
     assert closed[-1] == 1000 and len(made) <= 5
     assert not [t for t in threading.enumerate() if t.name == "render-ahead"]
+
+
+def test_generate_stops_when_cancelled_asking_on_the_calling_thread(engines, portrait_path, tmp_path):
+    """Chunks are rendered in a second thread, but should_cancel (a job store read, whose
+    connection is per thread) is asked on generate's own thread, before each chunk is encoded."""
+    import threading
+
+    from flashhead.errors import Cancelled
+
+    asked = []
+
+    def should_cancel():
+        asked.append(threading.current_thread())
+        return len(asked) >= 2
+
+    req = request_from_input({"image_url": str(portrait_path), "text": "This sentence is long "
+                              "enough for several chunks of video.", "seed": 1}, C.TEXT_ENDPOINT)
+    with pytest.raises(Cancelled):
+        generate(req, engines, tmp_path / "c.mp4", allow_paths=True, should_cancel=should_cancel)
+    assert len(asked) == 2 and set(asked) == {threading.current_thread()}

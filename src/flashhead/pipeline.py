@@ -365,8 +365,10 @@ def _encode(prep: Prepared, engines: Engines, path: Path, original_path: Path | 
             h, w = prep.framing.original.shape[:2]
             framed = stack.enter_context(Mp4Writer(original_path, size=(w, h)))
         t_prev = time.perf_counter()
-        chunks = iter_chunks(prep, engines, should_cancel=should_cancel)
-        for chunk in rendered_ahead(chunks, engines.settings.render_ahead_chunks):
+        # cancellation is asked here, not in the render thread: a job store's connection is per thread
+        for chunk in rendered_ahead(iter_chunks(prep, engines), engines.settings.render_ahead_chunks):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled("the request was cancelled")
             t_rendered = time.perf_counter()
             writer.write(chunk.frames, chunk.audio)
             if framed is not None:
