@@ -53,7 +53,8 @@ def run_one(seconds: float) -> dict:
                 writer.write(chunk.frames, chunk.audio)
         wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
     fps = prep.n_frames / wall
-    return {"seconds": seconds, "render_ahead_chunks": engines.settings.render_ahead_chunks, "frames": prep.n_frames, "wall_s": round(wall, 2),
+    return {"seconds": seconds, "render_ahead_chunks": engines.settings.render_ahead_chunks,
+            "frames": prep.n_frames, "wall_s": round(wall, 2),
             "fps": round(fps, 1), "realtime_factor": round(fps / C.FPS, 2),
             # CPU seconds of all threads: the cost, less sensitive than wall_s to a busy machine
             "cpu_s": round(cpu, 2), "cpu_ms_per_frame": round(1e3 * cpu / prep.n_frames, 2),
