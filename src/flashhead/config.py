@@ -95,8 +95,11 @@ class Settings(BaseSettings):
     # --- engine (render engine process, admission) ---
     engine_capacity: int | None = Field(None, ge=1, description="real-time sessions (/stream, realtime) one "
                                         "engine admits at once; default 8 (cpu renderer) or 2 (neural)")
-    engine_threads: int | None = Field(None, ge=1, description="render threads in the engine process; "
-                                       "default: the CPU cores")
+    engine_processes: int | None = Field(None, ge=1, le=256, description="CPU renderer: render processes "
+                                         "in the engine (each session pinned to one); default: the CPU cores")
+    engine_threads: int | None = Field(None, ge=1, description="render threads per render process; default: "
+                                       "1 in a CPU pool, the CPU cores (cpu, one process) or at least the "
+                                       "capacity (neural)")
     engine_key_sessions: int = Field(4, ge=1, description="concurrent real-time sessions per API key")
     engine_step_deadline_s: float = Field(30.0, gt=0, description="an engine silent this long while it has "
                                           "sessions running is hung: killed and restarted")

@@ -6,12 +6,14 @@ One supervisor thread starts it (PR_SET_PDEATHSIG: it dies with the API process)
 "ready", watches it and restarts it when it dies. An engine that stops sending heartbeats, or
 whose oldest step has run longer than engine_step_deadline_s, is hung: it is killed, every
 session on it gets an engine_failed error, and a new one starts.
+The CPU renderer's engine process is a router in front of a pool of such loops, one render
+process per core (pool.py).
 EngineThread (tests, embedding with given Engines): the same loop in a thread of this process.
 
 Messages are (kind, session id, payload) tuples.
   API -> engine  stream {payload, endpoint, base_url, segments}  | live {image_url, base_url,
                  seed, pace} | audio <pcm bytes> | eos | interrupt | stop | close (client gone)
-  engine -> API  ready {capacity, threads} | beat {active, oldest_step_s, steps: [s, ...], batches: [n, ...]}
+  engine -> API  ready {capacity, threads[, processes]} | beat {active, oldest_step_s, steps: [s, ...], batches: [n, ...]}
                  prepared | started {...} | event {...} | stopped {...} | end
                  | error {error_type, message, field, fatal}
 """
@@ -50,12 +52,26 @@ def capacity_of(settings: Settings) -> int:
     return settings.engine_capacity or DEFAULT_CAPACITY.get(settings.renderer, NEURAL_CAPACITY)
 
 
+def cores() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def processes_of(settings: Settings) -> int:
+    """Render processes: the CPU renderer one per core (pool.py), a neural renderer one (the one
+    model copy, its batches on threads)."""
+    if settings.renderer != "cpu":
+        return 1
+    return settings.engine_processes or cores()
+
+
 def threads_of(settings: Settings) -> int:
-    """Neural renderers: a thread per admitted session, so that all of them can join one batch."""
-    cores = max(1, len(os.sched_getaffinity(0)))
+    """Render threads per render process: the CPU renderer one per process when it has a pool;
+    neural renderers a thread per admitted session, so that all of them can join one batch."""
     if settings.engine_threads:
         return settings.engine_threads
-    return cores if settings.renderer == "cpu" else max(cores, capacity_of(settings))
+    if settings.renderer == "cpu":
+        return 1 if processes_of(settings) > 1 else cores()
+    return max(cores(), capacity_of(settings))
 
 
 # ---- the engine side -------------------------------------------------------------------------
@@ -294,6 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     conn = Connection(a.fd)
     settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    if processes_of(settings) > 1:
+        from flashhead.engine.pool import Router
+
+        router = Router(conn, settings, processes_of(settings), SETTINGS_ENV)
+        router.serve(lambda infos: {"capacity": capacity_of(settings), "processes": len(infos),
+                                    "threads": sum(i["threads"] for i in infos)})
+        return 0
     try:
         engines = Engines.create(settings)
     except Exception:
