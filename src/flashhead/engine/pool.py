@@ -135,7 +135,7 @@ class Router:
 
     def _died(self, proc: RenderProcess) -> None:
         log.error("render process died: the engine restarts",
-                  extra={"process": proc.index, "returncode": proc.proc.poll()})
+                  extra={"render_process": proc.index, "returncode": proc.proc.poll()})
         self.stop()
         os._exit(1)
 

@@ -41,6 +41,7 @@ class EngineService:
         self.runner: EngineProcess | EngineThread | None = None
         self.absent: str | None = None       # why this node runs no engine (an API-only node)
         self.remote = None                   # an API node's RemoteEngines (engines on other machines)
+        self.process_sessions: list[int] = []   # the CPU pool: sessions pinned to each render process
         self.step_seconds = Histogram("flashhead_engine_step_seconds", "One session step (render + encode "
                                       "one chunk) in the engine", registry=registry, buckets=STEP_BUCKETS)
         self.batch_size = Histogram("flashhead_engine_batch_size", "Sessions stepped together in one "
@@ -55,6 +56,7 @@ class EngineService:
         self.runner = EngineThread(engines, storage, self.settings, on_beat=self._beat)
 
     def _beat(self, beat: dict) -> None:
+        self.process_sessions = beat.get("processes", [])
         for s in beat["steps"]:
             self.step_seconds.observe(s)
         for n in beat.get("batches", ()):
@@ -108,6 +110,11 @@ class _EngineCollector:
                 ("flashhead_engine_sessions", "Real-time sessions in flight", s.admission.in_flight),
                 ("flashhead_engine_up", "1 while the render engine is running", int(s.up))):
             yield GaugeMetricFamily(name, doc, value=value)
+        per = GaugeMetricFamily("flashhead_engine_process_sessions", "Sessions and jobs pinned to each "
+                                 "render process of the CPU engine's pool", labels=["process"])
+        for i, n in enumerate(s.process_sessions):
+            per.add_metric([str(i)], n)
+        yield per
         yield CounterMetricFamily("flashhead_engine_refused", "Sessions refused at capacity", value=s.admission.refused)
         yield CounterMetricFamily("flashhead_engine_restarts", "Render engine restarts",
                                   value=getattr(s.runner, "restarts", 0))
