@@ -329,10 +329,11 @@ def probe_video(data: bytes) -> dict:
                 "audio": len(c.streams.audio) > 0}
 
 
-def tls_server(tmp_path_factory, name: str):
-    """A started flashhead server over TLS in its own folder; stopped when the generator ends."""
+def tls_server(tmp_path_factory, name: str, env: dict | None = None):
+    """A started flashhead server over TLS in its own folder (`env` added to its environment);
+    stopped when the generator ends."""
     tmp = tmp_path_factory.mktemp(name)
-    s = Server(tmp / "data", make_tls(tmp / "tls")).start()
+    s = Server(tmp / "data", make_tls(tmp / "tls"), env=env or {}).start()
     try:
         yield s
     finally:

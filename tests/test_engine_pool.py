@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from api_helpers import Server, fal_sync_client, make_tls, worker_processes
+from api_helpers import fal_sync_client, tls_server, worker_processes
 from test_engine_server import ENGINE, Live, _new_session_works, _wait_new_engine, engine_pid, wait_started
 
 pytestmark = pytest.mark.slow      # a real server, its engine and two render processes
@@ -21,13 +21,8 @@ PROCESSES = 2
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pool")
-    s = Server(tmp / "data", make_tls(tmp / "tls"),
-               env={"FLASHHEAD_ENGINE_CAPACITY": "4", "FLASHHEAD_ENGINE_PROCESSES": str(PROCESSES)}).start()
-    try:
-        yield s
-    finally:
-        s.stop()
+    yield from tls_server(tmp_path_factory, "pool", {"FLASHHEAD_ENGINE_CAPACITY": "4",
+                                                     "FLASHHEAD_ENGINE_PROCESSES": str(PROCESSES)})
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ Engine (process.py) with its own renderer, portrait cache and deadline-first sch
 (`python -m flashhead.engine.pool`). The engine process itself only routes (`Router`): a new
 session is pinned to the render process with the fewest sessions, so its renderer state stays
 there; client messages go to that process, and everything it sends goes to the API unchanged
-(forwarded as the pickled bytes it arrived as). The router's heartbeat sums the processes' ones;
+(forwarded as the pickled bytes it arrived as). Queue jobs from worker processes (jobs.py) are
+pinned the same way, and their messages go back to their worker. The router's heartbeat sums the processes' ones;
 a process that stops beating shows as a step as old as its silence, so the API's hang check
 covers it. A render process that dies takes the engine with it: the router exits, the API's
 supervisor fails every session and starts a new engine, as when a single engine process dies.
@@ -25,9 +26,10 @@ import time
 from multiprocessing.connection import Connection
 
 from flashhead.config import Settings
+from flashhead.engine.jobs import JOBS_ENV, JobAddress, JobListener
 
 log = logging.getLogger("flashhead.engine")
-FINAL = {"end", "stopped"}
+FINAL = {"end", "stopped", "result"}
 
 
 class RenderProcess:
@@ -35,7 +37,7 @@ class RenderProcess:
 
     def __init__(self, index: int, settings: Settings, settings_env: str):
         ours, theirs = socket.socketpair()
-        env = {**os.environ, settings_env: settings.model_dump_json()}
+        env = {**{k: v for k, v in os.environ.items() if k != JOBS_ENV}, settings_env: settings.model_dump_json()}
         self.proc = subprocess.Popen([sys.executable, "-m", "flashhead.engine.pool", "--parent-pid",
                                       str(os.getpid()), "--fd", str(theirs.fileno())],
                                      pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
@@ -53,13 +55,15 @@ class RenderProcess:
 class Router:
     """Serves the API connection for a pool of render processes."""
 
-    def __init__(self, conn: Connection, settings: Settings, processes: int, settings_env: str):
+    def __init__(self, conn: Connection, settings: Settings, processes: int, settings_env: str,
+                 jobs: JobAddress | None = None):
         self.conn = conn
         child = settings.model_copy(update={"engine_processes": 1, "engine_threads": settings.engine_threads or 1})
         self.procs = [RenderProcess(i, child, settings_env) for i in range(processes)]
         self.owner: dict[str, RenderProcess] = {}
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
+        self.jobs = JobListener(jobs, self._route) if jobs is not None else None
 
     def serve(self, ready_payload) -> None:
         """`ready_payload(infos)`: the ready message, from the processes' ready messages."""
@@ -84,7 +88,7 @@ class Router:
 
     def _route(self, kind: str, sid: str, payload) -> None:
         with self._lock:
-            if kind in ("stream", "live"):
+            if kind in ("stream", "live", "job"):
                 proc = min(self.procs, key=lambda p: (len(p.sessions), p.index))
                 proc.sessions.add(sid)
                 self.owner[sid] = proc
@@ -124,7 +128,10 @@ class Router:
             if kind in FINAL or (kind == "error" and payload.get("fatal")):
                 with self._lock:
                     self._forget(sid)
-            self._send_raw(raw)
+            if self.jobs is not None and self.jobs.owns(sid):
+                self.jobs.reply(sid, kind, pickle.dumps((kind, payload)))
+            else:
+                self._send_raw(raw)
 
     def _send_raw(self, raw: bytes) -> None:
         with self._send_lock:

@@ -13,6 +13,7 @@ EngineThread (tests, embedding with given Engines): the same loop in a thread of
 Messages are (kind, session id, payload) tuples.
   API -> engine  stream {payload, endpoint, base_url, segments}  | live {image_url, base_url,
                  seed, pace} | audio <pcm bytes> | eos | interrupt | stop | close (client gone)
+                 (and from worker processes, through jobs.py: job {request, ...} | cancel)
   engine -> API  ready {capacity, threads[, processes]} | beat {active, oldest_step_s, steps: [s, ...], batches: [n, ...]}
                  prepared | started {...} | event {...} | stopped {...} | end
                  | error {error_type, message, field, fatal}
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -33,6 +35,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from flashhead.config import Settings
+from flashhead.engine.jobs import JobAddress, JobListener, JobTask
 from flashhead.engine.relay import EngineLink
 from flashhead.engine.scheduler import Scheduler, error_payload
 from flashhead.engine.sessions import LiveTask, StreamTask
@@ -79,7 +82,7 @@ def threads_of(settings: Settings) -> int:
 class Engine:
     """Serves one connection: opens sessions, routes client messages, runs the scheduler."""
 
-    def __init__(self, conn: Connection, engines, storage, settings: Settings):
+    def __init__(self, conn: Connection, engines, storage, settings: Settings, jobs: JobAddress | None = None):
         self.conn, self.engines, self.storage, self.settings = conn, engines, storage, settings
         self.work_dir = Path(settings.data_dir) / "streams"
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -91,8 +94,13 @@ class Engine:
         self.scheduler = Scheduler(threads_of(settings), self.send, self._steps.append,
                                    batcher=getattr(getattr(engines, "renderer", None), "batcher", None))
         self._prepare = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="engine-prepare")
+        self.jobs = JobListener(jobs, self.handle) if jobs is not None else None
 
     def send(self, kind: str, sid: str | None, payload=None) -> None:
+        """To the API, or to the worker process whose job `sid` is."""
+        if self.jobs is not None and self.jobs.owns(sid):
+            self.jobs.reply(sid, kind, pickle.dumps((kind, payload)))
+            return
         with self._send_lock:
             self.conn.send((kind, sid, payload))
 
@@ -113,6 +121,13 @@ class Engine:
             with self._lock:
                 self._opening.add(sid)
             self._prepare.submit(self._open, kind, sid, payload)
+        elif kind == "job":
+            self.scheduler.add(sid, JobTask(payload, self.engines, lambda k, p: self.send(k, sid, p),
+                                            self.scheduler.poke))
+        elif kind == "cancel":
+            task = self.scheduler.get(sid)
+            if isinstance(task, JobTask):
+                task.cancel()
         elif kind in ("audio", "eos", "interrupt"):
             self._live_input(kind, sid, payload)
         elif kind == "stop":
@@ -208,6 +223,7 @@ class EngineProcess:
 
     def __init__(self, settings: Settings, on_beat=None):
         self.settings, self.on_beat = settings, on_beat
+        self.jobs = JobAddress.new()              # where worker processes hand their renders
         self.link: EngineLink | None = None
         self.error: str | None = None
         self.restarts = 0
@@ -246,7 +262,7 @@ class EngineProcess:
 
     def _spawn(self) -> tuple[subprocess.Popen, EngineLink]:
         ours, theirs = socket.socketpair()
-        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json()}
+        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json(), **self.jobs.env()}
         proc = subprocess.Popen([sys.executable, "-m", "flashhead.engine.process", "--parent-pid",
                                  str(os.getpid()), "--fd", str(theirs.fileno())],
                                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
@@ -310,10 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     conn = Connection(a.fd)
     settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    jobs = JobAddress.from_env(os.environ)
     if processes_of(settings) > 1:
         from flashhead.engine.pool import Router
 
-        router = Router(conn, settings, processes_of(settings), SETTINGS_ENV)
+        router = Router(conn, settings, processes_of(settings), SETTINGS_ENV, jobs)
         router.serve(lambda infos: {"capacity": capacity_of(settings), "processes": len(infos),
                                     "threads": sum(i["threads"] for i in infos)})
         return 0
@@ -322,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         log.exception("render engine start-up failed")
         return 1
-    Engine(conn, engines, make_storage(settings), settings).serve()
+    Engine(conn, engines, make_storage(settings), settings, jobs).serve()
     return 0
 
 

@@ -45,9 +45,9 @@ def run_worker_node(settings: Settings, processes: int, stop: threading.Event) -
     queue = JobQueue(make_store(settings), dispatch=False)
     queue.recover()
     queue.start()                    # lease heartbeat, orphan sweep, deadlines
-    pool = ProcessWorkerPool(queue, settings, processes)
-    pool.start()
     engine = EngineProcess(settings).start()
+    pool = ProcessWorkerPool(queue, settings, processes, engine=engine.jobs)     # they render in the engine
+    pool.start()
     host = None
     try:
         pool.wait_ready()

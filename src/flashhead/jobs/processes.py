@@ -3,6 +3,11 @@ process, so rendering never holds the API process's GIL (status polls stay fast 
 render). Each worker builds its own Engines, store connection and storage from the same
 Settings and runs WorkerPool.serve: claim (atomic across processes), render, finish.
 
+Beside a render engine (`flashhead serve`, `flashhead worker`) a worker holds no renderer: it
+hands each render to the engine (flashhead.engine.jobs), which has the device's only one, and
+keeps the job's claim, logs, cancel and stored file. An engine that dies under a job makes the
+worker exit without failing it: the job is re-queued once (recover_worker), as after a crash.
+
 Parent side: ProcessWorkerPool, one supervisor thread per worker. It starts the worker
 (`python -m flashhead.jobs.processes`, the Settings as JSON in the environment), follows its
 control lines and restarts it if it dies.
@@ -36,6 +41,8 @@ import time
 from pathlib import Path
 
 from flashhead.config import Settings
+from flashhead.engine.jobs import EngineJobs, JobAddress
+from flashhead.errors import EngineFailed
 from flashhead.jobs.backends import option
 from flashhead.jobs.queue import JobQueue
 from flashhead.jobs.state import JobState
@@ -50,11 +57,14 @@ RESTART_DELAY_S = 1.0
 # batch work that takes whatever CPU is idle, while API requests are short and latency-bound.
 WORKER_NICE = 10
 PR_SET_PDEATHSIG = 1
+ENGINE_GONE_EXIT = 3         # a worker whose engine died exits with this, its job handed back
 
 
 class ProcessWorkerPool:
-    def __init__(self, queue: JobQueue, settings: Settings, processes: int = 1):
-        self.queue, self.settings, self.n = queue, settings, processes
+    def __init__(self, queue: JobQueue, settings: Settings, processes: int = 1, engine: JobAddress | None = None):
+        """engine: where the workers hand their renders (the engine process's JobAddress); None:
+        each worker renders with a renderer of its own."""
+        self.queue, self.settings, self.n, self.engine = queue, settings, processes, engine
         self.error: str | None = None          # set when a worker cannot start
         self._procs: list[subprocess.Popen | None] = [None] * processes
         self._ready = [threading.Event() for _ in range(processes)]
@@ -101,7 +111,8 @@ class ProcessWorkerPool:
             t.join(timeout=2)
 
     def _spawn(self, i: int) -> subprocess.Popen:
-        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json()}
+        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json(),
+               **(self.engine.env() if self.engine is not None else {})}
         proc = subprocess.Popen([sys.executable, "-m", "flashhead.jobs.processes", "--parent-pid",
                                  str(os.getpid()), "--index", str(i), "--instance", self.queue.store.instance],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
@@ -202,16 +213,21 @@ def _tell(ctl, line: str) -> None:
         os._exit(1)
 
 
-def _build_pool(settings: Settings, instance: str, index: int):
+def _build_pool(settings: Settings, instance: str, index: int, engine: JobAddress | None):
+    """With an engine: renders go there (one renderer per device); without: its own renderer."""
     from flashhead.jobs.backends import make_storage, make_store
     from flashhead.jobs.worker import WorkerPool
     from flashhead.pipeline import Engines
 
-    engines = Engines.create(settings)
+    engines, generate = None, None
+    if engine is not None:
+        generate = EngineJobs(engine, connect_timeout_s=settings.engine_step_deadline_s)
+    else:
+        engines = Engines.create(settings)
     # the API process runs the hooks; claims record this worker's index (see recover_worker)
     queue = JobQueue(make_store(settings, instance, worker=index), dispatch=False)
     return WorkerPool(queue, make_storage(settings), engines, Path(settings.data_dir) / "work",
-                      threads=1, poll_s=POLL_S)
+                      threads=1, poll_s=POLL_S, generate=generate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,13 +249,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
         os.nice(option(settings, "worker_nice", WORKER_NICE, int))
-        pool = _build_pool(settings, a.instance, a.index)
+        pool = _build_pool(settings, a.instance, a.index, JobAddress.from_env(os.environ))
     except Exception as exc:
         log.exception("render worker start-up failed", extra={"worker": a.index})
         _tell(ctl, f"error {type(exc).__name__}: {exc}")
         return 1
     _tell(ctl, "ready")
-    pool.serve(stop, wake, on_claim=lambda job_id: _tell(ctl, f"claim {job_id}" if job_id else "idle"))
+    try:
+        pool.serve(stop, wake, on_claim=lambda job_id: _tell(ctl, f"claim {job_id}" if job_id else "idle"))
+    except EngineFailed:
+        # The engine died under the job: not this job's fault (as far as anyone knows), so it is
+        # not failed but handed back; the parent re-queues it once (recover_worker), as after a crash.
+        log.exception("the render engine went away during a job", extra={"worker": a.index})
+        _tell(ctl, "idle")
+        return ENGINE_GONE_EXIT
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 from pydantic import ValidationError
 
-from flashhead.errors import Cancelled, FlashheadError, InputError
+from flashhead.errors import Cancelled, EngineFailed, FlashheadError, InputError
 from flashhead.jobs.queue import JobQueue
 from flashhead.jobs.state import JobState
 from flashhead.jobs.store import CANCELLED_TYPE, Job
@@ -101,6 +101,8 @@ class WorkerPool:
         try:
             state, fields = JobState.COMPLETED, {"result": self._render(job, job_dir, say)}
             say("completed")
+        except EngineFailed:         # not the job's fault: the caller hands it back to the queue
+            raise
         except Cancelled as exc:
             state, fields = JobState.CANCELLED, {"error": str(exc), "error_type": CANCELLED_TYPE}
         except ValidationError as exc:
