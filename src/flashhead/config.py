@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     engine_threads: int | None = Field(None, ge=1, description="render threads per render process; default: "
                                        "1 in a CPU pool, the CPU cores (cpu, one process) or at least the "
                                        "capacity (neural)")
+    engine_capacity_mode: Literal["configured", "calibrate"] = Field(
+        "configured", description="the engine's capacity: configured (engine_capacity, or its default) | "
+        "calibrate (measured at each engine start by rendering a few chunks; see engine/calibrate.py)")
+    engine_calibration_headroom: float = Field(0.7, gt=0, le=1, description="calibrate: the share of the "
+                                               "measured real-time sessions the engine admits")
     engine_key_sessions: int = Field(4, ge=1, description="concurrent real-time sessions per API key")
     engine_step_deadline_s: float = Field(30.0, gt=0, description="an engine silent this long while it has "
                                           "sessions running is hung: killed and restarted")

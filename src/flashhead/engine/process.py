@@ -82,8 +82,11 @@ def threads_of(settings: Settings) -> int:
 class Engine:
     """Serves one connection: opens sessions, routes client messages, runs the scheduler."""
 
-    def __init__(self, conn: Connection, engines, storage, settings: Settings, jobs: JobAddress | None = None):
+    def __init__(self, conn: Connection, engines, storage, settings: Settings, jobs: JobAddress | None = None,
+                 capacity: dict | None = None):
+        """capacity: {capacity, source[, calibration]} for the ready message (default: configured)."""
         self.conn, self.engines, self.storage, self.settings = conn, engines, storage, settings
+        self.capacity = capacity or {"capacity": capacity_of(settings), "source": "configured"}
         self.work_dir = Path(settings.data_dir) / "streams"
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._send_lock = threading.Lock()
@@ -107,7 +110,7 @@ class Engine:
     def serve(self) -> None:
         threading.Thread(target=self.scheduler.run, name="engine-scheduler", daemon=True).start()
         threading.Thread(target=self._beat, name="engine-beat", daemon=True).start()
-        self.send("ready", None, {"capacity": capacity_of(self.settings), "threads": self.scheduler.threads})
+        self.send("ready", None, {**self.capacity, "threads": self.scheduler.threads})
         while True:
             try:
                 kind, sid, payload = self.conn.recv()
@@ -198,9 +201,9 @@ class Engine:
 class EngineThread:
     """The engine loop in a thread of this process, on engines the caller built."""
 
-    def __init__(self, engines, storage, settings: Settings, on_beat=None):
+    def __init__(self, engines, storage, settings: Settings, on_beat=None, on_ready=None):
         ours, theirs = socket.socketpair()
-        self.link = EngineLink(Connection(ours.detach()), on_beat=on_beat,
+        self.link = EngineLink(Connection(ours.detach()), on_beat=on_beat, on_ready=on_ready,
                                max_pending=settings.engine_max_pending_chunks)
         engine = Engine(Connection(theirs.detach()), engines, storage, settings)
         threading.Thread(target=engine.serve, name="engine", daemon=True).start()
@@ -221,8 +224,8 @@ class EngineThread:
 class EngineProcess:
     """Supervises `python -m flashhead.engine.process`: start, watch, restart."""
 
-    def __init__(self, settings: Settings, on_beat=None):
-        self.settings, self.on_beat = settings, on_beat
+    def __init__(self, settings: Settings, on_beat=None, on_ready=None):
+        self.settings, self.on_beat, self.on_ready = settings, on_beat, on_ready
         self.jobs = JobAddress.new()              # where worker processes hand their renders
         self.link: EngineLink | None = None
         self.error: str | None = None
@@ -267,7 +270,7 @@ class EngineProcess:
                                  str(os.getpid()), "--fd", str(theirs.fileno())],
                                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         theirs.close()
-        return proc, EngineLink(Connection(ours.detach()), on_beat=self.on_beat,
+        return proc, EngineLink(Connection(ours.detach()), on_beat=self.on_beat, on_ready=self.on_ready,
                                 max_pending=self.settings.engine_max_pending_chunks)
 
     def _supervise(self) -> None:
@@ -309,6 +312,28 @@ class EngineProcess:
 
 # ---- the engine process ----------------------------------------------------------------------
 
+def measured_capacity(engines, settings: Settings) -> dict | None:
+    """engine_capacity_mode=calibrate: this process's calibrated capacity (None: configured)."""
+    if settings.engine_capacity_mode != "calibrate":
+        return None
+    from flashhead.engine.calibrate import calibrate
+
+    found = calibrate(engines, settings.engine_calibration_headroom)
+    log.info("render engine calibrated", extra=found)
+    return {"capacity": found["capacity"], "source": "calibrated", "calibration": [found]}
+
+
+def pool_ready(settings: Settings, infos: list[dict]) -> dict:
+    """The CPU pool's ready message: calibrated, the sum of its processes' capacities."""
+    calibrated = settings.engine_capacity_mode == "calibrate"
+    out = {"capacity": sum(i["capacity"] for i in infos) if calibrated else capacity_of(settings),
+           "source": "calibrated" if calibrated else "configured", "processes": len(infos),
+           "threads": sum(i["threads"] for i in infos)}
+    if calibrated:
+        out["calibration"] = [c for i in infos for c in i["calibration"]]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from flashhead.jobs.processes import _die_with_parent
 
@@ -331,15 +356,15 @@ def main(argv: list[str] | None = None) -> int:
         from flashhead.engine.pool import Router
 
         router = Router(conn, settings, processes_of(settings), SETTINGS_ENV, jobs)
-        router.serve(lambda infos: {"capacity": capacity_of(settings), "processes": len(infos),
-                                    "threads": sum(i["threads"] for i in infos)})
+        router.serve(lambda infos: pool_ready(settings, infos))
         return 0
     try:
         engines = Engines.create(settings)
+        capacity = measured_capacity(engines, settings)
     except Exception:
         log.exception("render engine start-up failed")
         return 1
-    Engine(conn, engines, make_storage(settings), settings, jobs).serve()
+    Engine(conn, engines, make_storage(settings), settings, jobs, capacity).serve()
     return 0
 
 

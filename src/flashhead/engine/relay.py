@@ -81,7 +81,7 @@ class Channel:
 
 
 class EngineLink:
-    def __init__(self, conn: Connection, *, on_beat=None, max_pending: int = 100):
+    def __init__(self, conn: Connection, *, on_beat=None, on_ready=None, max_pending: int = 100):
         self.conn, self.max_pending = conn, max_pending
         self.channels: dict[str, Channel] = {}
         self.ready = threading.Event()
@@ -90,6 +90,7 @@ class EngineLink:
         self.last_beat = time.monotonic()
         self.oldest_step_s = 0.0
         self.on_beat = on_beat or (lambda beat: None)
+        self.on_ready = on_ready or (lambda info: None)     # the engine's capacity, at each start
         self._ids = itertools.count()
         self._send_lock = threading.Lock()
         threading.Thread(target=self._read, name="engine-reader", daemon=True).start()
@@ -133,6 +134,7 @@ class EngineLink:
                 break
             if kind == "ready":
                 self.info = payload
+                self.on_ready(payload)
                 self.last_beat = time.monotonic()
                 self.ready.set()
             elif kind == "beat":

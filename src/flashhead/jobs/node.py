@@ -52,7 +52,8 @@ def run_worker_node(settings: Settings, processes: int, stop: threading.Event) -
     try:
         pool.wait_ready()
         engine.wait_ready()
-        host = EngineHost(settings, engine, capacity_of(settings)).start()
+        # configured, or what the engine measured at its start (engine_capacity_mode=calibrate)
+        host = EngineHost(settings, engine, engine.link.info.get("capacity", capacity_of(settings))).start()
         log.info("worker node ready", extra={"instance": queue.store.instance, "workers": processes,
                                              "renderer": settings.renderer})
         while not stop.wait(1.0):
