@@ -11,12 +11,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flashhead import constants as C
 
 
+DEVICE_PATTERN = r"^(cpu|cuda(:[0-9]{1,2})?)$"     # --device / FLASHHEAD_DEVICE
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLASHHEAD_", extra="ignore")
 
     data_dir: Path = Field(Path("./flashhead-data"), description="job store, files, keys")
     renderer: str = Field("cpu", description="cpu | flashhead-lite | flashhead-pro")
     weights_dir: Path | None = Field(None, description="official checkpoint folder (neural renderers)")
+    device: str = Field("cuda", pattern=DEVICE_PATTERN, description="neural renderers: the torch device of "
+                        "the engine's model copy: cuda (the first GPU), cuda:N or cpu")
     tts: str = Field("auto", description="auto (elevenlabs if ELEVENLABS_API_KEY else espeak) | espeak | elevenlabs")
     elevenlabs_base_url: str = Field("https://api.elevenlabs.io", description="ElevenLabs API root")
     # URL fetching (SSRF guard). Comma-separated hosts/CIDRs that may be fetched even though

@@ -16,7 +16,7 @@ Messages are (kind, session id, payload) tuples.
                  (and from worker processes, through jobs.py: job {request, ...} | cancel)
   engine -> API  ready {capacity, threads[, processes]} | beat {active, oldest_step_s, steps: [s, ...], batches: [n, ...]}
                  prepared | started {...} | event {...} | stopped {...} | end
-                 | error {error_type, message, field, fatal}
+                 | error {error_type, message, field, fatal} | failed <why it could not start>
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ BEAT_S = 0.5
 RESTART_DELAY_S = 1.0
 PREPARE_THREADS = 4
 READY_TIMEOUT_S = 300.0
+READ_LAST_S = 2.0            # an engine that failed to start: its reason is read for this long at most
 DEFAULT_CAPACITY = {"cpu": 8}            # neural renderers: NEURAL_CAPACITY
 NEURAL_CAPACITY = 2
 
@@ -279,6 +280,8 @@ class EngineProcess:
             self._proc, link = self._spawn()
             started = self._watch(self._proc, link)
             rc = self._proc.wait()
+            if not started:
+                link.drained(READ_LAST_S)          # its last message may say why
             self._ready.clear()
             self.link = None
             link.fail_all(EngineFailed("the render engine stopped while this session ran; it is restarting"))
@@ -286,7 +289,8 @@ class EngineProcess:
                 return
             log.error("render engine died", extra={"returncode": rc, "restarts": self.restarts})
             if not started:
-                self.error = f"the render engine exited with status {rc} while starting"
+                self.error = f"the render engine exited with status {rc} while starting" + \
+                    (f": {link.start_error}" if link.start_error else "")
                 return
             self.restarts += 1
             self._stop.wait(RESTART_DELAY_S)
@@ -361,8 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         engines = Engines.create(settings)
         capacity = measured_capacity(engines, settings)
-    except Exception:
+    except Exception as exc:
         log.exception("render engine start-up failed")
+        conn.send(("failed", None, f"{type(exc).__name__}: {exc}"))     # why, for /health
         return 1
     Engine(conn, engines, make_storage(settings), settings, jobs, capacity).serve()
     return 0
