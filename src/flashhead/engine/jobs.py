@@ -64,7 +64,7 @@ class JobListener:
     def __init__(self, address: JobAddress, handle: Callable[[str, str, object], None]):
         self.handle = handle
         self._listener = Listener(address.address, family="AF_UNIX", authkey=bytes.fromhex(address.key))
-        self._conns: dict[str, Connection] = {}
+        self._conns: dict[str, tuple[Connection, threading.Lock]] = {}   # the job thread and a step send
         self._ids = itertools.count()
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, name="engine-jobs", daemon=True).start()
@@ -75,12 +75,13 @@ class JobListener:
     def reply(self, sid: str, kind: str, raw: bytes) -> None:
         """The engine's message for a job (pickled bytes); the last one ends the job."""
         with self._lock:
-            conn = self._conns.get(sid)
+            conn, lock = self._conns.get(sid, (None, None))
             if kind in ("result", "error"):
                 self._conns.pop(sid, None)
         if conn is not None:
             try:
-                conn.send_bytes(raw)
+                with lock:
+                    conn.send_bytes(raw)
             except (OSError, ValueError):      # the worker is gone; its reader says close
                 pass
 
@@ -94,7 +95,7 @@ class JobListener:
                 return
             sid = f"j{next(self._ids)}"
             with self._lock:
-                self._conns[sid] = conn
+                self._conns[sid] = (conn, threading.Lock())
             threading.Thread(target=self._read, args=(sid, conn), name=f"engine-job-{sid}", daemon=True).start()
 
     def _read(self, sid: str, conn: Connection) -> None:

@@ -50,6 +50,11 @@ class RenderProcess:
         self.last_beat = time.monotonic()
         self.steps: list[float] = []
         self.batches: list[int] = []
+        self._send_lock = threading.Lock()      # the API's messages and the workers' jobs
+
+    def send(self, message: tuple) -> None:
+        with self._send_lock:
+            self.conn.send(message)
 
 
 class Router:
@@ -97,7 +102,7 @@ class Router:
                 if kind == "close":
                     self._forget(sid)
         try:
-            proc.conn.send((kind, sid, payload))
+            proc.send((kind, sid, payload))
         except (OSError, ValueError):
             self._died(proc)
 
