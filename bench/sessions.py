@@ -139,7 +139,10 @@ def cpu_per_media_s(pid: int, base: str, image: str, pcm: bytes, n: int, seconds
     sessions = [Live(base, image, pcm, stop) for _ in range(n)]
     for s in sessions:
         s.start()
-    time.sleep(2.0)                                  # past start-up (portrait, first chunks)
+    deadline = time.monotonic() + 60                 # past start-up: every session has a chunk
+    while not all(s.media_s > 0 or s.error for s in sessions) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
     cpu0, media0 = tree_cpu_s(pid), sum(s.media_s for s in sessions)
     time.sleep(seconds)
     cpu1, media1 = tree_cpu_s(pid), sum(s.media_s for s in sessions)
@@ -151,7 +154,8 @@ def cpu_per_media_s(pid: int, base: str, image: str, pcm: bytes, n: int, seconds
     per = sum(cpu1.values()) - sum(cpu0.values())
     per /= media
     cores = len(os.sched_getaffinity(0))
-    return {"sessions": n, "media_s": round(media, 2), "cpu_s_per_media_s_by_process": by_role,
+    return {"sessions": n, "media_s": round(media, 2), "expected_media_s": n * seconds,
+            "cpu_s_per_media_s_by_process": by_role,
             "cpu_s_per_media_s": round(per, 3), "capacity_from_cpu": round(cores / per, 1),
             "errors": [s.error for s in sessions if s.error]}
 
