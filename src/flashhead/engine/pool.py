@@ -27,9 +27,10 @@ from multiprocessing.connection import Connection
 
 from flashhead.config import Settings
 from flashhead.engine.jobs import JOBS_ENV, JobAddress, JobListener
+from flashhead.engine.relay import FINAL as SESSION_FINAL
 
 log = logging.getLogger("flashhead.engine")
-FINAL = {"end", "stopped", "result"}
+FINAL = SESSION_FINAL | {"result"}          # a session's or a queue job's last message
 
 
 class RenderProcess:
