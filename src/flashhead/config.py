@@ -11,12 +11,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flashhead import constants as C
 
 
+DEVICE_PATTERN = r"^(cpu|cuda(:[0-9]{1,2})?)$"     # --device / FLASHHEAD_DEVICE
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLASHHEAD_", extra="ignore")
 
     data_dir: Path = Field(Path("./flashhead-data"), description="job store, files, keys")
     renderer: str = Field("cpu", description="cpu | flashhead-lite | flashhead-pro")
     weights_dir: Path | None = Field(None, description="official checkpoint folder (neural renderers)")
+    device: str = Field("cuda", pattern=DEVICE_PATTERN, description="neural renderers: the torch device of "
+                        "the engine's model copy: cuda (the first GPU), cuda:N or cpu")
     tts: str = Field("auto", description="auto (elevenlabs if ELEVENLABS_API_KEY else espeak) | espeak | elevenlabs")
     elevenlabs_base_url: str = Field("https://api.elevenlabs.io", description="ElevenLabs API root")
     # URL fetching (SSRF guard). Comma-separated hosts/CIDRs that may be fetched even though
@@ -97,8 +101,16 @@ class Settings(BaseSettings):
     # --- engine (render engine process, admission) ---
     engine_capacity: int | None = Field(None, ge=1, description="real-time sessions (/stream, realtime) one "
                                         "engine admits at once; default 8 (cpu renderer) or 2 (neural)")
-    engine_threads: int | None = Field(None, ge=1, description="render threads in the engine process; "
-                                       "default: the CPU cores")
+    engine_processes: int | None = Field(None, ge=1, le=256, description="CPU renderer: render processes "
+                                         "in the engine (each session pinned to one); default: the CPU cores")
+    engine_threads: int | None = Field(None, ge=1, description="render threads per render process; default: "
+                                       "1 in a CPU pool, the CPU cores (cpu, one process) or at least the "
+                                       "capacity (neural)")
+    engine_capacity_mode: Literal["configured", "calibrate"] = Field(
+        "configured", description="the engine's capacity: configured (engine_capacity, or its default) | "
+        "calibrate (measured at each engine start by rendering a few chunks; see engine/calibrate.py)")
+    engine_calibration_headroom: float = Field(0.7, gt=0, le=1, description="calibrate: the share of the "
+                                               "measured real-time sessions the engine admits")
     engine_key_sessions: int = Field(4, ge=1, description="concurrent real-time sessions per API key (with "
                                      "engines on worker nodes: over every API node together)")
     engine_step_deadline_s: float = Field(30.0, gt=0, description="an engine silent this long while it has "

@@ -148,7 +148,7 @@ class Engines:
         from flashhead.speech import get_engine
 
         settings = settings or get_settings()
-        renderer = get_renderer(settings.renderer, weights_dir=settings.weights_dir)
+        renderer = get_renderer(settings.renderer, weights_dir=settings.weights_dir, device=settings.device)
         renderer.setup()
         return cls(settings, renderer, get_engine(settings), PortraitCache(renderer))
 

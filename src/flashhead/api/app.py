@@ -158,9 +158,9 @@ def create_app(settings: Settings | None = None, engines=None, *, workers: int |
         elif ctx.n_workers == 0:
             ctx.engine.absent = API_NODE_ONLY
         elif ctx.worker_mode == "process":
-            ctx.workers = ProcessWorkerPool(ctx.jobs, ctx.settings, ctx.n_workers)
+            ctx.engine.start_process()      # /stream, /realtime and queue jobs render there, never here
+            ctx.workers = ProcessWorkerPool(ctx.jobs, ctx.settings, ctx.n_workers, engine=ctx.engine.runner.jobs)
             ctx.workers.start()
-            ctx.engine.start_process()      # /stream and /realtime render there, never here
         threading.Thread(target=_start_workers, args=(ctx, generate), name="startup", daemon=True).start()
         periodic = [sweeper(Retention(ctx.settings, ctx.jobs.store, ctx.storage), ctx.settings.retention_sweep_s),
                     heap_trimmer(ctx.settings.heap_trim_s)]

@@ -45,14 +45,15 @@ def run_worker_node(settings: Settings, processes: int, stop: threading.Event) -
     queue = JobQueue(make_store(settings), dispatch=False)
     queue.recover()
     queue.start()                    # lease heartbeat, orphan sweep, deadlines
-    pool = ProcessWorkerPool(queue, settings, processes)
-    pool.start()
     host = EngineHost(settings)
     engine = EngineProcess(settings, on_beat=host.observe).start()
+    pool = ProcessWorkerPool(queue, settings, processes, engine=engine.jobs)     # they render in the engine
+    pool.start()
     try:
         pool.wait_ready()
         engine.wait_ready()
-        host.start(engine, capacity_of(settings))
+        # configured, or what the engine measured at its start (engine_capacity_mode=calibrate)
+        host.start(engine, engine.link.info.get("capacity", capacity_of(settings)))
         log.info("worker node ready", extra={"instance": queue.store.instance, "workers": processes,
                                              "renderer": settings.renderer})
         while not stop.wait(1.0):
