@@ -180,7 +180,8 @@ class LiveTask:
         segment = self.encoder.encode_chunk(chunk.frames, chunk.audio)
         return [("event", {"type": "chunk", "index": chunk.index, "start": round(chunk.start_s, 3),
                            "duration": round(chunk.duration_s, 3), "segment": segment,
-                           "speaking": chunk.speaking, "interrupted": chunk.interrupted})]
+                           "speaking": chunk.speaking, "speech_frames": chunk.speech_frames,
+                           "interrupted": chunk.interrupted})]
 
     def stopped(self) -> dict:
         frames = self.session.frames_out

@@ -46,6 +46,7 @@ class LiveChunk(Chunk):
     """A pipeline Chunk plus what the live session knows about it."""
 
     speaking: bool = False          # at least one frame carries speech
+    speech_frames: int = 0          # frames [0, speech_frames) carry the next pushed speech, in order
     interrupted: bool = False       # first chunk after an interrupt (always idle)
     features: FrameFeatures | None = None   # what drove the renderer, frame by frame
     media_time: float = 0.0         # clock time at which frames[0] is due on screen
@@ -203,11 +204,12 @@ class LiveSession:
     def _media_time(self, frame: int) -> float:
         return self._t0 + frame * C.FRAME_SECONDS
 
-    def _take(self, speech: bool) -> tuple[FrameFeatures, np.ndarray, bool]:
-        """The next N frames of features and audio; speech padded with idle to N frames."""
+    def _take(self, speech: bool) -> tuple[FrameFeatures, np.ndarray, int]:
+        """The next N frames of features and audio, speech padded with idle to N frames, and
+        the number of speech frames among them."""
         n = self.chunk_frames
         feats, audio = self._ready.take(n) if speech else (FrameFeatures.zeros(0), np.zeros(0, np.float32))
-        spoken = len(feats) > 0
+        spoken = len(feats)
         if len(feats) < n:
             feats = FrameFeatures.concat([feats, FrameFeatures.zeros(n - len(feats))])
             audio = np.concatenate([audio, np.zeros((n * C.SAMPLES_PER_FRAME) - len(audio), np.float32)])
@@ -219,8 +221,8 @@ class LiveSession:
         feats, audio, spoken = self._take(speech)
         start = self.frames_out
         frames = self.renderer.render(self._state, SpeechSpan(start, feats, audio))
-        chunk = LiveChunk(self.index, start, frames, audio, speaking=spoken, interrupted=self._cut,
-                          features=feats, media_time=self._media_time(start))
+        chunk = LiveChunk(self.index, start, frames, audio, speaking=spoken > 0, speech_frames=spoken,
+                          interrupted=self._cut, features=feats, media_time=self._media_time(start))
         self.index += 1
         self.frames_out += len(feats)
         self.samples_out += len(audio)
