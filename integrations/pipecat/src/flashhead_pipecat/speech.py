@@ -1,0 +1,112 @@
+"""Which of the agent's own audio goes with each speech frame the server renders.
+
+The server's speech frame k is samples [k*640, (k+1)*640) of the 16 kHz audio pushed since the
+last interrupt, and each utterance's last frame is padded at end_of_speech, so utterance u owns
+ceil(n16_u / 640) frames. Frame j of an utterance is paired with the same 40 ms of the agent's
+original audio (at the agent's rate), so the audio leaves byte for byte as it came in.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from flashhead_pipecat.media import FPS, SAMPLES_PER_FRAME
+
+
+@dataclass
+class Utterance:
+    """One TTS response: its audio as it came in, and what was sent of it to the server."""
+
+    opening: object | None = None          # the TTSStartedFrame, released with the first frame
+    closing: object | None = None          # the TTSStoppedFrame, released after the last frame
+    audio: bytearray = field(default_factory=bytearray)
+    rate: int = 0
+    channels: int = 1
+    context_id: str | None = None
+    sent_samples: int = 0                  # 16 kHz samples pushed to the server
+    ended: bool = False                    # end_of_speech sent: the frame count is final
+    frames_out: int = 0                    # speech frames already paired
+
+    @property
+    def frames(self) -> int:
+        """Frames the server renders for this utterance (final once ended)."""
+        return -(-self.sent_samples // SAMPLES_PER_FRAME)
+
+    @property
+    def done(self) -> bool:
+        return self.ended and self.frames_out >= self.frames
+
+    def audio_of(self, j: int) -> bytes:
+        """Frame j's share of the original audio; the last frame takes whatever is left."""
+        width = 2 * self.channels
+        start = (j * self.rate // FPS) * width
+        end = len(self.audio) if self.ended and j == self.frames - 1 else ((j + 1) * self.rate // FPS) * width
+        return bytes(self.audio[start:end])
+
+
+@dataclass
+class SpeechFrame:
+    """One rendered speech frame's place: its utterance, its index there, and its audio."""
+
+    utterance: Utterance
+    index: int
+    audio: bytes
+
+    @property
+    def first(self) -> bool:
+        return self.index == 0
+
+    @property
+    def last(self) -> bool:
+        return self.utterance.done and self.index == self.utterance.frames - 1
+
+
+class Ledger:
+    """Utterances in the order they were spoken, until all their frames came back."""
+
+    def __init__(self, max_utterances: int):
+        self.max_utterances = max_utterances
+        self.utterances: deque[Utterance] = deque()
+
+    def current(self) -> Utterance | None:
+        """The utterance still receiving audio, if any."""
+        last = self.utterances[-1] if self.utterances else None
+        return last if last is not None and not last.ended else None
+
+    def open(self, opening: object | None = None) -> Utterance:
+        if len(self.utterances) >= self.max_utterances:
+            raise OverflowError(f"more than {self.max_utterances} utterances wait for their frames")
+        utterance = Utterance(opening=opening)
+        self.utterances.append(utterance)
+        return utterance
+
+    def take(self, count: int) -> list[SpeechFrame]:
+        """The next `count` rendered speech frames, paired; frames past all known audio are dropped."""
+        out = []
+        while count > 0 and self.utterances:
+            u = self.utterances[0]
+            if u.frames_out >= u.frames:
+                if not u.ended:
+                    break                        # the server is ahead of what we pushed: impossible
+                self.utterances.popleft()
+                continue
+            j, u.frames_out, count = u.frames_out, u.frames_out + 1, count - 1
+            out.append(SpeechFrame(u, j, u.audio_of(j)))
+            if u.done:
+                self.utterances.popleft()
+        return out
+
+    def pop_empty(self) -> list[Utterance]:
+        """Ended utterances at the head that own no frames (a TTS response without audio)."""
+        out = []
+        while self.utterances and self.utterances[0].ended and self.utterances[0].frames == 0:
+            out.append(self.utterances.popleft())
+        return out
+
+    def clear(self) -> list[Utterance]:
+        dropped, self.utterances = list(self.utterances), deque()
+        return dropped
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.utterances)
