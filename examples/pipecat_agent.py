@@ -30,11 +30,11 @@ import av
 import numpy as np
 from pipecat.frames.frames import EndFrame, Frame, OutputImageRawFrame, TTSAudioRawFrame, TTSSpeakFrame
 from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.runner import PipelineRunner
 from pipecat.pipeline.worker import PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
+from pipecat.workers.runner import WorkerRunner
 
 from flashhead_pipecat import FlashHeadVideoService
 
@@ -126,8 +126,10 @@ async def main(args: argparse.Namespace) -> None:
     for sentence in args.text:
         await worker.queue_frame(TTSSpeakFrame(sentence))
     await worker.queue_frame(EndFrame())            # ends once the face has said it all
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
     try:
-        await PipelineRunner(handle_sigint=False).run(worker)
+        await runner.run()
     finally:
         sink.close()
     print(f"{sink.images} frames, {sink.samples / sink.rate:.2f} s of audio -> {args.output}")

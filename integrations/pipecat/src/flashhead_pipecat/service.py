@@ -174,10 +174,12 @@ class FlashHeadVideoService(AIService):
     # -- frames in ----------------------------------------------------------------------------
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            await self.push_frame(frame, direction)
+            self._downstream.set()                       # from now on frames may leave
+            return
         if self._conn is None or direction != FrameDirection.DOWNSTREAM:
             await self.push_frame(frame, direction)
-            if isinstance(frame, StartFrame):
-                self._downstream.set()
             return
         try:
             if isinstance(frame, TTSStartedFrame):
@@ -246,18 +248,16 @@ class FlashHeadVideoService(AIService):
         while self._conn is not None:
             try:
                 message = await self._conn.recv(self._receive_timeout_s)
+                if message.get("type") == "chunk":
+                    self._take_chunk(message)
                 await self._keepalive()
             except ServerError as exc:
                 if exc.closing:
                     await self._fail(exc)
                 else:                                    # e.g. too much audio queued: the session goes on
                     await self.push_error(str(exc), exception=exc)
-                continue
             except FlashHeadError as exc:
                 await self._fail(exc)
-                return
-            if message.get("type") == "chunk":
-                self._take_chunk(message)
 
     async def _keepalive(self) -> None:
         if asyncio.get_running_loop().time() - self._last_sent > self._keepalive_s:
