@@ -16,6 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 MAX_MESSAGE_BYTES = 16 * 2**20      # a chunk is 8 frames of H.264 plus AAC: far below this
+CLOSE_TIMEOUT_S = 2.0               # the closing handshake with a server that may be gone
 
 
 class FlashHeadError(Exception):
@@ -65,7 +66,8 @@ class RealtimeConnection:
         try:
             ws = await connect(url, additional_headers=headers, open_timeout=timeout_s,
                                ssl=(ssl or ssl_module.create_default_context()) if secure else None,
-                               max_size=MAX_MESSAGE_BYTES, ping_interval=None)
+                               max_size=MAX_MESSAGE_BYTES, ping_interval=None,
+                               close_timeout=CLOSE_TIMEOUT_S)
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             raise ConnectionLost(f"cannot connect to the flashhead server at {url}: {exc}") from exc
         return cls(ws)

@@ -144,12 +144,16 @@ class FlashHeadVideoService(AIService):
     async def _drain(self) -> None:
         """Wait (bounded) until every utterance's frames have left."""
         deadline = asyncio.get_running_loop().time() + self._drain_timeout_s
-        while self._conn is not None and (self._ledger.pending or not self._out.empty() or self._emitting):
+        while self._busy():
             if asyncio.get_running_loop().time() > deadline:
                 await self.push_error(f"{self}: speech still rendering after {self._drain_timeout_s:g} s; "
                                       "ending without it")
                 return
             await asyncio.sleep(0.02)
+
+    def _busy(self) -> bool:
+        """Frames are still to leave (the release task is running and has work)."""
+        return bool(self._tasks) and (self._ledger.pending or not self._out.empty() or self._emitting)
 
     async def _close(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -161,15 +165,15 @@ class FlashHeadVideoService(AIService):
             await conn.close()
 
     async def _fail(self, exc: FlashHeadError) -> None:
-        """The session is over: say so once, and let the held audio through without a face."""
+        """The session is over: say so once; what is held leaves as audio only, in order."""
         logger.error(f"{self}: {exc}")
         conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.close()
         await self.push_error(str(exc), exception=exc, force_treat_as_permanent=True)
         for u in self._ledger.clear():
             self._queue_unpaired(u)
         self._resampler.reset()
+        if conn is not None:
+            await conn.close()
 
     # -- frames in ----------------------------------------------------------------------------
     async def process_frame(self, frame: Frame, direction: FrameDirection):
@@ -179,7 +183,10 @@ class FlashHeadVideoService(AIService):
             self._downstream.set()                       # from now on frames may leave
             return
         if self._conn is None or direction != FrameDirection.DOWNSTREAM:
-            await self.push_frame(frame, direction)
+            if self._conn is None and self._busy() and direction == FrameDirection.DOWNSTREAM:
+                self._out.put_nowait(frame)              # behind what the failed session still holds
+            else:
+                await self.push_frame(frame, direction)
             return
         try:
             if isinstance(frame, TTSStartedFrame):
@@ -284,7 +291,9 @@ class FlashHeadVideoService(AIService):
         self._queue(*first, *audio, *([u.closing] if u.closing is not None else []))
 
     def _queue(self, *items: Chunk | Frame) -> None:
-        if self._out.qsize() + len(items) > self._max_queued_chunks:
+        """Into the release queue; rendered chunks are refused past max_queued_chunks (the frames
+        that go with utterances are bounded by max_utterances)."""
+        if isinstance(items[0], Chunk) and self._out.qsize() >= self._max_queued_chunks:
             raise ConnectionLost(f"more than {self._max_queued_chunks} chunks wait to be released; "
                                  "the pipeline is not taking frames")
         for item in items:
@@ -305,21 +314,29 @@ class FlashHeadVideoService(AIService):
                 self._emitting = False
 
     async def _release_chunk(self, chunk: Chunk) -> None:
-        frames = await asyncio.to_thread(decode_chunk, self._init_segment, chunk.segment)
-        for j, rgb in enumerate(frames):
-            await self._wait_until(chunk.start + j / FPS)
-            if chunk.generation != self._generation:
-                return                                   # interrupted while it waited
-            image = OutputImageRawFrame(rgb.tobytes(), (rgb.shape[1], rgb.shape[0]), "RGB")
-            image.sync_with_audio = True
-            speech = chunk.speech[j] if j < len(chunk.speech) else None
-            await self._push_speech_frame(image, speech)
+        """Frame by frame on the media clock; once the session failed, the rest of its speech
+        leaves as audio at once."""
+        shown = 0
+        if self._conn is not None:
+            for rgb in await asyncio.to_thread(decode_chunk, self._init_segment, chunk.segment):
+                await self._wait_until(chunk.start + shown / FPS)
+                if chunk.generation != self._generation:
+                    return                               # interrupted while it waited
+                if self._conn is None:
+                    break
+                image = OutputImageRawFrame(rgb.tobytes(), (rgb.shape[1], rgb.shape[0]), "RGB")
+                image.sync_with_audio = True
+                await self._push_speech_frame(image, chunk.speech[shown] if shown < len(chunk.speech) else None)
+                shown += 1
+        for speech in chunk.speech[shown:]:
+            await self._push_speech_frame(None, speech)
 
-    async def _push_speech_frame(self, image: OutputImageRawFrame, speech: SpeechFrame | None) -> None:
+    async def _push_speech_frame(self, image: OutputImageRawFrame | None, speech: SpeechFrame | None) -> None:
         u = speech.utterance if speech else None
         if speech and speech.first and u.opening is not None:
             await self.push_frame(u.opening)
-        await self.push_frame(image)
+        if image is not None:
+            await self.push_frame(image)
         if speech and speech.audio:
             await self.push_frame(TTSAudioRawFrame(speech.audio, u.rate, u.channels, context_id=u.context_id))
         if speech and speech.last and u.closing is not None:
