@@ -192,3 +192,19 @@ def test_speech_frames_name_the_pushed_speech_in_order_across_utterances():
     for c in chunks:                               # what follows the speech frames is idle
         assert not c.audio[c.speech_frames * FRAME:].any()
         assert not c.features.open[c.speech_frames:].any()
+
+
+def test_each_utterance_is_padded_where_its_end_of_speech_came_even_when_the_next_followed():
+    """end_of_speech, then the next utterance's audio, all before the session absorbs either: the
+    first utterance's half frame is still padded on its own (frame counts stay per utterance)."""
+    s = session()
+    first, second = tone(0.5), tone(0.3) * 0.5           # 12.5 and 7.5 frames
+    s.push_audio(pcm16(first))
+    s.end_of_speech()
+    s.push_audio(pcm16(second))
+    s.end_of_speech()
+    chunks = drain(s, stop=lambda c: not c.speaking)
+    assert sum(c.speech_frames for c in chunks) == 13 + 8
+    speech = np.concatenate([c.audio[:c.speech_frames * FRAME] for c in chunks])
+    padded = [np.pad(a, (0, -len(a) % FRAME)) for a in (first, second)]
+    np.testing.assert_allclose(speech, np.concatenate(padded), atol=2 / 32768)

@@ -69,7 +69,7 @@ class LiveSession:
         # Shared with producer threads (guarded by _cond).
         self._cond = threading.Condition()
         self._pending = bytearray()
-        self._eos = False
+        self._ends: list[int] = []  # offsets in _pending where an utterance ended (end_of_speech)
         self._interrupts = 0
         self._closed = False
         # Owned by the consumer thread.
@@ -102,7 +102,7 @@ class LiveSession:
         """The utterance is complete: render its tail without waiting for more audio."""
         with self._cond:
             self._check_open()
-            self._eos = True
+            self._ends.append(len(self._pending))
             self._cond.notify_all()
 
     def interrupt(self) -> None:
@@ -110,7 +110,7 @@ class LiveSession:
         with self._cond:
             self._check_open()
             self._pending.clear()
-            self._eos = False
+            self._ends.clear()
             self._interrupts += 1
             self._cond.notify_all()
 
@@ -154,7 +154,7 @@ class LiveSession:
             if end is not None:
                 wait = min(wait, end - now)
             with self._cond:
-                if not (self._pending or self._eos or self._closed
+                if not (self._pending or self._ends or self._closed
                         or self._interrupts != self._seen_interrupts):
                     self._cond.wait(wait)
 
@@ -163,29 +163,35 @@ class LiveSession:
         (-inf: now). A scheduler calls next_chunk(timeout=0) once this has passed; queued input
         makes it due at once, since only next_chunk absorbs it (feature extraction is work)."""
         with self._cond:
-            unabsorbed = bool(self._pending or self._eos or self._interrupts != self._seen_interrupts)
+            unabsorbed = bool(self._pending or self._ends or self._interrupts != self._seen_interrupts)
         if self._t0 is None or self._closed or unabsorbed:
             return float("-inf")
         return self._due(self._speech_ready())
 
     def _absorb(self) -> None:
-        """Move what producers queued into the consumer's state."""
+        """Move what producers queued into the consumer's state. Each utterance's tail is
+        flushed where its end_of_speech came, also when the next utterance's audio followed."""
         with self._cond:
             n = len(self._pending) - len(self._pending) % C.PCM_BYTES_PER_SAMPLE
             pcm = bytes(self._pending[:n])
             del self._pending[:n]
-            eos, self._eos = self._eos, False
+            ends, self._ends = [min(e, n) for e in self._ends], []
             interrupts = self._interrupts
         if interrupts != self._seen_interrupts:
             self._seen_interrupts = interrupts
             self._stream.reset()
             self._ready.clear()
             self._tail, self._cut = False, True
+        start = 0
+        for end in ends:
+            self._push_pcm(pcm[start:end])
+            self._ready.push(*self._stream.flush())
+            self._tail, start = len(self._ready) > 0, end
+        self._push_pcm(pcm[start:])
+
+    def _push_pcm(self, pcm: bytes) -> None:
         if pcm:
             self._ready.push(*self._stream.push(pcm16_to_float(pcm)))
-        if eos:
-            self._ready.push(*self._stream.flush())
-            self._tail = len(self._ready) > 0
 
     def _speech_ready(self) -> bool:
         if self._cut:
