@@ -28,8 +28,7 @@ AGENT_VENV = ROOT / ".venv-pipecat"
 DRIVER = ROOT / "tests" / "pipecat_driver.py"
 INSTALL_TIMEOUT_S = 1200
 FPS = 25
-IDLE_TIMEOUT_S = 1.5                  # the server closes sockets silent for longer: keepalive matters
-SERVICE = {"receive_timeout_s": 3.0, "keepalive_s": 0.5}
+SERVICE = {"receive_timeout_s": 3.0}
 
 
 @pytest.fixture(scope="session")
@@ -51,11 +50,10 @@ def agent_python() -> Path:
     return python
 
 
-def start_server(tmp: Path) -> tuple[Server, str]:
+def start_server(tmp: Path, **env: str) -> tuple[Server, str]:
     key = subprocess.run([sys.executable, "-m", "flashhead", "keys", "create", "--data-dir", str(tmp / "data")],
                          capture_output=True, text=True, timeout=60, check=True).stdout.strip()
-    server = Server(tmp / "data", make_tls(tmp / "tls"), env={"FLASHHEAD_REALTIME_IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S)})
-    return server.start(), key
+    return Server(tmp / "data", make_tls(tmp / "tls"), env=env).start(), key
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +71,7 @@ def drive(agent_python: Path, server: Server, key: str, steps: list[dict], tmp: 
     (tmp / "config.json").write_text(json.dumps(config))
     done = subprocess.run([str(agent_python), str(DRIVER), str(tmp / "config.json"), str(tmp)],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    (tmp / "driver.log").write_text(done.stderr)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads((tmp / "events.json").read_text())
     result.update(pcm_in=(tmp / "in.pcm").read_bytes(), pcm_out=(tmp / "out.pcm").read_bytes(), log=done.stderr)
@@ -101,8 +100,8 @@ def speech_pairs(events: list[dict]) -> list[tuple[dict, dict]]:
 def test_utterances_in_a_row_give_one_frame_per_40_ms_and_their_audio_unchanged(agent_python, server, tmp_path):
     """A 16 kHz utterance (no resampling), an espeak one (22050 Hz: resampled for the server, passed
     through at 22050 Hz), and a short 16 kHz one, queued back to back after an idle pause longer
-    than the server's idle timeout."""
-    steps = [{"sleep": 2 * IDLE_TIMEOUT_S}, {"wav": str(SPEECH), "seconds": 3.0},
+    by an idle pause."""
+    steps = [{"sleep": 3.0}, {"wav": str(SPEECH), "seconds": 3.0},
              {"speak": "Hello, I am the face of this agent."}, {"wav": str(SPEECH), "seconds": 1.3}]
     r = drive(agent_python, *server, steps, tmp_path)
     assert not r["errors"] and not r["hang"], r["errors"]
@@ -125,7 +124,7 @@ def test_utterances_in_a_row_give_one_frame_per_40_ms_and_their_audio_unchanged(
     images = [e for e in events if e["kind"] == "image"]
     assert {(tuple(e["size"]), e["format"], e["bytes"], e["sync"]) for e in images} == {((512, 512), "RGB", 512 * 512 * 3, True)}
     # Idle frames before the speech: the face lives while the agent is quiet.
-    assert events.index(next(e for e in events if e["kind"] == "tts_started")) > 2 * IDLE_TIMEOUT_S * FPS * 0.5
+    assert events.index(next(e for e in events if e["kind"] == "tts_started")) > 3.0 * FPS * 0.5
     # Released on the media clock: never ahead of 25 fps (a burst would be played at once).
     t0 = images[0]["t"]
     assert all(e["t"] - t0 >= i / FPS - 0.02 for i, e in enumerate(images)), "frames ran ahead of their time"
@@ -174,6 +173,19 @@ def test_a_server_that_goes_away_gives_a_pipeline_error_and_the_voice_goes_on(ag
     assert r["pcm_out"] == r["pcm_in"], "audio held for the face was lost"
 
 
+def test_a_quiet_agent_keeps_its_session(agent_python, tmp_path):
+    """The server closes sockets silent for 1.5 s (its cap on what a client may ask): the service,
+    told so, keeps the session open through 4 s of silence and then speaks."""
+    server, key = start_server(tmp_path / "server", FLASHHEAD_REALTIME_MAX_IDLE_TIMEOUT_S="1.5")
+    try:
+        r = drive(agent_python, server, key, [{"sleep": 4.0}, {"wav": str(SPEECH), "seconds": 1.0}], tmp_path,
+                  idle_timeout_s=1.5)
+    finally:
+        server.stop()
+    assert not r["errors"] and not r["hang"], r["errors"]
+    assert len(speech_pairs(r["events"])) == FPS and r["pcm_out"] == r["pcm_in"]
+
+
 def test_example_agent_writes_a_talking_mp4(agent_python, server, tmp_path):
     srv, key = server
     out = tmp_path / "agent.mp4"
@@ -181,6 +193,7 @@ def test_example_agent_writes_a_talking_mp4(agent_python, server, tmp_path):
     done = subprocess.run([str(agent_python), "examples/pipecat_agent.py", "--url", srv.base_url, "--key", key,
                            "--text", "Hello from the example.", "-o", str(out)],
                           capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    (tmp_path / "agent.log").write_text(done.stderr)
     assert done.returncode == 0, done.stderr[-3000:]
     from api_helpers import probe_video
     info = probe_video(out.read_bytes())

@@ -61,8 +61,8 @@ class FlashHeadVideoService(AIService):
         start_timeout_s: the server preparing the portrait (the ``started`` answer).
         receive_timeout_s: the longest silence from the server before it counts as gone (it
             sends a chunk every 0.32 s, idle or not).
-        keepalive_s: send an empty audio message after this long without sending anything,
-            so that the server's idle timeout does not close a quiet agent's session.
+        idle_timeout_s: asked of the server (which caps it): it closes a session that sent
+            nothing for this long. A quiet agent sends an empty audio message after a third of it.
         drain_timeout_s: on EndFrame, the longest wait for the speech still being rendered.
         max_utterances: utterances that may wait for their frames at once.
         max_queued_chunks: rendered chunks that may wait for their media time at once.
@@ -71,14 +71,14 @@ class FlashHeadVideoService(AIService):
     def __init__(self, *, url: str, image_url: str, api_key: str | None = None,
                  endpoint: str = "fal-ai/flashhead", seed: int | None = None,
                  ssl: ssl_module.SSLContext | None = None, connect_timeout_s: float = 10.0,
-                 start_timeout_s: float = 60.0, receive_timeout_s: float = 5.0, keepalive_s: float = 20.0,
+                 start_timeout_s: float = 60.0, receive_timeout_s: float = 5.0, idle_timeout_s: float = 60.0,
                  drain_timeout_s: float = 60.0, max_utterances: int = 64, max_queued_chunks: int = 64,
                  **kwargs):
         super().__init__(settings=ServiceSettings(model=None), **kwargs)
         self._socket_url = realtime_url(url, endpoint)
         self._api_key, self._image_url, self._seed, self._ssl = api_key, image_url, seed, ssl
         self._connect_timeout_s, self._start_timeout_s = connect_timeout_s, start_timeout_s
-        self._receive_timeout_s, self._keepalive_s = receive_timeout_s, keepalive_s
+        self._receive_timeout_s, self._idle_timeout_s = receive_timeout_s, idle_timeout_s
         self._drain_timeout_s, self._max_queued_chunks = drain_timeout_s, max_queued_chunks
         self._ledger = Ledger(max_utterances)
         self._resampler = Resampler()
@@ -111,7 +111,7 @@ class FlashHeadVideoService(AIService):
     async def _connect(self) -> None:
         conn = await RealtimeConnection.open(self._socket_url, self._api_key, self._connect_timeout_s, self._ssl)
         try:
-            start = {"type": "start", "image_url": self._image_url, "pace": True}
+            start = {"type": "start", "image_url": self._image_url, "pace": True, "idle_timeout": self._idle_timeout_s}
             if self._seed is not None:
                 start["seed"] = self._seed
             await conn.send(start)
@@ -146,8 +146,8 @@ class FlashHeadVideoService(AIService):
         deadline = asyncio.get_running_loop().time() + self._drain_timeout_s
         while self._busy():
             if asyncio.get_running_loop().time() > deadline:
-                await self.push_error(f"{self}: speech still rendering after {self._drain_timeout_s:g} s; "
-                                      "ending without it")
+                await self.push_error(f"{self}: speech still rendering after {self._drain_timeout_s:g} s; ending "
+                                      f"without it ({self._ledger.describe()}, {self._out.qsize()} queued)")
                 return
             await asyncio.sleep(0.02)
 
@@ -267,7 +267,7 @@ class FlashHeadVideoService(AIService):
                 await self._fail(exc)
 
     async def _keepalive(self) -> None:
-        if asyncio.get_running_loop().time() - self._last_sent > self._keepalive_s:
+        if asyncio.get_running_loop().time() - self._last_sent > self._idle_timeout_s / 3:
             await self._send({"type": "audio", "pcm": b""})
 
     def _take_chunk(self, message: dict) -> None:

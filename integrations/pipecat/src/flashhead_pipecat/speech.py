@@ -107,6 +107,11 @@ class Ledger:
         dropped, self.utterances = list(self.utterances), deque()
         return dropped
 
+    def describe(self) -> str:
+        """What is still waiting, for error messages."""
+        waiting = [f"{u.frames_out}/{u.frames}{'' if u.ended else '+'} frames" for u in self.utterances]
+        return f"{len(waiting)} utterances waiting: {', '.join(waiting) or 'none'}"
+
     @property
     def pending(self) -> bool:
         return bool(self.utterances)
