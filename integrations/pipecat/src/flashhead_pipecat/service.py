@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl as ssl_module
+from collections import deque
 from dataclasses import dataclass
 
 from loguru import logger
@@ -84,10 +85,11 @@ class FlashHeadVideoService(AIService):
         self._resampler = Resampler()
         self._conn: RealtimeConnection | None = None
         self._init_segment = b""
-        self._out: asyncio.Queue[Chunk | Frame] = asyncio.Queue()
+        self._out: deque[Chunk | Frame] = deque()    # what waits for its time, in order
+        self._wake = asyncio.Event()                  # set when _out gets something
         self._generation = 0
         self._cut = False               # interrupted: drop chunks until the server's cut arrives
-        self._emitting = False
+        self._emitting = False          # the release task holds speech it has not pushed yet
         self._last_sent = 0.0
         self._t0: float | None = None   # loop time at media time 0
         self._downstream = asyncio.Event()
@@ -127,10 +129,9 @@ class FlashHeadVideoService(AIService):
 
     async def stop(self, frame: EndFrame):
         await super().stop(frame)
-        if self._conn is not None:
-            if self._ledger.current() is not None:
-                await self._end_utterance(None)
-            await self._drain()
+        if self._conn is not None and self._ledger.current() is not None:
+            await self._end_utterance(None)
+        await self._drain()
         await self._close()
 
     async def cancel(self, frame: CancelFrame):
@@ -147,13 +148,13 @@ class FlashHeadVideoService(AIService):
         while self._busy():
             if asyncio.get_running_loop().time() > deadline:
                 await self.push_error(f"{self}: speech still rendering after {self._drain_timeout_s:g} s; ending "
-                                      f"without it ({self._ledger.describe()}, {self._out.qsize()} queued)")
+                                      f"without it ({self._ledger.describe()}, {len(self._out)} queued)")
                 return
             await asyncio.sleep(0.02)
 
     def _busy(self) -> bool:
-        """Frames are still to leave (the release task is running and has work)."""
-        return bool(self._tasks) and (self._ledger.pending or not self._out.empty() or self._emitting)
+        """Speech is still to leave (idle frames never end, so they do not count)."""
+        return bool(self._tasks) and (self._ledger.pending or self._emitting or any(map(_speaks, self._out)))
 
     async def _close(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -184,7 +185,7 @@ class FlashHeadVideoService(AIService):
             return
         if self._conn is None or direction != FrameDirection.DOWNSTREAM:
             if self._conn is None and self._busy() and direction == FrameDirection.DOWNSTREAM:
-                self._out.put_nowait(frame)              # behind what the failed session still holds
+                self._queue(frame)                       # behind what the failed session still holds
             else:
                 await self.push_frame(frame, direction)
             return
@@ -239,8 +240,7 @@ class FlashHeadVideoService(AIService):
     async def _interrupt(self) -> None:
         """Drop everything not yet out, and cut the server's session to idle."""
         self._generation += 1
-        while not self._out.empty():
-            self._out.get_nowait()
+        self._out.clear()
         self._ledger.clear()
         self._resampler.reset()
         self._cut = True
@@ -293,18 +293,21 @@ class FlashHeadVideoService(AIService):
     def _queue(self, *items: Chunk | Frame) -> None:
         """Into the release queue; rendered chunks are refused past max_queued_chunks (the frames
         that go with utterances are bounded by max_utterances)."""
-        if isinstance(items[0], Chunk) and self._out.qsize() >= self._max_queued_chunks:
+        if isinstance(items[0], Chunk) and len(self._out) >= self._max_queued_chunks:
             raise ConnectionLost(f"more than {self._max_queued_chunks} chunks wait to be released; "
                                  "the pipeline is not taking frames")
-        for item in items:
-            self._out.put_nowait(item)
+        self._out.extend(items)
+        self._wake.set()
 
     # -- frames out ---------------------------------------------------------------------------
     async def _release(self) -> None:
         await self._downstream.wait()
         while True:
-            item = await self._out.get()
-            self._emitting = True
+            while not self._out:
+                self._wake.clear()
+                await self._wake.wait()
+            item = self._out.popleft()
+            self._emitting = _speaks(item)
             try:
                 if isinstance(item, Chunk):
                     await self._release_chunk(item)
@@ -349,3 +352,8 @@ class FlashHeadVideoService(AIService):
         delay = self._t0 + media_time - now
         if delay > 0:
             await asyncio.sleep(delay)
+
+
+def _speaks(item: Chunk | Frame) -> bool:
+    """Whether a queued item carries speech (or a frame of the agent's, which must not be lost)."""
+    return not isinstance(item, Chunk) or bool(item.speech)
