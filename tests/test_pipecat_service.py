@@ -36,13 +36,14 @@ def agent_python() -> Path:
     """The agent venv's python, with integrations/pipecat (editable) and its pinned deps installed.
     A failed install fails the tests that need it; it never skips them."""
     python = AGENT_VENV / "bin" / "python"
-    want = hashlib.sha256((PACKAGE / "pyproject.toml").read_bytes() + sys.version.encode()).hexdigest()
+    install = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f"{PACKAGE}[test]"]
+    want = hashlib.sha256((PACKAGE / "pyproject.toml").read_bytes() + sys.version.encode()
+                          + " ".join(install).encode()).hexdigest()
     stamp = AGENT_VENV / ".installed"
     if stamp.exists() and stamp.read_text() == want and python.exists():
         return python
     shutil.rmtree(AGENT_VENV, ignore_errors=True)
-    for cmd in ([sys.executable, "-m", "venv", str(AGENT_VENV)],
-                [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", str(PACKAGE)]):
+    for cmd in ([sys.executable, "-m", "venv", str(AGENT_VENV)], install):
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
         if done.returncode != 0:
             pytest.fail(f"building the agent venv failed: {' '.join(cmd)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -95,6 +96,13 @@ def utterances(events: list[dict]) -> list[list[dict]]:
 def speech_pairs(events: list[dict]) -> list[tuple[dict, dict]]:
     """(image, audio) for every image immediately followed by an audio frame."""
     return [(a, b) for a, b in zip(events, events[1:]) if a["kind"] == "image" and b["kind"] == "audio"]
+
+
+def test_the_package_unit_tests_pass_in_the_agent_venv(agent_python):
+    """integrations/pipecat/tests: URL building, frame/audio pairing, resampling (no server)."""
+    done = subprocess.run([str(agent_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(PACKAGE / "tests")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0 and " passed" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
 
 
 def test_utterances_in_a_row_give_one_frame_per_40_ms_and_their_audio_unchanged(agent_python, server, tmp_path):

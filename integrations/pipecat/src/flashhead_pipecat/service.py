@@ -171,7 +171,7 @@ class FlashHeadVideoService(AIService):
         conn, self._conn = self._conn, None
         await self.push_error(str(exc), exception=exc, force_treat_as_permanent=True)
         for u in self._ledger.clear():
-            self._queue_unpaired(u)
+            self._queue(*_rest(u))
         self._resampler.reset()
         if conn is not None:
             await conn.close()
@@ -235,7 +235,7 @@ class FlashHeadVideoService(AIService):
         await self._send_pcm(u, self._resampler.flush())
         u.ended = True
         await self._send({"type": "end_of_speech"})
-        self._release_empty()
+        self._release_settled()
 
     async def _interrupt(self) -> None:
         """Drop everything not yet out, and cut the server's session to idle."""
@@ -276,24 +276,16 @@ class FlashHeadVideoService(AIService):
         self._cut = False
         speech = self._ledger.take(int(message.get("speech_frames", 0)))
         self._queue(Chunk(message["segment"], float(message["start"]), speech, self._generation))
-        self._release_empty()
+        self._release_settled()
 
-    def _release_empty(self) -> None:
-        for u in self._ledger.pop_empty():
-            self._queue(*(f for f in (u.opening, u.closing) if f is not None))
-
-    def _queue_unpaired(self, u: Utterance) -> None:
-        """An utterance's audio not yet paired with frames, as it came in (the face is gone)."""
-        start = (u.frames_out * u.rate // FPS) * 2 * u.channels
-        audio = [TTSAudioRawFrame(bytes(u.audio[start:]), u.rate, u.channels, context_id=u.context_id)] \
-            if len(u.audio) > start else []
-        first = [u.opening] if u.opening is not None and u.frames_out == 0 else []
-        self._queue(*first, *audio, *([u.closing] if u.closing is not None else []))
+    def _release_settled(self) -> None:
+        for u in self._ledger.settle():
+            self._queue(*_rest(u))
 
     def _queue(self, *items: Chunk | Frame) -> None:
         """Into the release queue; rendered chunks are refused past max_queued_chunks (the frames
         that go with utterances are bounded by max_utterances)."""
-        if isinstance(items[0], Chunk) and len(self._out) >= self._max_queued_chunks:
+        if items and isinstance(items[0], Chunk) and len(self._out) >= self._max_queued_chunks:
             raise ConnectionLost(f"more than {self._max_queued_chunks} chunks wait to be released; "
                                  "the pipeline is not taking frames")
         self._out.extend(items)
@@ -336,7 +328,9 @@ class FlashHeadVideoService(AIService):
 
     async def _push_speech_frame(self, image: OutputImageRawFrame | None, speech: SpeechFrame | None) -> None:
         u = speech.utterance if speech else None
-        if speech and speech.first and u.opening is not None:
+        for frame in [f for done in speech.settled for f in _rest(done)] if speech else []:
+            await self.push_frame(frame)
+        if speech and speech.index == 0 and u.opening is not None:
             await self.push_frame(u.opening)
         if image is not None:
             await self.push_frame(image)
@@ -357,3 +351,13 @@ class FlashHeadVideoService(AIService):
 def _speaks(item: Chunk | Frame) -> bool:
     """Whether a queued item carries speech (or a frame of the agent's, which must not be lost)."""
     return not isinstance(item, Chunk) or bool(item.speech)
+
+
+def _rest(u: Utterance) -> list[Frame]:
+    """What of a settled (or abandoned) utterance did not leave with its frames: its opening if
+    no frame left, its audio past the frames that left, its closing."""
+    start = (u.frames_out * u.rate // FPS) * 2 * u.channels
+    audio = [TTSAudioRawFrame(bytes(u.audio[start:]), u.rate, u.channels, context_id=u.context_id)] \
+        if len(u.audio) > start else []
+    opening = [u.opening] if u.opening is not None and u.frames_out == 0 else []
+    return [*opening, *audio, *([u.closing] if u.closing is not None else [])]

@@ -51,14 +51,8 @@ class SpeechFrame:
     utterance: Utterance
     index: int
     audio: bytes
-
-    @property
-    def first(self) -> bool:
-        return self.index == 0
-
-    @property
-    def last(self) -> bool:
-        return self.utterance.done and self.index == self.utterance.frames - 1
+    last: bool                      # the utterance's last frame: its closing frame follows it
+    settled: list[Utterance]        # utterances done before this frame whose rest leaves first
 
 
 class Ledger:
@@ -81,25 +75,29 @@ class Ledger:
         return utterance
 
     def take(self, count: int) -> list[SpeechFrame]:
-        """The next `count` rendered speech frames, paired; frames past all known audio are dropped."""
-        out = []
+        """The next `count` rendered speech frames, paired (fewer if the server rendered more than
+        was pushed). An utterance that was done before a frame (no audio at all, or ended after
+        its last frame left) rides along with that frame."""
+        out, settled = [], []
         while count > 0 and self.utterances:
             u = self.utterances[0]
-            if u.frames_out >= u.frames:
-                if not u.ended:
-                    break                        # the server is ahead of what we pushed: impossible
-                self.utterances.popleft()
+            if u.done:
+                settled.append(self.utterances.popleft())
                 continue
+            if u.frames_out >= u.frames:
+                break
             j, u.frames_out, count = u.frames_out, u.frames_out + 1, count - 1
-            out.append(SpeechFrame(u, j, u.audio_of(j)))
+            out.append(SpeechFrame(u, j, u.audio_of(j), u.done, settled))
+            settled = []
             if u.done:
                 self.utterances.popleft()
+        self.utterances.extendleft(reversed(settled))   # no frame after them yet: settle() has them
         return out
 
-    def pop_empty(self) -> list[Utterance]:
-        """Ended utterances at the head that own no frames (a TTS response without audio)."""
+    def settle(self) -> list[Utterance]:
+        """Done utterances at the head whose rest has not left with a frame."""
         out = []
-        while self.utterances and self.utterances[0].ended and self.utterances[0].frames == 0:
+        while self.utterances and self.utterances[0].done:
             out.append(self.utterances.popleft())
         return out
 
