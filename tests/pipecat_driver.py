@@ -6,8 +6,8 @@ The pipeline is source -> EspeakTTSService (examples/pipecat_agent.py) -> Tap ->
 -> Recorder. CONFIG names the server and a list of steps (speak text, push a WAV as TTS audio,
 interrupt, wait for speech frames, kill or freeze a process, wait for an error); the driver then
 ends the pipeline with an EndFrame and writes what the Recorder saw to OUT_DIR: events.json (one
-entry per frame, in order, with its time), in.pcm and out.pcm (the TTS audio before and after
-the service). Used by tests/test_pipecat_service.py.
+entry per frame, in order, with its time; when each utterance's first audio entered the service),
+in.pcm and out.pcm (the TTS audio before and after the service). Used by tests/test_pipecat_service.py.
 """
 from __future__ import annotations
 
@@ -48,15 +48,20 @@ KINDS = {OutputImageRawFrame: "image", TTSAudioRawFrame: "audio", TTSStartedFram
 
 
 class Tap(FrameProcessor):
-    """Records the TTS audio entering the service."""
+    """Records the TTS audio entering the service, and when each utterance's first audio did."""
 
-    def __init__(self):
+    def __init__(self, t0: float):
         super().__init__()
-        self.pcm = bytearray()
+        self.pcm, self.t0, self.firsts, self.fresh = bytearray(), t0, [], True
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
+        if isinstance(frame, TTSStartedFrame):
+            self.fresh = True
         if isinstance(frame, TTSAudioRawFrame) and direction == FrameDirection.DOWNSTREAM:
+            if self.fresh:
+                self.firsts.append(time.monotonic() - self.t0)
+                self.fresh = False
             self.pcm += frame.audio
         await self.push_frame(frame, direction)
 
@@ -128,7 +133,8 @@ async def main(config: dict, out: Path) -> None:
     context = ssl.create_default_context(cafile=config["ca"]) if config.get("ca") else None
     face = FlashHeadVideoService(url=config["url"], api_key=config.get("key"), image_url=image, seed=3, ssl=context,
                                  **config.get("service", {}))
-    tap, recorder, errors = Tap(), Recorder(), []
+    recorder, errors = Recorder(), []
+    tap = Tap(recorder.t0)
     worker = PipelineWorker(Pipeline([EspeakTTSService(), tap, face, recorder]))
 
     @worker.event_handler("on_pipeline_error")
@@ -151,7 +157,7 @@ async def main(config: dict, out: Path) -> None:
     finally:
         (out / "in.pcm").write_bytes(bytes(tap.pcm))
         (out / "out.pcm").write_bytes(bytes(recorder.pcm))
-        result.update(events=recorder.events, errors=errors)
+        result.update(events=recorder.events, errors=errors, first_audio_in=tap.firsts)
         (out / "events.json").write_text(json.dumps(result))
 
 
