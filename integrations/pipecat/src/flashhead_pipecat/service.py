@@ -90,6 +90,7 @@ class FlashHeadVideoService(AIService):
         self._generation = 0
         self._cut = False               # interrupted: drop chunks until the server's cut arrives
         self._emitting = False          # the release task holds speech it has not pushed yet
+        self._failed = False            # the session failed and said so
         self._last_sent = 0.0
         self._t0: float | None = None   # loop time at media time 0
         self._downstream = asyncio.Event()
@@ -167,6 +168,9 @@ class FlashHeadVideoService(AIService):
 
     async def _fail(self, exc: FlashHeadError) -> None:
         """The session is over: say so once; what is held leaves as audio only, in order."""
+        if self._failed:
+            return                                       # already said, already released
+        self._failed = True
         logger.error(f"{self}: {exc}")
         conn, self._conn = self._conn, None
         await self.push_error(str(exc), exception=exc, force_treat_as_permanent=True)
@@ -247,6 +251,8 @@ class FlashHeadVideoService(AIService):
         await self._send({"type": "interrupt"})
 
     async def _send(self, message: dict) -> None:
+        if self._conn is None:                           # failed while this frame was being handled
+            raise ConnectionLost("the flashhead session is over")
         await self._conn.send(message)
         self._last_sent = asyncio.get_running_loop().time()
 
