@@ -7,7 +7,8 @@ The pipeline is source -> EspeakTTSService (examples/pipecat_agent.py) -> Tap ->
 interrupt, wait for speech frames, kill or freeze a process, wait for an error); the driver then
 ends the pipeline with an EndFrame and writes what the Recorder saw to OUT_DIR: events.json (one
 entry per frame, in order, with its time; when each utterance's first audio entered the service),
-in.pcm and out.pcm (the TTS audio before and after the service). Used by tests/test_pipecat_service.py.
+in.pcm and out.pcm (the TTS audio before and after the service), thumbs.npy (every image, gray,
+32x32 blocks). Used by tests/test_pipecat_service.py.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import time
 import wave
 from pathlib import Path
 
+import numpy as np
 from pipecat.frames.frames import (
     EndFrame,
     ErrorFrame,
@@ -72,6 +74,7 @@ class Recorder(FrameProcessor):
     def __init__(self):
         super().__init__()
         self.events: list[dict] = []
+        self.thumbs: list[np.ndarray] = []          # every image, gray, 16x16-pixel block means
         self.pcm = bytearray()
         self.speech_frames = 0
         self.t0 = time.monotonic()
@@ -83,13 +86,20 @@ class Recorder(FrameProcessor):
             event = {"t": time.monotonic() - self.t0, "kind": kind}
             if kind == "image":
                 event.update(size=list(frame.size), format=frame.format, bytes=len(frame.image),
-                             sync=frame.sync_with_audio, mean=sum(frame.image[::997]) / len(frame.image[::997]))
+                             sync=frame.sync_with_audio)
+                self.thumbs.append(thumbnail(frame))
             elif kind == "audio":
                 event.update(offset=len(self.pcm), bytes=len(frame.audio), rate=frame.sample_rate)
                 self.pcm += frame.audio
                 self.speech_frames += 1
             self.events.append(event)
         await self.push_frame(frame, direction)
+
+
+def thumbnail(frame: OutputImageRawFrame) -> np.ndarray:
+    w, h = frame.size
+    gray = np.frombuffer(frame.image, np.uint8).reshape(h, w, 3).mean(axis=2)
+    return gray.reshape(h // 16, 16, w // 16, 16).mean(axis=(1, 3)).astype(np.float32)
 
 
 def wav_frames(path: str, seconds: float, frame_ms: int = 20) -> list[TTSAudioRawFrame]:
@@ -157,6 +167,7 @@ async def main(config: dict, out: Path) -> None:
     finally:
         (out / "in.pcm").write_bytes(bytes(tap.pcm))
         (out / "out.pcm").write_bytes(bytes(recorder.pcm))
+        np.save(out / "thumbs.npy", np.array(recorder.thumbs, np.float32).reshape(-1, 32, 32))
         result.update(events=recorder.events, errors=errors, first_audio_in=tap.firsts)
         (out / "events.json").write_text(json.dumps(result))
 

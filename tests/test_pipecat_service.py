@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from api_helpers import PORTRAIT, ROOT, Server, make_tls
@@ -75,7 +76,8 @@ def drive(agent_python: Path, server: Server, key: str, steps: list[dict], tmp: 
     (tmp / "driver.log").write_text(done.stderr)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads((tmp / "events.json").read_text())
-    result.update(pcm_in=(tmp / "in.pcm").read_bytes(), pcm_out=(tmp / "out.pcm").read_bytes(), log=done.stderr)
+    result.update(pcm_in=(tmp / "in.pcm").read_bytes(), pcm_out=(tmp / "out.pcm").read_bytes(), log=done.stderr,
+                  thumbs=np.load(tmp / "thumbs.npy"))
     return result
 
 
@@ -96,6 +98,27 @@ def utterances(events: list[dict]) -> list[list[dict]]:
 def speech_pairs(events: list[dict]) -> list[tuple[dict, dict]]:
     """(image, audio) for every image immediately followed by an audio frame."""
     return [(a, b) for a, b in zip(events, events[1:]) if a["kind"] == "image" and b["kind"] == "audio"]
+
+
+def mouth_sync(result: dict) -> list[dict[int, float]]:
+    """Per utterance: |correlation| between how far each speech image is from the idle image
+    before the utterance (in the 12 most changing 16x16 blocks: the mouth) and the loudness of
+    the audio frame that follows it, with the audio shifted by -3..3 frames. In sync: peak at 0."""
+    events, thumbs = result["events"], result["thumbs"]
+    pcm = np.frombuffer(result["pcm_out"], np.int16).astype(np.float64)
+    image_no = np.cumsum([e["kind"] == "image" for e in events]) - 1
+    out = []
+    for start, stop in zip(*[[i for i, e in enumerate(events) if e["kind"] == k] for k in ("tts_started", "tts_stopped")]):
+        pairs = [(image_no[i], events[i + 1]) for i in range(start, stop) if events[i]["kind"] == "image"
+                 and events[i + 1]["kind"] == "audio"]
+        images = thumbs[[i for i, _ in pairs]]
+        loud = np.array([np.sqrt((pcm[a["offset"] // 2:(a["offset"] + a["bytes"]) // 2] ** 2).mean()) for _, a in pairs])
+        top = np.argsort(images.std(0).ravel())[-12:]
+        moved = np.abs(images - thumbs[image_no[start]]).reshape(len(pairs), -1)[:, top].mean(1)
+        n = len(pairs)
+        out.append({d: abs(np.corrcoef(moved[max(0, d):n + min(0, d)], loud[max(0, -d):n + min(0, -d)])[0, 1])
+                     for d in range(-3, 4)})
+    return out
 
 
 def test_the_package_unit_tests_pass_in_the_agent_venv(agent_python):
@@ -133,6 +156,9 @@ def test_utterances_in_a_row_give_one_frame_per_40_ms_and_their_audio_unchanged(
     assert {(tuple(e["size"]), e["format"], e["bytes"], e["sync"]) for e in images} == {((512, 512), "RGB", 512 * 512 * 3, True)}
     # Idle frames before the speech: the face lives while the agent is quiet.
     assert events.index(next(e for e in events if e["kind"] == "tts_started")) > 3.0 * FPS * 0.5
+    # In sync: each speech image's mouth follows the audio frame right after it (offset 0 frames).
+    for lags in mouth_sync(r):
+        assert max(lags, key=lags.get) == 0 and lags[0] > 0.6, lags
     # Released on the media clock: never ahead of 25 fps (a burst would be played at once).
     t0 = images[0]["t"]
     assert all(e["t"] - t0 >= i / FPS - 0.02 for i, e in enumerate(images)), "frames ran ahead of their time"
