@@ -19,7 +19,8 @@ Unary (a message without "type", shaped like the HTTP input of the endpoint):
 Live session (speech audio pushed as it is spoken):
   -> {"type": "start", image_url, seed?, pace?: bool = true, idle_timeout?: seconds}
   <- {"type": "started", init_segment: <bin>, mime, seed, fps, sample_rate, chunk_frames}
-  <- {"type": "chunk", index, start, duration, segment: <bin>, speaking: bool, interrupted: bool}
+  <- {"type": "chunk", index, start, duration, segment: <bin>, speaking: bool, speech_frames: int,
+      interrupted: bool}
      continuously from now on, on the media clock: idle chunks (blinking, breathing, mouth
      closed) whenever no speech is queued, speech chunks as soon as enough audio arrived.
   -> {"type": "audio", pcm: <bin PCM16 little-endian mono 16 kHz, 20-100 ms per message>}
@@ -31,6 +32,9 @@ Live session (speech audio pushed as it is spoken):
   -> {"type": "stop"}            <- {"type": "stopped", frames, duration}; the socket stays open
 WebRTC (api/webrtc.py): -> {"type": "attach", "session": <WHEP session id>} <- {"type": "attached"}
 lets this socket drive a WHEP session of the same key with the live inputs above; stop ends it.
+A chunk's first `speech_frames` frames carry the next frames of the pushed speech, in order (frame
+k of the speech is samples [k*640, (k+1)*640) of the audio pushed since the last interrupt; an
+utterance's last frame is zero-padded at end_of_speech); the rest of the chunk is idle.
 Chunk `start` is seconds on the session's media clock: chunk i covers frames [i*N, (i+1)*N) and
 the same span of the audio track, so audio and video never drift. With pace=true a chunk leaves
 at most one chunk (0.32 s) before its media time; pace=false sends speech as fast as it renders.

@@ -186,7 +186,7 @@ class LiveTask:
             return []
         event = {"type": "chunk", "index": chunk.index, "start": round(chunk.start_s, 3),
                  "duration": round(chunk.duration_s, 3), "speaking": chunk.speaking,
-                 "interrupted": chunk.interrupted}
+                 "speech_frames": chunk.speech_frames, "interrupted": chunk.interrupted}
         if self.encoder is None:
             event.update(frames=len(chunk.frames), video=i420_bytes(chunk.frames), pcm=pcm16_bytes(chunk.audio))
         else:
