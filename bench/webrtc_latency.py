@@ -32,29 +32,17 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+from whep_client import MarkerRenderer, WhepClient, shows_marker  # noqa: E402  (tests/ on the path first)
 SPEECH = ROOT / "examples" / "speech_excerpt_10s.wav"
 PORTRAIT = ROOT / "examples" / "portrait_girl_512.png"
 EP = "fal-ai/flashhead"
-MARK = 64
 UTTERANCE_S = 1.0
 PACKET = 1280                     # 40 ms of PCM16 at 16 kHz
 
 
-class SpeechMarker:
-    """The real renderer; frames whose audio is speech (RMS > 0.02) get a white corner square."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def render(self, session, span):
-        frames = self.inner.render(session, span)
-        audio = np.asarray(span.audio, np.float32).reshape(span.n_frames, -1)
-        speech = np.sqrt((audio ** 2).mean(1)) > 0.02
-        frames[:, :MARK, :MARK] = np.where(speech, 255, 0)[:, None, None, None].astype(np.uint8)
-        return frames
+def speech(audio):
+    """Frames whose audio is speech (RMS > 0.02)."""
+    return np.sqrt((audio ** 2).mean(1)) > 0.02
 
 
 def serve(port: int, data_dir: str) -> None:
@@ -67,7 +55,7 @@ def serve(port: int, data_dir: str) -> None:
 
     settings = Settings(data_dir=data_dir, renderer="cpu", tts="espeak")
     engines = Engines.create(settings)
-    marked = dataclasses.replace(engines, renderer=SpeechMarker(engines.renderer))
+    marked = dataclasses.replace(engines, renderer=MarkerRenderer(engines.renderer, speech))
     app = create_app(settings, marked, worker_mode="thread", auth_mode="open")
     stored = app.state.ctx.storage.put_bytes(PORTRAIT.read_bytes(), "image/png", PORTRAIT.name)
     Path(data_dir, "portrait_url").write_text(app.state.ctx.storage.url(stored.key, f"http://127.0.0.1:{port}"))
@@ -85,16 +73,12 @@ def utterances(n: int) -> list[bytes]:
     return [pcm[onsets[k % len(onsets)] * frame:][:size].tobytes() for k in range(n)]
 
 
-def marked(y) -> bool:
-    return y[8:MARK - 8, 8:MARK - 8].mean() > 200
-
-
 async def quiet(client) -> None:
     """Until the last 0.5 s of received frames show no speech (the previous utterance is over)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         recent = client.got.video[-12:]
-        if len(recent) == 12 and not any(marked(y) for _, _, y in recent):
+        if len(recent) == 12 and not any(shows_marker(y) for _, _, y in recent):
             return
         await asyncio.sleep(0.05)
     raise RuntimeError("the previous utterance still shows after 30 s")
@@ -112,14 +96,13 @@ async def trial(client, pcm: bytes, burst_ms: int) -> float:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         for arrival, _, y in client.got.video[seen:]:
-            if arrival >= t0 and marked(y):
+            if arrival >= t0 and shows_marker(y):
                 return arrival - t0
         await asyncio.sleep(0.01)
     raise RuntimeError("no speech frame within 5 s")
 
 
 async def measure(base: str, image_url: str, args) -> list[float]:
-    from whep_client import WhepClient
 
     extra = [WhepClient(base, EP, {}, keep_pixels=False) for _ in range(args.sessions - 1)]
     client = WhepClient(base, EP, {})

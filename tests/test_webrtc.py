@@ -18,36 +18,23 @@ import pytest
 
 from flashhead import constants as C
 from stream_server import PORTRAIT, running_server, speech_pcm, tone_pcm
-from whep_client import SDP, WhepClient, upload
+from whep_client import SDP, MarkerRenderer, WhepClient, shows_marker, upload
 
 EP = C.TEXT_ENDPOINT
-MARK = 64                           # marker square side (pixels)
 NTP_EPOCH = 2_208_988_800           # seconds from 1900 (NTP) to 1970 (time.time)
 CLICK_SAMPLES = 320                 # 20 ms click: a full-scale 1 kHz burst (Opus drops DC pulses)
 
 
-class MarkerRenderer:
-    """The real renderer, plus the marker square (test mode): white where the frame's audio
-    clicks (|x| > 0.9), black elsewhere."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def render(self, session, span):
-        frames = self.inner.render(session, span)
-        audio = np.abs(np.asarray(span.audio, np.float32)).reshape(span.n_frames, -1)
-        frames[:, :MARK, :MARK] = np.where(audio.max(1) > 0.9, 255, 0)[:, None, None, None].astype(np.uint8)
-        return frames
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, engines):
-    marked = dataclasses.replace(engines, renderer=MarkerRenderer(engines.renderer))
+    marked = dataclasses.replace(engines, renderer=MarkerRenderer(engines.renderer, clicks))
     with running_server(tmp_path_factory.mktemp("webrtc"), marked) as (base, key, app):
         yield base, key, app, upload(app, PORTRAIT, "image/png", base)
+
+
+def clicks(audio):
+    """Frames whose audio clicks (|x| > 0.9)."""
+    return np.abs(audio).max(1) > 0.9
 
 
 def speech_with_clicks(seconds: float, clicks_s: list[float]) -> bytes:
@@ -87,7 +74,7 @@ def marker_frames(got) -> list[int]:
     """RTP timestamps of the frames where the marker turns white."""
     out, lit = [], False
     for _, pts, y in got.video:
-        on = y[8:MARK - 8, 8:MARK - 8].mean() > 200
+        on = shows_marker(y)
         if on and not lit:
             out.append(pts)
         lit = on

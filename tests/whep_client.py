@@ -14,6 +14,31 @@ import numpy as np
 SDP = "application/sdp"
 
 
+MARK = 64                           # marker square side (pixels)
+
+
+class MarkerRenderer:
+    """The real renderer, plus a marker square in the top-left corner (test mode): white on the
+    frames whose audio samples (n_frames x samples) `marks` picks, black elsewhere."""
+
+    def __init__(self, inner, marks):
+        self.inner, self.marks = inner, marks
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def render(self, session, span):
+        frames = self.inner.render(session, span)
+        audio = np.asarray(span.audio, np.float32).reshape(span.n_frames, -1)
+        frames[:, :MARK, :MARK] = np.where(self.marks(audio), 255, 0)[:, None, None, None].astype(np.uint8)
+        return frames
+
+
+def shows_marker(y) -> bool:
+    """Whether a decoded frame's luma plane shows the marker (its inner part, clear of the codec's blur)."""
+    return y[8:MARK - 8, 8:MARK - 8].mean() > 200
+
+
 @dataclass
 class Received:
     video: list = field(default_factory=list)      # (arrival, RTP timestamp, Y plane)

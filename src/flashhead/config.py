@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     webhook_max_tries: int = Field(10, ge=1, description="webhook deliveries before giving up")
     realtime_idle_timeout_s: float = Field(60.0, gt=0, description="close a silent realtime socket after")
     webhook_retry_window_s: float = Field(7200.0, gt=0, description="span of the retries (backoff)")
-    # --- jobs-durable ---
+    # --- webhook delivery and the redis job store ---
     webhook_timeout_s: float = Field(10.0, gt=0, description="one webhook delivery, connect to last byte")
     webhook_concurrency: int = Field(4, ge=1, le=64, description="webhook deliveries in flight at once "
                                      "(a slow receiver holds one, never the others)")
@@ -66,11 +66,11 @@ class Settings(BaseSettings):
                                             "webhook receiver's answer")
     redis_socket_timeout_s: float = Field(5.0, gt=0, description="redis job store: connect and "
                                           "per-command timeout")
-    # --- sec-media ---
+    # --- stored files ---
     files_url: str | None = Field(None, pattern=r"^https?://[^/?#@\s]+/?$",
                                   description="origin of returned /files URLs (e.g. https://files.example.com, "
                                   "routed to this server), to serve stored files from a separate origin")
-    # --- auth and abuse limits (sec-auth) ---
+    # --- auth and abuse limits ---
     token_ttl_s: float = Field(600.0, ge=10, le=3600, description="life of CDN upload tokens and signed "
                                "upload URLs, and the longest realtime token a client may ask for")
     rate_limit: str = Field("100/second;6000/minute", description="requests per API key, in the `limits` "
@@ -120,13 +120,13 @@ class Settings(BaseSettings):
                                                "realtime client may ask for")
     engine_max_pending_chunks: int = Field(100, ge=2, description="chunks the API holds for a live client that "
                                            "does not read them; beyond, its session ends (limit_exceeded)")
-    # --- engine2 (batched neural steps, remote workers) ---
+    # --- neural batching (the engine steps several sessions together) ---
     neural_batch_max: int = Field(16, ge=1, le=64, description="neural renderer: most sessions stepped "
                                   "together in one batch")
     neural_batch_window_s: float = Field(0.2, ge=0, le=5, description="neural renderer: how long a chunk "
                                          "step waits at most for the other running sessions' steps to join "
                                          "its batch (a lone session never waits)")
-    # --- engine3 (streams and live sessions across machines) ---
+    # --- several machines (streams and live sessions on engine nodes, through Redis) ---
     engine_remote_ttl_s: float = Field(3.0, ge=0.5, le=60, description="several machines: an engine node "
                                        "silent this long is dead (its clients get engine_failed); a session "
                                        "its API node stops renewing this long is dropped and its slot freed")
