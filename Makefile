@@ -49,4 +49,4 @@ serve: install
 	$(BIN)/flashhead serve --host 127.0.0.1 --port 8000 --no-auth
 
 clean:
-	rm -rf $(VENV) out flashhead-data tests/js/node_modules
+	rm -rf $(VENV) .venv-pipecat out flashhead-data tests/js/node_modules

@@ -7,7 +7,10 @@
    in over the realtime WebSocket, fMP4 chunks out) all stay ahead of their media clock: chunk i
    arrives before a0 + lead + (start_i - start_0), a0 the first chunk's arrival;
 2. time to first chunk (SSE /stream, 12-word text) p50/p95 while half that many live sessions run;
-3. queue status p50/p99 while `sustained` live sessions run.
+3. queue status p50/p99 while `sustained` live sessions run;
+0. first, the server's CPU seconds per rendered media second over --cpu-sessions live sessions
+   (API process + engine + render processes): on a loaded machine the real-time count moves with
+   the other load, this does much less; cores / it is the capacity of an idle machine.
 The engine's capacity is set to --max-sessions so that admission never refuses here. The
 machine's load average is printed with the figures: on a shared machine they move with it.
 """
@@ -47,7 +50,7 @@ def start_server(data_dir: Path, capacity: int) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "FLASHHEAD_ENGINE_CAPACITY": str(capacity), "FLASHHEAD_ENGINE_KEY_SESSIONS": str(capacity),
            "FLASHHEAD_TTS": "espeak", "FLASHHEAD_RENDERER": "cpu", "FLASHHEAD_FETCH_ALLOW": "127.0.0.1"}
     proc = subprocess.Popen([sys.executable, "-m", "flashhead", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--data-dir", str(data_dir)], env=env, stdout=subprocess.DEVNULL,
+                             "--data-dir", str(data_dir), "--no-auth"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -74,6 +77,7 @@ class Live(threading.Thread):
         super().__init__(daemon=True)
         self.base, self.image, self.pcm, self.stop = base, image, pcm, stop
         self.late: list[float] = []
+        self.media_s = 0.0
         self.error: str | None = None
 
     def run(self) -> None:
@@ -93,6 +97,7 @@ class Live(threading.Thread):
                     if msg.get("type") != "chunk":
                         continue
                     first = first or (now, msg["start"])
+                    self.media_s += msg["duration"]
                     self.late.append(now - (first[0] + LEAD_S + msg["start"] - first[1]))
         except Exception as exc:  # noqa: BLE001 - reported in the JSON
             self.error = f"{type(exc).__name__}: {exc}"
@@ -108,6 +113,51 @@ class Live(threading.Thread):
             ws.send(msgpack.packb({"type": "end_of_speech"}, use_bin_type=True))
         except Exception:  # noqa: BLE001 - the socket closed at the end of the run
             pass
+
+
+def tree_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the process `pid` and its live descendants,
+    by role: the API process ("api") and each child by its module (`python -m <module>`)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    by_role: dict[str, float] = {}
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t, cmd = p.cpu_times(), p.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        role = "api" if p.pid == pid else (cmd[cmd.index("-m") + 1] if "-m" in cmd else cmd[-1])
+        by_role[role] = by_role.get(role, 0.0) + t.user + t.system
+    return by_role
+
+
+def cpu_per_media_s(pid: int, base: str, image: str, pcm: bytes, n: int, seconds: float) -> dict:
+    """The server's CPU seconds (API + engine + its render processes) per media second rendered,
+    over `n` live sessions: capacity on an idle machine is about cores / that."""
+    stop = threading.Event()
+    sessions = [Live(base, image, pcm, stop) for _ in range(n)]
+    for s in sessions:
+        s.start()
+    deadline = time.monotonic() + 60                 # past start-up: every session has a chunk
+    while not all(s.media_s > 0 or s.error for s in sessions) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    cpu0, media0 = tree_cpu_s(pid), sum(s.media_s for s in sessions)
+    time.sleep(seconds)
+    cpu1, media1 = tree_cpu_s(pid), sum(s.media_s for s in sessions)
+    stop.set()
+    for s in sessions:
+        s.join(30)
+    media = max(media1 - media0, 1e-9)
+    by_role = {k: round((v - cpu0.get(k, 0.0)) / media, 3) for k, v in cpu1.items()}
+    per = sum(cpu1.values()) - sum(cpu0.values())
+    per /= media
+    cores = len(os.sched_getaffinity(0))
+    return {"sessions": n, "media_s": round(media, 2), "expected_media_s": n * seconds,
+            "cpu_s_per_media_s_by_process": by_role,
+            "cpu_s_per_media_s": round(per, 3), "capacity_from_cpu": round(cores / per, 1),
+            "errors": [s.error for s in sessions if s.error]}
 
 
 def run_sessions(base: str, image: str, pcm: bytes, n: int, seconds: float, during=None):
@@ -143,6 +193,8 @@ def main() -> int:
     ap.add_argument("--max-sessions", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--cpu-sessions", type=int, default=4, help="live sessions for the CPU-per-media-second figure")
+    ap.add_argument("--cpu-only", action="store_true", help="only the CPU-per-media-second figure")
     args = ap.parse_args()
     image = "data:image/png;base64," + base64.b64encode((ROOT / "examples/portrait_girl_512.png").read_bytes()).decode()
     with wave.open(str(ROOT / "examples" / "speech_excerpt_10s.wav")) as w:
@@ -151,6 +203,9 @@ def main() -> int:
     out = {"cores": os.cpu_count(), "load_average_before": [round(x, 1) for x in os.getloadavg()]}
     try:
         ttfc_sse(base, image)            # warm-up: portrait cache, TTS
+        out["cpu"] = cpu_per_media_s(proc.pid, base, image, pcm, args.cpu_sessions, args.seconds)
+        if args.cpu_only:
+            return 0
         runs, sustained = [], 0
         for n in range(1, args.max_sessions + 1):
             r, _ = run_sessions(base, image, pcm, n, args.seconds)
@@ -181,8 +236,8 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(15)
-    out["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
-    print(json.dumps(out, indent=2))
+        out["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
+        print(json.dumps(out, indent=2))
     return 0
 
 

@@ -68,6 +68,7 @@ class Server:
     workers: int = 1
     fake_generate: bool = False
     auth: str | None = None     # "keys" | "open" (--no-auth); None: "keys" if the test made a key
+    args: list = field(default_factory=list)     # more `flashhead serve` options
     proc: subprocess.Popen | None = None
 
     @property
@@ -86,7 +87,7 @@ class Server:
                "FLASHHEAD_RENDERER": "cpu", "PYTHONUNBUFFERED": "1", **self.env}
         args = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir),
                 "--ssl-certfile", str(self.tls.cert), "--ssl-keyfile", str(self.tls.key),
-                "--workers", str(self.workers)]
+                "--workers", str(self.workers), *self.args]
         if (self.auth or ("keys" if self.has_keys() else "open")) == "open":
             args.append("--no-auth")
         cmd = ([sys.executable, __file__, "--fake-generate", *args] if self.fake_generate
@@ -329,10 +330,11 @@ def probe_video(data: bytes) -> dict:
                 "audio": len(c.streams.audio) > 0}
 
 
-def tls_server(tmp_path_factory, name: str):
-    """A started flashhead server over TLS in its own folder; stopped when the generator ends."""
+def tls_server(tmp_path_factory, name: str, env: dict | None = None):
+    """A started flashhead server over TLS in its own folder (`env` added to its environment);
+    stopped when the generator ends."""
     tmp = tmp_path_factory.mktemp(name)
-    s = Server(tmp / "data", make_tls(tmp / "tls")).start()
+    s = Server(tmp / "data", make_tls(tmp / "tls"), env=env or {}).start()
     try:
         yield s
     finally:

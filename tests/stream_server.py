@@ -26,14 +26,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(data_dir: Path, engines, *, with_key: bool = True):
-    """Yields (base_url, key or None, app). Waits until /health says the engines are loaded."""
+def running_server(data_dir: Path, engines, *, with_key: bool = True, **overrides):
+    """Yields (base_url, key or None, app). Waits until /health says the engines are loaded.
+    overrides: Settings fields (e.g. engine_capacity=1)."""
     import uvicorn
 
     from flashhead.api.app import create_app
     from flashhead.config import Settings
 
-    settings = Settings(data_dir=data_dir, renderer="cpu", tts="espeak")
+    settings = Settings(data_dir=data_dir, renderer="cpu", tts="espeak", **overrides)
     app = create_app(settings, engines, auth_mode="keys" if with_key else "open")
     key = app.state.ctx.auth.keys.create("tests") if with_key else None
     port = free_port()

@@ -162,8 +162,7 @@ def _wait_for(pred, timeout=60.0):
 
 
 def _rendered(status) -> list[tuple[int, int]]:
-    """(done, total) of every "rendered N/M frames" progress log line (none while Queued: that
-    status has no logs; on a loaded machine the first polls can come before the job started)."""
+    """(done, total) of every "rendered N/M frames" progress log line (none while Queued: no logs)."""
     return [tuple(map(int, m["message"].split()[1].split("/"))) for m in (getattr(status, "logs", None) or [])
             if m["message"].startswith("rendered ")]
 

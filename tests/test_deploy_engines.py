@@ -13,7 +13,7 @@ from fal_client.client import RealtimeError
 
 from api_helpers import AUDIO_ENDPOINT, PORTRAIT, ROOT, TEXT_ENDPOINT, Server, data_uri, fal_sync_client, make_tls
 from flashhead.api.client_helper import configure_fal_client
-from stream_server import speech_pcm
+from stream_server import speech_pcm, tone_pcm
 from test_deploy_redis import _wait, s3  # noqa: F401  (s3: the moto S3 fixture)
 from test_deploy_workers import WorkerNode
 
@@ -45,9 +45,11 @@ def test_stream_and_live_session_run_on_a_worker_node_and_its_death_reaches_the_
         _wait(lambda: r.smembers(f"{prefix}engines"), timeout=120, what="the worker node's engine registered")
         fal = fal_sync_client(api)
         _stream(fal)
+        _whep(fal, api)
         _api_node_dies(fal, api, api2, image)
         _live_then_kill(fal, node, image)
-        assert not r.keys(f"{prefix}session:*"), r.keys(f"{prefix}session:*")   # streams deleted at the end
+        # streams deleted at the end (by the API node, in the background, once the session closed)
+        _wait(lambda: not r.keys(f"{prefix}session:*"), timeout=5, what="no session stream left")
     finally:
         node.stop()
         api.stop()
@@ -63,6 +65,41 @@ def _stream(fal) -> None:
     assert len(chunks) >= 5 and chunks[0]["segment"].startswith("data:video/mp4;base64,")
     assert [c["index"] for c in chunks] == list(range(len(chunks)))
     assert events[-1]["seed"] == 3 and events[-1]["video"]["url"], events[-1]
+
+
+def _whep(fal, api: Server) -> None:
+    """A WebRTC session on an API node renders on the worker node: its raw frames and PCM come
+    through Redis; speech pushed over the data channel is heard; DELETE frees the slot."""
+    import asyncio
+
+    import numpy as np
+
+    from whep_client import WhepClient
+
+    image_url = fal.upload_file(PORTRAIT)
+
+    async def scenario():
+        client = WhepClient(api.base_url, TEXT_ENDPOINT, {}, keep_pixels=False)
+        try:
+            r = await client.connect(image_url)
+            assert r.status_code == 201, r.text
+            await asyncio.sleep(1.0)
+            await client.push_pcm(tone_pcm(1.5))                 # a steady voice: every block is loud
+            await client.send({"type": "end_of_speech"})
+            await asyncio.sleep(1.0)
+            assert await client.delete() == 204
+            return client.got
+        finally:
+            await client.close()
+
+    got = asyncio.run(scenario())
+    loud = [a for _, _, a in got.audio if float(np.sqrt((a ** 2).mean())) > 0.05]
+    speaking = [m for m in got.messages if m.get("type") == "chunk" and m["speaking"]]
+    assert len(got.video) >= 50 and len(loud) >= 50 and len(speaking) >= 35, (len(got.video), len(loud), len(speaking))
+    with api.client() as c:        # the slot is free again: a stream runs
+        r = _wait(lambda: (r := c.post(f"/{TEXT_ENDPOINT}/stream", json={"image_url": image_url, "text": "Hi."}))
+                  .status_code != 429 and r, timeout=10, what="the WHEP session's slot freed")
+    assert r.status_code == 200, r.text
 
 
 def _api_node_dies(fal, api: Server, api2: Server, image: str) -> None:

@@ -130,3 +130,47 @@ def _completed(handle):
     import fal_client
     s = handle.status(with_logs=True)
     return s if isinstance(s, fal_client.Completed) else None
+
+
+@pytest.mark.slow
+def test_a_job_whose_worker_node_dies_twice_fails_with_worker_crashed(redis_url, s3, tmp_path):
+    """As on one machine (flashhead.jobs.queue: re-run once, then failed, since it would most
+    likely crash the next worker too): a queue job whose worker node is SIGKILLed while it
+    renders is re-queued and taken by the next node; when that one dies too, it ends FAILED
+    with worker_crashed, and no node runs it a third time."""
+    import fal_client
+
+    env = {"FLASHHEAD_JOB_STORE": redis_url, "FLASHHEAD_REDIS_PREFIX": f"twice{time.monotonic_ns()}:",
+           "FLASHHEAD_JOB_LEASE_S": str(LEASE_S), **s3.server_env("shared", prefix="twice/")}
+    api = Server(tmp_path / "api", make_tls(tmp_path / "tls"), env=env, workers=0)
+    nodes = [WorkerNode(tmp_path / name, env, redis_url) for name in ("a", "b")]
+    try:
+        api.start()
+        fal = fal_sync_client(api)
+        audio = data_uri(ROOT / "examples" / "speech_excerpt_10s.wav", "audio/wav")
+        job = fal.submit(AUDIO_ENDPOINT, {"image_url": fal.upload_file(PORTRAIT), "audio_url": audio, "seed": 4})
+        for attempt, node in enumerate(nodes, 1):
+            node.start()
+            _wait(lambda: _rendering_attempt(job, attempt), what=f"attempt {attempt} rendering")
+            node.kill()                                                    # the machine dies mid-render
+            if attempt == 1:
+                _wait(lambda: isinstance(job.status(), fal_client.Queued), timeout=30, what="job re-queued")
+        done = _wait(lambda: _completed(job), timeout=30, what="the job failed after its second run")
+    finally:
+        for node in nodes:
+            if node.proc is not None:
+                node.stop()
+        api.stop()
+    messages = [e["message"] for e in done.logs]
+    assert done.error_type == "worker_crashed" and "stopped while this request was running" in done.error, done
+    assert sum(m.startswith("re-queued") for m in messages) == 1, messages
+
+
+def _rendering_attempt(handle, attempt: int) -> bool:
+    """In progress, re-queued attempt - 1 times, with a chunk rendered since the last re-queue."""
+    import fal_client
+    s = handle.status(with_logs=True)
+    logs = s.logs if isinstance(s, fal_client.InProgress) else []
+    requeues = [i for i, e in enumerate(logs) if e["message"].startswith("re-queued")]
+    since = requeues[-1] + 1 if requeues else 0
+    return len(requeues) == attempt - 1 and any(e["message"].startswith("rendered ") for e in logs[since:])

@@ -83,6 +83,68 @@ def test_scheduler_serves_the_earliest_deadline_first_and_streams_last():
     assert s.active == 0
 
 
+def run_job(generate, *others: Task) -> list:
+    """A JobTask ("job") beside `others` on a one-thread scheduler, until everything is done;
+    generate(scheduler, box, should_cancel, progress) stands in for pipeline.generate (box["task"]:
+    the JobTask, there once the scheduler runs).
+    -> every message sent, as (kind, sid, payload)."""
+    from flashhead.engine.jobs import JobTask
+
+    sent, box = [], {}
+    s = Scheduler(1, lambda kind, sid, payload: sent.append((kind, sid, payload)))
+    for t in others:
+        s.add(t.name, t)
+    spec = {"request": None, "output_path": "unused", "allow_paths": False}
+    box["task"] = JobTask(spec, None, lambda k, p: sent.append((k, "job", p)), s.poke,
+                          generate=lambda _r, _e, _o, *, should_cancel, progress, **_: generate(
+                              s, box, should_cancel, progress))
+    s.add("job", box["task"])
+    deadline = time.monotonic() + 10
+    while not box["task"].ready(time.monotonic()) and time.monotonic() < deadline:
+        time.sleep(0.01)                           # at its first chunk: the order is the keys' alone
+    threading.Thread(target=s.run, daemon=True).start()
+    while s.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    s.stop()
+    assert s.active == 0, "the job did not end"
+    return sent
+
+
+def test_a_queue_job_renders_one_chunk_per_step_behind_live_sessions_and_streams():
+    log, inside = [], []
+
+    def generate(scheduler, _box, should_cancel, progress):
+        for i in range(5):
+            assert not should_cancel()
+            inside.append("job" in scheduler._busy)             # rendering inside the scheduler's step?
+            log.append(f"job{i}")
+            progress(i + 1, 5)
+        return "the result"
+
+    now = time.monotonic()
+    sent = run_job(generate, Task("live", log, now - 1.0, steps=3), Task("stream", log, None, steps=2))
+    assert log == ["live"] * 3 + ["stream"] * 2 + [f"job{i}" for i in range(5)], log
+    assert inside == [True] * 5
+    job = [(k, p) for k, sid, p in sent if sid == "job"]
+    assert job == [("progress", (i, 5)) for i in range(1, 6)] + [("result", "the result")], job
+
+
+def test_a_cancelled_queue_job_ends_with_cancelled_at_the_next_chunk():
+    from flashhead.errors import Cancelled
+
+    def generate(_scheduler, box, should_cancel, progress):
+        for i in range(1000):
+            if should_cancel():
+                raise Cancelled("the request was cancelled")
+            progress(i + 1, 1000)
+            if i == 2:
+                box["task"].cancel()
+        return "finished anyway"
+
+    kinds = [(k, p["error_type"] if k == "error" else p) for k, _sid, p in run_job(generate)]
+    assert kinds == [("progress", (i, 1000)) for i in (1, 2, 3)] + [("error", "cancelled")], kinds
+
+
 def test_a_client_that_does_not_read_loses_its_session_not_the_api_memory():
     import asyncio
     import socket

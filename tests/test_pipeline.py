@@ -213,3 +213,64 @@ def test_cli_bad_input_exits_nonzero_with_one_line(portrait_path, tmp_path, args
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and word in lines[0]
+
+
+def test_rendered_ahead_keeps_order_bounds_the_lead_and_stops_with_its_consumer():
+    """Chunks come in order with at most `depth` waiting (+1 being made, +1 blocked on the full
+    queue); the producer's error reaches the consumer after the chunks before it; a consumer
+    that stops early stops the producer thread and closes its generator."""
+    import threading
+    import time
+
+    from flashhead.pipeline import rendered_ahead
+
+    made, closed = [], []
+
+    def source(n, fail_at=-1):
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise ValueError("render failed")
+                made.append(i)
+                yield i
+        finally:
+            closed.append(n)
+
+    got = []
+    for x in rendered_ahead(source(12), 2):
+        time.sleep(0.01)
+        assert len(made) <= len(got) + 4
+        got.append(x)
+    assert got == list(range(12)) and closed == [12]
+    got.clear()
+    with pytest.raises(ValueError, match="render failed"):
+        for x in rendered_ahead(source(6, fail_at=4), 2):
+            got.append(x)
+    assert got == [0, 1, 2, 3]
+    made.clear()
+    src = source(1000)                    # held here: closed by the producer, not by gc
+    chunks = rendered_ahead(src, 2)
+    next(chunks)
+    chunks.close()
+    assert closed[-1] == 1000 and len(made) <= 5
+    assert not [t for t in threading.enumerate() if t.name == "render-ahead"]
+
+
+def test_generate_stops_when_cancelled_asking_on_the_calling_thread(engines, portrait_path, tmp_path):
+    """Chunks are rendered in a second thread, but should_cancel (a job store read, whose
+    connection is per thread) is asked on generate's own thread, before each chunk is encoded."""
+    import threading
+
+    from flashhead.errors import Cancelled
+
+    asked = []
+
+    def should_cancel():
+        asked.append(threading.current_thread())
+        return len(asked) >= 2
+
+    req = request_from_input({"image_url": str(portrait_path), "text": "This sentence is long "
+                              "enough for several chunks of video.", "seed": 1}, C.TEXT_ENDPOINT)
+    with pytest.raises(Cancelled):
+        generate(req, engines, tmp_path / "c.mp4", allow_paths=True, should_cancel=should_cancel)
+    assert len(asked) == 2 and set(asked) == {threading.current_thread()}

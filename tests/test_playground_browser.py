@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow      # browser tests: Debian chromium against a re
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"]
+        "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
+        "--disable-features=WebRtcHideLocalIpsWithMdns"]       # plain host candidates for the WebRTC test
 TEXT = ("This sentence is long enough to need many chunks, so the video starts playing while "
         "the rest of it is still being rendered on the server, one chunk at a time.")
 SHOT = Path(__file__).resolve().parents[1] / "out" / "playground.png"
@@ -88,3 +89,52 @@ def test_live_demo_idles_speaks_and_interrupts_in_the_browser(server):
         page.reload()
         page.wait_for_function("window.playground && window.playground.ready")
         assert page.input_value("#key") == ""
+
+
+RTC_STATS = """async () => {
+  const stats = await window.playground.rtcDemo.pc.getStats();
+  const out = {};
+  for (const s of stats.values()) if (s.type === "inbound-rtp") out[s.kind] = s;
+  return {frames: out.video ? out.video.framesDecoded : 0, energy: out.audio ? out.audio.totalAudioEnergy : 0,
+          level: out.audio ? out.audio.audioLevel : 0};
+}"""
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian chromium is not installed (make sysdeps)")
+def test_webrtc_mode_plays_speaks_and_interrupts_in_the_browser(server):
+    """The playground's WebRTC mode: WHEP + data channel in Debian chromium. Idle video decodes,
+    speech brings audio energy and a latency readout, interrupt silences it."""
+    with playground(server) as page:
+        page.click("#rtc-start")
+        page.wait_for_function("window.playground.rtc && window.playground.rtc.connected", timeout=60_000)
+        page.wait_for_function(f"({RTC_STATS})().then(s => s.frames >= 25)", polling=200, timeout=30_000)
+        idle = page.evaluate(RTC_STATS)
+        assert window_state(page)["speaking"] is False and idle["energy"] < 1e-4, idle     # idling, silent
+        page.click("#rtc-speak")
+        page.wait_for_function("window.playground.rtc.latency_ms !== null", timeout=30_000)
+        page.wait_for_function(f"({RTC_STATS})().then(s => s.energy > {idle['energy'] + 0.01})", polling=100,
+                               timeout=30_000)
+        assert window_state(page)["speaking"] is True
+        latency = window_state(page)["latency_ms"]
+        assert "ms after its first PCM chunk" in page.text_content("#rtc-latency"), latency
+        page.click("#rtc-interrupt")
+        page.wait_for_function("window.playground.rtc.speaking === false", timeout=10_000)
+        assert window_state(page)["interrupted"] == 1          # the server cut the speech (not just the sender)
+        time.sleep(0.5)
+        before = page.evaluate(RTC_STATS)
+        time.sleep(1.0)
+        after = page.evaluate(RTC_STATS)
+        assert after["frames"] >= before["frames"] + 15, (before, after)       # idle video goes on
+        assert after["energy"] - before["energy"] < 1e-4, (before, after)      # and the speech stopped
+        assert window_state(page)["errors"] == []
+        print(f"browser: speech audible {latency} ms after its first PCM chunk; {after['frames']} frames decoded")
+        page.click("#rtc-stop")
+        page.wait_for_function("document.querySelector('#rtc-start').disabled === false", timeout=10_000)
+    deadline = time.monotonic() + 5
+    while server[2].state.ctx.webrtc.sessions and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server[2].state.ctx.webrtc.sessions
+
+
+def window_state(page) -> dict:
+    return page.evaluate("JSON.parse(JSON.stringify(window.playground.rtc))")

@@ -169,3 +169,45 @@ def test_bad_input_and_closed_session_raise_named_errors():
     assert s.next_chunk(timeout=1.0) is None
     with pytest.raises(InputError):
         s.push_audio(pcm16(tone(0.1)))
+
+
+def test_speech_frames_name_the_pushed_speech_in_order_across_utterances():
+    """A client that pushes whole frames can pair every rendered speech frame with its own audio:
+    chunk.speech_frames counts them, also where an utterance's tail and the next one's start
+    share a chunk and where a chunk is cut short in the middle of an utterance."""
+    rng = np.random.default_rng(5)
+    s = session()
+    utterances = [tone(0.52), tone(0.28) * 0.5, tone(0.76) * 0.8]     # 13, 7 and 19 frames
+    pushed = np.concatenate(utterances)
+    s.push_audio(pcm16(utterances[0]))
+    s.end_of_speech()
+    chunks = [s.next_chunk(timeout=2.0)]           # 8 of 13 frames; the tail (5) waits
+    push_packets(s, utterances[1], rng)            # no end_of_speech yet: joins the tail
+    chunks += [s.next_chunk(timeout=2.0), s.next_chunk(timeout=2.0)]   # 8, then a short one
+    push_packets(s, utterances[2], rng)
+    s.end_of_speech()
+    while sum(c.speech_frames for c in chunks) < len(pushed) // FRAME:
+        chunks.append(s.next_chunk(timeout=2.0))
+    assert [c.speech_frames > 0 for c in chunks] == [c.speaking for c in chunks]
+    assert any(0 < c.speech_frames < N for c in chunks[:-1]), "no short chunk before the last"
+    speech = np.concatenate([c.audio[:c.speech_frames * FRAME] for c in chunks])
+    np.testing.assert_allclose(speech, pushed, atol=2 / 32768)
+    for c in chunks:                               # what follows the speech frames is idle
+        assert not c.audio[c.speech_frames * FRAME:].any()
+        assert not c.features.open[c.speech_frames:].any()
+
+
+def test_each_utterance_is_padded_where_its_end_of_speech_came_even_when_the_next_followed():
+    """end_of_speech, then the next utterance's audio, all before the session absorbs either: the
+    first utterance's half frame is still padded on its own (frame counts stay per utterance)."""
+    s = session()
+    first, second = tone(0.5), tone(0.3) * 0.5           # 12.5 and 7.5 frames
+    s.push_audio(pcm16(first))
+    s.end_of_speech()
+    s.push_audio(pcm16(second))
+    s.end_of_speech()
+    chunks = drain(s, stop=lambda c: not c.speaking)
+    assert sum(c.speech_frames for c in chunks) == 13 + 8
+    speech = np.concatenate([c.audio[:c.speech_frames * FRAME] for c in chunks])
+    padded = [np.pad(a, (0, -len(a) % FRAME)) for a in (first, second)]
+    np.testing.assert_allclose(speech, np.concatenate(padded), atol=2 / 32768)

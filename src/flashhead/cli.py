@@ -90,6 +90,7 @@ def _add_serve(sub) -> None:
                         "machines (shared Redis job store and S3 storage)")
     p.add_argument("--renderer", default=None, help="cpu | flashhead-lite | flashhead-pro")
     p.add_argument("--weights-dir", default=None)
+    _add_device(p)
     from flashhead.api.server import add_auth_args
     add_auth_args(p)
     p.set_defaults(func=cmd_serve)
@@ -104,6 +105,8 @@ def cmd_serve(args) -> int:
         os.environ["FLASHHEAD_RENDERER"] = args.renderer
     if args.weights_dir:
         os.environ["FLASHHEAD_WEIGHTS_DIR"] = args.weights_dir
+    if args.device:                        # the engine process reads the same settings
+        os.environ["FLASHHEAD_DEVICE"] = args.device
     if args.workers == 0:                  # an API node: its jobs render on `flashhead worker` machines
         from flashhead.config import Settings
         from flashhead.jobs.node import check_shared
@@ -112,6 +115,21 @@ def cmd_serve(args) -> int:
                  ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                  workers=args.workers, no_auth=args.no_auth,
                  i_know_this_is_open=args.i_know_this_is_open) or 0
+
+
+def _device(value: str) -> str:
+    import re
+
+    from flashhead.config import DEVICE_PATTERN
+
+    if not re.match(DEVICE_PATTERN, value):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N (N a GPU index), not {value!r}")
+    return value
+
+
+def _add_device(p) -> None:
+    p.add_argument("--device", type=_device, default=None,
+                   help="neural renderers: cuda (default), cuda:N or cpu (FLASHHEAD_DEVICE)")
 
 
 def _add_worker(sub) -> None:
@@ -123,6 +141,7 @@ def _add_worker(sub) -> None:
     p.add_argument("--storage", default=None, choices=["s3"], help="s3 (FLASHHEAD_STORAGE)")
     p.add_argument("--renderer", default=None, help="cpu | flashhead-lite | flashhead-pro")
     p.add_argument("--weights-dir", default=None)
+    _add_device(p)
     p.set_defaults(func=cmd_worker)
 
 
@@ -136,7 +155,7 @@ def cmd_worker(args) -> int:
     from flashhead.jobs.node import run_worker_node
 
     for name, value in (("JOB_STORE", args.job_store), ("STORAGE", args.storage), ("RENDERER", args.renderer),
-                        ("WEIGHTS_DIR", args.weights_dir)):
+                        ("WEIGHTS_DIR", args.weights_dir), ("DEVICE", args.device)):
         if value:                           # like serve: the worker processes read the same settings
             os.environ[f"FLASHHEAD_{name}"] = value
     setup_logging()

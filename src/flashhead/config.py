@@ -11,12 +11,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flashhead import constants as C
 
 
+DEVICE_PATTERN = r"^(cpu|cuda(:[0-9]{1,2})?)$"     # --device / FLASHHEAD_DEVICE
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLASHHEAD_", extra="ignore")
 
     data_dir: Path = Field(Path("./flashhead-data"), description="job store, files, keys")
     renderer: str = Field("cpu", description="cpu | flashhead-lite | flashhead-pro")
     weights_dir: Path | None = Field(None, description="official checkpoint folder (neural renderers)")
+    device: str = Field("cuda", pattern=DEVICE_PATTERN, description="neural renderers: the torch device of "
+                        "the engine's model copy: cuda (the first GPU), cuda:N or cpu")
     tts: str = Field("auto", description="auto (elevenlabs if ELEVENLABS_API_KEY else espeak) | espeak | elevenlabs")
     elevenlabs_base_url: str = Field("https://api.elevenlabs.io", description="ElevenLabs API root")
     # URL fetching (SSRF guard). Comma-separated hosts/CIDRs that may be fetched even though
@@ -54,7 +58,7 @@ class Settings(BaseSettings):
     webhook_max_tries: int = Field(10, ge=1, description="webhook deliveries before giving up")
     realtime_idle_timeout_s: float = Field(60.0, gt=0, description="close a silent realtime socket after")
     webhook_retry_window_s: float = Field(7200.0, gt=0, description="span of the retries (backoff)")
-    # --- jobs-durable ---
+    # --- webhook delivery and the redis job store ---
     webhook_timeout_s: float = Field(10.0, gt=0, description="one webhook delivery, connect to last byte")
     webhook_concurrency: int = Field(4, ge=1, le=64, description="webhook deliveries in flight at once "
                                      "(a slow receiver holds one, never the others)")
@@ -62,11 +66,11 @@ class Settings(BaseSettings):
                                             "webhook receiver's answer")
     redis_socket_timeout_s: float = Field(5.0, gt=0, description="redis job store: connect and "
                                           "per-command timeout")
-    # --- sec-media ---
+    # --- stored files ---
     files_url: str | None = Field(None, pattern=r"^https?://[^/?#@\s]+/?$",
                                   description="origin of returned /files URLs (e.g. https://files.example.com, "
                                   "routed to this server), to serve stored files from a separate origin")
-    # --- auth and abuse limits (sec-auth) ---
+    # --- auth and abuse limits ---
     token_ttl_s: float = Field(600.0, ge=10, le=3600, description="life of CDN upload tokens and signed "
                                "upload URLs, and the longest realtime token a client may ask for")
     rate_limit: str = Field("100/second;6000/minute", description="requests per API key, in the `limits` "
@@ -85,6 +89,8 @@ class Settings(BaseSettings):
     elevenlabs_deadline_s: float = Field(120.0, gt=0, description="one ElevenLabs synthesis, retries included")
     elevenlabs_max_tries: int = Field(4, ge=1, description="ElevenLabs tries on 429 / 5xx")
     heap_trim_s: float = Field(10.0, ge=0, description="return freed heap memory to the OS every (0 = off)")
+    render_ahead_chunks: int = Field(2, ge=0, le=8, description="offline MP4: chunks a second thread renders "
+                                     "while the encoder works on earlier ones (0 = render and encode in turn)")
     # --- neural renderer ---
     reference_crop: Literal["face", "cover"] = Field(
         "face", description="portrait -> 512 reference: face (detect, square around the face; any "
@@ -95,9 +101,18 @@ class Settings(BaseSettings):
     # --- engine (render engine process, admission) ---
     engine_capacity: int | None = Field(None, ge=1, description="real-time sessions (/stream, realtime) one "
                                         "engine admits at once; default 8 (cpu renderer) or 2 (neural)")
-    engine_threads: int | None = Field(None, ge=1, description="render threads in the engine process; "
-                                       "default: the CPU cores")
-    engine_key_sessions: int = Field(4, ge=1, description="concurrent real-time sessions per API key")
+    engine_processes: int | None = Field(None, ge=1, le=256, description="CPU renderer: render processes "
+                                         "in the engine (each session pinned to one); default: the CPU cores")
+    engine_threads: int | None = Field(None, ge=1, description="render threads per render process; default: "
+                                       "1 in a CPU pool, the CPU cores (cpu, one process) or at least the "
+                                       "capacity (neural)")
+    engine_capacity_mode: Literal["configured", "calibrate"] = Field(
+        "configured", description="the engine's capacity: configured (engine_capacity, or its default) | "
+        "calibrate (measured at each engine start by rendering a few chunks; see engine/calibrate.py)")
+    engine_calibration_headroom: float = Field(0.7, gt=0, le=1, description="calibrate: the share of the "
+                                               "measured real-time sessions the engine admits")
+    engine_key_sessions: int = Field(4, ge=1, description="concurrent real-time sessions per API key (with "
+                                     "engines on worker nodes: over every API node together)")
     engine_step_deadline_s: float = Field(30.0, gt=0, description="an engine silent this long while it has "
                                           "sessions running is hung: killed and restarted")
     engine_retry_after_s: int = Field(5, ge=1, description="Retry-After of a 429 at capacity")
@@ -105,13 +120,13 @@ class Settings(BaseSettings):
                                                "realtime client may ask for")
     engine_max_pending_chunks: int = Field(100, ge=2, description="chunks the API holds for a live client that "
                                            "does not read them; beyond, its session ends (limit_exceeded)")
-    # --- engine2 (batched neural steps, remote workers) ---
+    # --- neural batching (the engine steps several sessions together) ---
     neural_batch_max: int = Field(16, ge=1, le=64, description="neural renderer: most sessions stepped "
                                   "together in one batch")
     neural_batch_window_s: float = Field(0.2, ge=0, le=5, description="neural renderer: how long a chunk "
                                          "step waits at most for the other running sessions' steps to join "
                                          "its batch (a lone session never waits)")
-    # --- engine3 (streams and live sessions across machines) ---
+    # --- several machines (streams and live sessions on engine nodes, through Redis) ---
     engine_remote_ttl_s: float = Field(3.0, ge=0.5, le=60, description="several machines: an engine node "
                                        "silent this long is dead (its clients get engine_failed); a session "
                                        "its API node stops renewing this long is dropped and its slot freed")
@@ -119,6 +134,24 @@ class Settings(BaseSettings):
                                              "session's Redis stream keeps (MAXLEN)")
     engine_remote_stream_ttl_s: float = Field(120.0, ge=1, description="several machines: lifetime of a "
                                               "session's Redis stream after its last message")
+    # --- webrtc (WHEP output of live sessions) ---
+    webrtc_chunk_frames: int = Field(1, ge=1, le=8, description="WebRTC live sessions: frames per engine "
+                                     "chunk (40 ms): speech shows after this much audio (plus the 80 ms "
+                                     "lookahead of the feature extractor)")
+    webrtc_jitter_s: float = Field(0.06, ge=0, le=2, description="WebRTC: how long the API holds a chunk "
+                                   "before it plays, to absorb render-time jitter (latency vs stalls)")
+    webrtc_max_session_s: float = Field(3600.0, gt=0, description="WebRTC: the longest a WHEP session "
+                                        "lives; then it ends (as a DELETE does)")
+    webrtc_connect_timeout_s: float = Field(15.0, gt=0, le=120, description="WebRTC: a WHEP session whose "
+                                            "peer does not connect within this ends")
+    webrtc_max_buffer_s: float = Field(2.0, gt=0, le=30, description="WebRTC: media the API holds for a "
+                                       "peer that does not take it; older media is dropped")
+    webrtc_ice_servers: list[str] = Field(default_factory=list, description="WebRTC: STUN/TURN URLs "
+                                          "(JSON list, e.g. [\"stun:stun.example.org:3478\"]); none by "
+                                          "default: host candidates only")
+    webrtc_ice_username: str | None = Field(None, description="WebRTC: TURN username")
+    webrtc_ice_credential: str | None = Field(None, description="WebRTC: TURN credential")
+    webrtc_max_sdp_bytes: int = Field(64 * 1024, ge=1024, description="WebRTC: the largest SDP offer")
 
 
 @lru_cache(maxsize=1)

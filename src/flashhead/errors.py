@@ -22,6 +22,12 @@ class InputError(FlashheadError):
     error_type = "invalid_input"
 
 
+class UnsupportedMediaType(InputError):
+    """The body is not of the content type the route takes (WHEP: application/sdp)."""
+
+    error_type = "unsupported_media_type"
+
+
 class NoFaceError(InputError):
     error_type = "no_face_detected"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import queue
 import random
 import threading
 import time
@@ -147,7 +148,7 @@ class Engines:
         from flashhead.speech import get_engine
 
         settings = settings or get_settings()
-        renderer = get_renderer(settings.renderer, weights_dir=settings.weights_dir)
+        renderer = get_renderer(settings.renderer, weights_dir=settings.weights_dir, device=settings.device)
         renderer.setup()
         return cls(settings, renderer, get_engine(settings), PortraitCache(renderer))
 
@@ -276,6 +277,52 @@ def iter_chunks(prep: Prepared, engines: Engines, *, chunk_frames: int = C.CHUNK
             start, index = start + take, index + 1
 
 
+def rendered_ahead(chunks: Iterator[Chunk], depth: int) -> Iterator[Chunk]:
+    """`chunks`, produced in a worker thread up to `depth` chunks ahead of the consumer, so that
+    rendering (numpy, OpenCV) and encoding (x264 and AAC, which release the GIL) overlap on two
+    cores. The worker's exceptions reach the consumer in order; a consumer that stops early
+    (an error, a closed generator) stops the worker, which ends within one chunk."""
+    if depth <= 0:
+        yield from chunks
+        return
+    ready: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work() -> None:
+        try:
+            for chunk in chunks:
+                if not put((chunk, None)):
+                    return
+            put((None, None))
+        except BaseException as exc:     # handed to the consumer, raised there
+            put((None, exc))
+        finally:
+            chunks.close()
+
+    worker = threading.Thread(target=work, name="render-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            chunk, exc = ready.get()
+            if exc is not None:
+                raise exc
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        stop.set()
+        worker.join()
+
+
 def generate(request: Request, engines: Engines, output_path: str | Path, *,
              allow_paths: bool = False, should_cancel: CancelCheck | None = None,
              log: LogFn | None = None, progress: Callable[[int, int], None] | None = None,
@@ -304,7 +351,8 @@ def generate(request: Request, engines: Engines, output_path: str | Path, *,
 
 def _encode(prep: Prepared, engines: Engines, path: Path, original_path: Path | None,
             should_cancel: CancelCheck | None, progress) -> tuple[float, float]:
-    """Consume the chunks into the MP4 (and the paste-back MP4); -> (render s, encode s)."""
+    """Consume the chunks into the MP4 (and the paste-back MP4); -> (render s, encode s), where
+    render s is the time spent waiting for rendered chunks (rendering that encoding did not hide)."""
     from contextlib import ExitStack
 
     from flashhead.video.encode import Mp4Writer
@@ -317,7 +365,10 @@ def _encode(prep: Prepared, engines: Engines, path: Path, original_path: Path | 
             h, w = prep.framing.original.shape[:2]
             framed = stack.enter_context(Mp4Writer(original_path, size=(w, h)))
         t_prev = time.perf_counter()
-        for chunk in iter_chunks(prep, engines, should_cancel=should_cancel):
+        # cancellation is asked here, not in the render thread: a job store's connection is per thread
+        for chunk in rendered_ahead(iter_chunks(prep, engines), engines.settings.render_ahead_chunks):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled("the request was cancelled")
             t_rendered = time.perf_counter()
             writer.write(chunk.frames, chunk.audio)
             if framed is not None:

@@ -37,10 +37,10 @@ from flashhead.jobs.worker import WorkerPool
 
 log = logging.getLogger("flashhead.api")
 EXPOSED_HEADERS = ["x-fal-request-id", "x-request-id", "x-fal-error-type", "x-fal-request-timeout-type",
-                   "content-range", "accept-ranges", "etag"]
+                   "content-range", "accept-ranges", "etag", "location"]
 API_NODE_ONLY = ("this server is an API node (flashhead serve --no-worker): it renders queue requests on "
                  "`flashhead worker` machines only; /stream and realtime need a server with workers")
-EXTENSIONS = ("flashhead.api.stream", "flashhead.api.realtime")   # written by the streaming helper
+EXTENSIONS = ("flashhead.api.stream", "flashhead.api.realtime", "flashhead.api.webrtc")
 
 
 def build_context(settings: Settings, engines=None, auth_mode: str = KEYS) -> AppContext:
@@ -158,15 +158,17 @@ def create_app(settings: Settings | None = None, engines=None, *, workers: int |
         elif ctx.n_workers == 0:
             ctx.engine.absent = API_NODE_ONLY
         elif ctx.worker_mode == "process":
-            ctx.workers = ProcessWorkerPool(ctx.jobs, ctx.settings, ctx.n_workers)
+            ctx.engine.start_process()      # /stream, /realtime and queue jobs render there, never here
+            ctx.workers = ProcessWorkerPool(ctx.jobs, ctx.settings, ctx.n_workers, engine=ctx.engine.runner.jobs)
             ctx.workers.start()
-            ctx.engine.start_process()      # /stream and /realtime render there, never here
         threading.Thread(target=_start_workers, args=(ctx, generate), name="startup", daemon=True).start()
         periodic = [sweeper(Retention(ctx.settings, ctx.jobs.store, ctx.storage), ctx.settings.retention_sweep_s),
                     heap_trimmer(ctx.settings.heap_trim_s)]
         for task in periodic:
             task.start()
         yield
+        if ctx.webrtc is not None:
+            await ctx.webrtc.close_all()
         for task in periodic:
             task.stop()
         ctx.engine.stop()

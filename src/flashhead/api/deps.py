@@ -13,6 +13,7 @@
     ctx.ready      threading.Event, set once engines are loaded and workers run
     ctx.workers    WorkerPool (worker_mode "thread") | ProcessWorkerPool ("process")
     ctx.engine     flashhead.engine.service.EngineService: the render engine of /stream, /realtime
+    ctx.webrtc     flashhead.api.webrtc.WebRtcService: WHEP sessions (registered with its routes)
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class AppContext:
     startup_error: str | None = None
     limits: AbuseLimits | None = None
     engine: Any = None          # flashhead.engine.service.EngineService: /stream and /realtime
+    webrtc: Any = None          # flashhead.api.webrtc.WebRtcService: WHEP sessions
 
     def base_url(self, request: Request) -> str:
         """Where clients reach us: FLASHHEAD_PUBLIC_URL, else the URL this request came in on."""

@@ -19,13 +19,22 @@ Unary (a message without "type", shaped like the HTTP input of the endpoint):
 Live session (speech audio pushed as it is spoken):
   -> {"type": "start", image_url, seed?, pace?: bool = true, idle_timeout?: seconds}
   <- {"type": "started", init_segment: <bin>, mime, seed, fps, sample_rate, chunk_frames}
-  <- {"type": "chunk", index, start, duration, segment: <bin>, speaking: bool, interrupted: bool}
+  <- {"type": "chunk", index, start, duration, segment: <bin>, speaking: bool, speech_frames: int,
+      interrupted: bool}
      continuously from now on, on the media clock: idle chunks (blinking, breathing, mouth
      closed) whenever no speech is queued, speech chunks as soon as enough audio arrived.
   -> {"type": "audio", pcm: <bin PCM16 little-endian mono 16 kHz, 20-100 ms per message>}
   -> {"type": "end_of_speech"}   the utterance is complete: render its tail now
   -> {"type": "interrupt"}       drop queued audio; the next chunk is idle (interrupted: true)
+  -> {"type": "listening"}       idle frames attend to the user (gaze on the viewer, small nods,
+                                 mouth closed); "thinking": glances up and aside; "speaking": the
+                                 plain idle again. Speech frames are unaffected.
   -> {"type": "stop"}            <- {"type": "stopped", frames, duration}; the socket stays open
+WebRTC (api/webrtc.py): -> {"type": "attach", "session": <WHEP session id>} <- {"type": "attached"}
+lets this socket drive a WHEP session of the same key with the live inputs above; stop ends it.
+A chunk's first `speech_frames` frames carry the next frames of the pushed speech, in order (frame
+k of the speech is samples [k*640, (k+1)*640) of the audio pushed since the last interrupt; an
+utterance's last frame is zero-padded at end_of_speech); the rest of the chunk is idle.
 Chunk `start` is seconds on the session's media clock: chunk i covers frames [i*N, (i+1)*N) and
 the same span of the audio track, so audio and video never drift. With pace=true a chunk leaves
 at most one chunk (0.32 s) before its media time; pace=false sends speech as fast as it renders.
@@ -65,6 +74,13 @@ CLOSING = (Timeout, CapacityExceeded)     # sent as a frame, then the socket clo
 
 
 def error_frame(exc: BaseException) -> str:
+    """The x-fal-error text frame of the WebSocket."""
+    return json.dumps(error_message(exc))
+
+
+def error_message(exc: BaseException) -> dict:
+    """{"type": "x-fal-error", "error": KIND, "reason": text}: the realtime error body (WebSocket
+    text frames, WebRTC data channel msgpack maps)."""
     if isinstance(exc, FlashheadError):
         kind, reason = exc.error_type.upper(), str(exc)
     elif isinstance(exc, ValidationError):
@@ -73,7 +89,7 @@ def error_frame(exc: BaseException) -> str:
     else:
         log.exception("realtime failure", exc_info=exc)
         kind, reason = "INTERNAL_ERROR", "internal error"
-    return json.dumps({"type": "x-fal-error", "error": kind, "reason": reason})
+    return {"type": "x-fal-error", "error": kind, "reason": reason}
 
 
 class Connection:
@@ -84,6 +100,7 @@ class Connection:
         self.send_lock = asyncio.Lock()
         self.idle_timeout = min(ctx.settings.realtime_idle_timeout_s, ctx.settings.realtime_max_idle_timeout_s)
         self.session: Session | None = None
+        self.attached = None            # a flashhead.api.webrtc.WhepSession this socket drives
         self.pump: asyncio.Task | None = None
 
     async def send(self, message: dict | str) -> None:
@@ -112,24 +129,22 @@ class Connection:
             await self.stop_session()
 
     def decode(self, raw: dict) -> dict | None:
+        data = raw.get("bytes")
         try:
-            data = raw.get("bytes")
-            msg = msgpack.unpackb(data, raw=False) if data is not None else json.loads(raw.get("text") or "")
-        except (ValueError, msgpack.UnpackException):
-            msg = None
-        return msg if isinstance(msg, dict) else None
+            return decode_message(data if data is not None else raw.get("text") or "")
+        except InputError:
+            return None
 
     async def dispatch(self, msg: dict | None) -> None:
         try:
             if msg is None:
                 raise InputError("expected a msgpack map", field="message")
             kind = msg.get("type")
-            handler = {None: self.unary, "start": self.start, "audio": self.audio,
-                       "end_of_speech": self.end_of_speech, "interrupt": self.interrupt,
-                       "stop": self.stop}.get(kind)
-            if handler is None:
-                raise InputError(f"unknown message type {kind!r}", field="type")
-            await handler(msg)
+            handler = {None: self.unary, "start": self.start, "attach": self.attach, "stop": self.stop}.get(kind)
+            if handler is not None:
+                await handler(msg)
+            else:
+                await live_message(self.live(), msg)
         except (WebSocketDisconnect, *CLOSING):
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is reported as an x-fal-error frame
@@ -137,7 +152,7 @@ class Connection:
 
     # -- unary -------------------------------------------------------------------------------
     async def unary(self, msg: dict) -> None:
-        if self.session is not None:
+        if self.session is not None or self.attached is not None:
             raise InputError("a live session is running; send stop first", field="type")
         payload = request_from_input(msg, self.endpoint).model_dump(mode="json")
         session = await open_stream(self.ctx, self.endpoint, payload, http_base_url(self.ctx, self.ws),
@@ -147,7 +162,7 @@ class Connection:
 
     # -- live session ------------------------------------------------------------------------
     async def start(self, msg: dict) -> None:
-        if self.session is not None:
+        if self.session is not None or self.attached is not None:
             raise InputError("a live session is already running", field="type")
         image_url = msg.get("image_url")
         if not isinstance(image_url, str) or not image_url:
@@ -158,7 +173,7 @@ class Connection:
         self.idle_timeout = _idle_timeout(self.ctx.settings, msg.get("idle_timeout"), self.idle_timeout)
         base_url = http_base_url(self.ctx, self.ws)
         await run_in_threadpool(check_inputs, self.ctx, {"image_url": image_url}, base_url)
-        session = self.ctx.engine.open("live", {"image_url": image_url, "base_url": base_url, "seed": seed,
+        session = await self.ctx.engine.open("live", {"image_url": image_url, "base_url": base_url, "seed": seed,
                                                 "pace": bool(msg.get("pace", True))}, self.key_id)
         try:
             _, started = await session.get()
@@ -189,26 +204,31 @@ class Connection:
             if self.session is session:
                 self.session = None
 
-    def live(self) -> Session:
-        if self.session is None:
-            raise InputError("no live session: send start first", field="type")
-        return self.session
+    def live(self):
+        """What live inputs go to: this socket's session, or the WebRTC session it attached to."""
+        if self.session is None and self.attached is None:
+            raise InputError("no live session: send start (or attach) first", field="type")
+        return self.session or self.attached
 
-    async def audio(self, msg: dict) -> None:
-        pcm = msg.get("pcm")
-        if not isinstance(pcm, (bytes, bytearray)):
-            raise InputError("must be binary PCM16 little-endian mono 16 kHz audio", field="pcm")
-        self.live().send("audio", bytes(pcm))
-
-    async def end_of_speech(self, msg: dict) -> None:
-        self.live().send("eos")
-
-    async def interrupt(self, msg: dict) -> None:
-        self.live().send("interrupt")
+    async def attach(self, msg: dict) -> None:
+        """Drive a WHEP session of the same key (its media goes to the WebRTC peer, not here)."""
+        if self.session is not None:
+            raise InputError("a live session is running on this socket; send stop first", field="type")
+        sid = msg.get("session")
+        if not isinstance(sid, str):
+            raise InputError("required: the id at the end of the WHEP Location", field="session")
+        self.attached = self.ctx.webrtc.find(sid, self.key_id)
+        await self.send({"type": "attached", "session": sid})
 
     async def stop(self, msg: dict) -> None:
-        """The engine answers "stopped" (frames rendered), which the pump forwards."""
-        self.live().send("stop")
+        """The engine answers "stopped" (frames rendered), which the pump forwards; an attached
+        WebRTC session ends."""
+        if self.attached is not None and self.session is None:
+            attached, self.attached = self.attached, None
+            await attached.close()
+            await self.send({"type": "stopped", "session": attached.id})
+            return
+        await self.live().send("stop")
         await asyncio.gather(self.pump, return_exceptions=True)
         self.pump = None
 
@@ -220,6 +240,40 @@ class Connection:
             self.pump.cancel()
             await asyncio.gather(self.pump, return_exceptions=True)
             self.pump = None
+
+
+def decode_message(raw: bytes | str) -> dict:
+    """A client message: a msgpack map (binary) or a JSON object (text)."""
+    try:
+        msg = msgpack.unpackb(raw, raw=False) if isinstance(raw, (bytes, bytearray)) else json.loads(raw)
+    except (ValueError, msgpack.UnpackException):
+        msg = None
+    if not isinstance(msg, dict):
+        raise InputError("expected a msgpack map", field="message")
+    return msg
+
+
+POSE_MESSAGES = {"listening": "listening", "thinking": "thinking", "speaking": "idle"}
+
+
+async def live_message(target, msg: dict) -> None:
+    """The inputs of a running live session, from a realtime WebSocket or a WebRTC data channel:
+    audio, end_of_speech, interrupt, and the idle poses (listening / thinking while the user
+    talks, speaking: back to the plain idle). target.send(kind, payload) reaches the engine."""
+    kind = msg.get("type")
+    if kind == "audio":
+        pcm = msg.get("pcm")
+        if not isinstance(pcm, (bytes, bytearray)):
+            raise InputError("must be binary PCM16 little-endian mono 16 kHz audio", field="pcm")
+        await target.send("audio", bytes(pcm))
+    elif kind == "end_of_speech":
+        await target.send("eos")
+    elif kind == "interrupt":
+        await target.send("interrupt")
+    elif kind in POSE_MESSAGES:
+        await target.send("pose", POSE_MESSAGES[kind])
+    else:
+        raise InputError(f"unknown message type {kind!r}", field="type")
 
 
 def _idle_timeout(settings, asked, current: float) -> float:

@@ -79,8 +79,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = DEFA
     from flashhead.config import Settings
 
     app = create_app(Settings(data_dir=data_dir), workers=workers, auth_mode=mode)
+    # No permessage-deflate: realtime frames carry H.264/AAC segments, which do not compress;
+    # deflating them cost the API process about a sixth of its CPU per live session.
     uvicorn.run(app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+                log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                ws_per_message_deflate=False)
 
 
 def keys_create(data_dir: str | Path = DEFAULT_DATA_DIR, alias: str | None = None) -> str:

@@ -52,7 +52,7 @@ async def open_stream(ctx, endpoint: str, payload: dict, base_url: str, key_id: 
                       segments: str) -> Session:
     """Admit and prepare a stream in the engine: every error before the first chunk raises here."""
     await run_in_threadpool(check_inputs, ctx, payload, base_url)
-    session = ctx.engine.open("stream", {"payload": payload, "endpoint": endpoint, "base_url": base_url,
+    session = await ctx.engine.open("stream", {"payload": payload, "endpoint": endpoint, "base_url": base_url,
                                          "segments": segments}, key_id)
     try:
         await session.get()                     # "prepared", or the error raised

@@ -6,20 +6,25 @@ One supervisor thread starts it (PR_SET_PDEATHSIG: it dies with the API process)
 "ready", watches it and restarts it when it dies. An engine that stops sending heartbeats, or
 whose oldest step has run longer than engine_step_deadline_s, is hung: it is killed, every
 session on it gets an engine_failed error, and a new one starts.
+The CPU renderer's engine process is a router in front of a pool of such loops, one render
+process per core (pool.py).
 EngineThread (tests, embedding with given Engines): the same loop in a thread of this process.
 
 Messages are (kind, session id, payload) tuples.
   API -> engine  stream {payload, endpoint, base_url, segments}  | live {image_url, base_url,
-                 seed, pace} | audio <pcm bytes> | eos | interrupt | stop | close (client gone)
-  engine -> API  ready {capacity, threads} | beat {active, oldest_step_s, steps: [s, ...], batches: [n, ...]}
+                 seed, pace, output?, chunk_frames?, lead_s?} | audio <pcm bytes> | eos | interrupt
+                 | pose <idle pose name> | stop | close (client gone)
+                 (and from worker processes, through jobs.py: job {request, ...} | cancel)
+  engine -> API  ready {capacity, threads[, processes]} | beat {active, oldest_step_s, steps: [s, ...], batches: [n, ...]}
                  prepared | started {...} | event {...} | stopped {...} | end
-                 | error {error_type, message, field, fatal}
+                 | error {error_type, message, field, fatal} | failed <why it could not start>
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -31,6 +36,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from flashhead.config import Settings
+from flashhead.engine.jobs import JobAddress, JobListener, JobTask
 from flashhead.engine.relay import EngineLink
 from flashhead.engine.scheduler import Scheduler, error_payload
 from flashhead.engine.sessions import LiveTask, StreamTask
@@ -42,6 +48,7 @@ BEAT_S = 0.5
 RESTART_DELAY_S = 1.0
 PREPARE_THREADS = 4
 READY_TIMEOUT_S = 300.0
+READ_LAST_S = 2.0            # an engine that failed to start: its reason is read for this long at most
 DEFAULT_CAPACITY = {"cpu": 8}            # neural renderers: NEURAL_CAPACITY
 NEURAL_CAPACITY = 2
 
@@ -50,12 +57,26 @@ def capacity_of(settings: Settings) -> int:
     return settings.engine_capacity or DEFAULT_CAPACITY.get(settings.renderer, NEURAL_CAPACITY)
 
 
+def cores() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def processes_of(settings: Settings) -> int:
+    """Render processes: the CPU renderer one per core (pool.py), a neural renderer one (the one
+    model copy, its batches on threads)."""
+    if settings.renderer != "cpu":
+        return 1
+    return settings.engine_processes or cores()
+
+
 def threads_of(settings: Settings) -> int:
-    """Neural renderers: a thread per admitted session, so that all of them can join one batch."""
-    cores = max(1, len(os.sched_getaffinity(0)))
+    """Render threads per render process: the CPU renderer one per process when it has a pool;
+    neural renderers a thread per admitted session, so that all of them can join one batch."""
     if settings.engine_threads:
         return settings.engine_threads
-    return cores if settings.renderer == "cpu" else max(cores, capacity_of(settings))
+    if settings.renderer == "cpu":
+        return 1 if processes_of(settings) > 1 else cores()
+    return max(cores(), capacity_of(settings))
 
 
 # ---- the engine side -------------------------------------------------------------------------
@@ -63,8 +84,11 @@ def threads_of(settings: Settings) -> int:
 class Engine:
     """Serves one connection: opens sessions, routes client messages, runs the scheduler."""
 
-    def __init__(self, conn: Connection, engines, storage, settings: Settings):
+    def __init__(self, conn: Connection, engines, storage, settings: Settings, jobs: JobAddress | None = None,
+                 capacity: dict | None = None):
+        """capacity: {capacity, source[, calibration]} for the ready message (default: configured)."""
         self.conn, self.engines, self.storage, self.settings = conn, engines, storage, settings
+        self.capacity = capacity or {"capacity": capacity_of(settings), "source": "configured"}
         self.work_dir = Path(settings.data_dir) / "streams"
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._send_lock = threading.Lock()
@@ -75,15 +99,20 @@ class Engine:
         self.scheduler = Scheduler(threads_of(settings), self.send, self._steps.append,
                                    batcher=getattr(getattr(engines, "renderer", None), "batcher", None))
         self._prepare = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="engine-prepare")
+        self.jobs = JobListener(jobs, self.handle) if jobs is not None else None
 
     def send(self, kind: str, sid: str | None, payload=None) -> None:
+        """To the API, or to the worker process whose job `sid` is."""
+        if self.jobs is not None and self.jobs.owns(sid):
+            self.jobs.reply(sid, kind, pickle.dumps((kind, payload)))
+            return
         with self._send_lock:
             self.conn.send((kind, sid, payload))
 
     def serve(self) -> None:
         threading.Thread(target=self.scheduler.run, name="engine-scheduler", daemon=True).start()
         threading.Thread(target=self._beat, name="engine-beat", daemon=True).start()
-        self.send("ready", None, {"capacity": capacity_of(self.settings), "threads": self.scheduler.threads})
+        self.send("ready", None, {**self.capacity, "threads": self.scheduler.threads})
         while True:
             try:
                 kind, sid, payload = self.conn.recv()
@@ -97,7 +126,14 @@ class Engine:
             with self._lock:
                 self._opening.add(sid)
             self._prepare.submit(self._open, kind, sid, payload)
-        elif kind in ("audio", "eos", "interrupt"):
+        elif kind == "job":
+            self.scheduler.add(sid, JobTask(payload, self.engines, lambda k, p: self.send(k, sid, p),
+                                            self.scheduler.poke))
+        elif kind == "cancel":
+            task = self.scheduler.get(sid)
+            if isinstance(task, JobTask):
+                task.cancel()
+        elif kind in ("audio", "eos", "interrupt", "pose"):
             self._live_input(kind, sid, payload)
         elif kind == "stop":
             task = self.scheduler.remove(sid)
@@ -142,7 +178,7 @@ class Engine:
                 from flashhead.errors import InputError
                 raise InputError("no live session: send start first", field="type")
             {"audio": lambda: task.session.push_audio(payload), "eos": task.session.end_of_speech,
-             "interrupt": task.session.interrupt}[kind]()
+             "interrupt": task.session.interrupt, "pose": lambda: task.session.set_idle_pose(payload)}[kind]()
         except Exception as exc:  # noqa: BLE001 - the session goes on; the client hears why
             self.send("error", sid, error_payload(exc, fatal=False))
             return
@@ -167,9 +203,9 @@ class Engine:
 class EngineThread:
     """The engine loop in a thread of this process, on engines the caller built."""
 
-    def __init__(self, engines, storage, settings: Settings, on_beat=None):
+    def __init__(self, engines, storage, settings: Settings, on_beat=None, on_ready=None):
         ours, theirs = socket.socketpair()
-        self.link = EngineLink(Connection(ours.detach()), on_beat=on_beat,
+        self.link = EngineLink(Connection(ours.detach()), on_beat=on_beat, on_ready=on_ready,
                                max_pending=settings.engine_max_pending_chunks)
         engine = Engine(Connection(theirs.detach()), engines, storage, settings)
         threading.Thread(target=engine.serve, name="engine", daemon=True).start()
@@ -190,8 +226,9 @@ class EngineThread:
 class EngineProcess:
     """Supervises `python -m flashhead.engine.process`: start, watch, restart."""
 
-    def __init__(self, settings: Settings, on_beat=None):
-        self.settings, self.on_beat = settings, on_beat
+    def __init__(self, settings: Settings, on_beat=None, on_ready=None):
+        self.settings, self.on_beat, self.on_ready = settings, on_beat, on_ready
+        self.jobs = JobAddress.new()              # where worker processes hand their renders
         self.link: EngineLink | None = None
         self.error: str | None = None
         self.restarts = 0
@@ -230,12 +267,12 @@ class EngineProcess:
 
     def _spawn(self) -> tuple[subprocess.Popen, EngineLink]:
         ours, theirs = socket.socketpair()
-        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json()}
+        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json(), **self.jobs.env()}
         proc = subprocess.Popen([sys.executable, "-m", "flashhead.engine.process", "--parent-pid",
                                  str(os.getpid()), "--fd", str(theirs.fileno())],
                                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         theirs.close()
-        return proc, EngineLink(Connection(ours.detach()), on_beat=self.on_beat,
+        return proc, EngineLink(Connection(ours.detach()), on_beat=self.on_beat, on_ready=self.on_ready,
                                 max_pending=self.settings.engine_max_pending_chunks)
 
     def _supervise(self) -> None:
@@ -244,6 +281,8 @@ class EngineProcess:
             self._proc, link = self._spawn()
             started = self._watch(self._proc, link)
             rc = self._proc.wait()
+            if not started:
+                link.drained(READ_LAST_S)          # its last message may say why
             self._ready.clear()
             self.link = None
             link.fail_all(EngineFailed("the render engine stopped while this session ran; it is restarting"))
@@ -251,7 +290,8 @@ class EngineProcess:
                 return
             log.error("render engine died", extra={"returncode": rc, "restarts": self.restarts})
             if not started:
-                self.error = f"the render engine exited with status {rc} while starting"
+                self.error = f"the render engine exited with status {rc} while starting" + \
+                    (f": {link.start_error}" if link.start_error else "")
                 return
             self.restarts += 1
             self._stop.wait(RESTART_DELAY_S)
@@ -277,6 +317,28 @@ class EngineProcess:
 
 # ---- the engine process ----------------------------------------------------------------------
 
+def measured_capacity(engines, settings: Settings) -> dict | None:
+    """engine_capacity_mode=calibrate: this process's calibrated capacity (None: configured)."""
+    if settings.engine_capacity_mode != "calibrate":
+        return None
+    from flashhead.engine.calibrate import calibrate
+
+    found = calibrate(engines, settings.engine_calibration_headroom)
+    log.info("render engine calibrated", extra=found)
+    return {"capacity": found["capacity"], "source": "calibrated", "calibration": [found]}
+
+
+def pool_ready(settings: Settings, infos: list[dict]) -> dict:
+    """The CPU pool's ready message: calibrated, the sum of its processes' capacities."""
+    calibrated = settings.engine_capacity_mode == "calibrate"
+    out = {"capacity": sum(i["capacity"] for i in infos) if calibrated else capacity_of(settings),
+           "source": "calibrated" if calibrated else "configured", "processes": len(infos),
+           "threads": sum(i["threads"] for i in infos)}
+    if calibrated:
+        out["calibration"] = [c for i in infos for c in i["calibration"]]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from flashhead.jobs.processes import _die_with_parent
 
@@ -294,12 +356,21 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     conn = Connection(a.fd)
     settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    jobs = JobAddress.from_env(os.environ)
+    if processes_of(settings) > 1:
+        from flashhead.engine.pool import Router
+
+        router = Router(conn, settings, processes_of(settings), SETTINGS_ENV, jobs)
+        router.serve(lambda infos: pool_ready(settings, infos))
+        return 0
     try:
         engines = Engines.create(settings)
-    except Exception:
+        capacity = measured_capacity(engines, settings)
+    except Exception as exc:
         log.exception("render engine start-up failed")
+        conn.send(("failed", None, f"{type(exc).__name__}: {exc}"))     # why, for /health
         return 1
-    Engine(conn, engines, make_storage(settings), settings).serve()
+    Engine(conn, engines, make_storage(settings), settings, jobs, capacity).serve()
     return 0
 
 

@@ -81,15 +81,17 @@ class Channel:
 
 
 class EngineLink:
-    def __init__(self, conn: Connection, *, on_beat=None, max_pending: int = 100):
+    def __init__(self, conn: Connection, *, on_beat=None, on_ready=None, max_pending: int = 100):
         self.conn, self.max_pending = conn, max_pending
         self.channels: dict[str, Channel] = {}
         self.ready = threading.Event()
         self.info: dict = {}
+        self.start_error: str | None = None   # the engine's "failed": why it could not start
         self.closed = False
         self.last_beat = time.monotonic()
         self.oldest_step_s = 0.0
         self.on_beat = on_beat or (lambda beat: None)
+        self.on_ready = on_ready or (lambda info: None)     # the engine's capacity, at each start
         self._ids = itertools.count()
         self._send_lock = threading.Lock()
         threading.Thread(target=self._read, name="engine-reader", daemon=True).start()
@@ -115,6 +117,12 @@ class EngineLink:
         """Silent (no heartbeat) or stuck in one step for longer than `deadline_s`."""
         return time.monotonic() - self.last_beat > deadline_s or self.oldest_step_s > deadline_s
 
+    def drained(self, timeout_s: float) -> None:
+        """Until the reader has read everything the (exited) engine sent, or `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while not self.closed and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     def fail_all(self, exc: FlashheadError) -> None:
         self.closed = True
         for channel in list(self.channels.values()):
@@ -133,8 +141,11 @@ class EngineLink:
                 break
             if kind == "ready":
                 self.info = payload
+                self.on_ready(payload)
                 self.last_beat = time.monotonic()
                 self.ready.set()
+            elif kind == "failed":
+                self.start_error = payload
             elif kind == "beat":
                 self.last_beat = time.monotonic()
                 self.oldest_step_s = payload["oldest_step_s"]

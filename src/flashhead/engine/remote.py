@@ -5,18 +5,26 @@ bridges it to Redis; an API node (`serve --no-worker`) opens sessions on it with
 Keys (under the redis prefix):
   engines                   set of engine ids
   engine:{id}               its capacity, with a TTL the engine renews (gone = the engine is dead)
+  engine:{id}:stats         what the engine last published of itself (msgpack, same TTL): running
+                            sessions, and cumulative histograms of step seconds and batch sizes
   engine:{id}:sessions      zset session id -> expiry (redis clock): the engine's taken slots.
                             The API reserves a slot atomically (RESERVE) and renews it (TOUCH); an
                             API node that dies stops renewing and the engine drops the session.
+  key:{key id}:sessions     zset session id -> expiry: the API key's sessions on every API node
+                            (engine_key_sessions caps them in RESERVE; expired entries do not count,
+                            so a dead API node's sessions stop counting within engine_remote_ttl_s)
   engine:{id}:in            stream API -> engine: {sid, kind, data}: stream | live | audio | eos |
-                            interrupt | stop | close (capped by MAXLEN)
+                            interrupt | pose | stop | close (capped by MAXLEN)
   session:{sid}:out         stream engine -> API: {kind, data} as relay.EngineLink's messages
                             (capped by MAXLEN, with a TTL, deleted when the API closes the session)
-Payloads are msgpack. Admission is immediate: no engine with a free slot -> CapacityExceeded.
+Payloads are msgpack. Admission is immediate: no engine with a free slot, or the key at its cap
+-> CapacityExceeded. On the API node every Redis call made from the event loop is redis.asyncio;
+the synchronous client serves only /health and /metrics, which run in the threadpool.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import uuid
@@ -24,19 +32,28 @@ import uuid
 import msgpack
 import redis as redis_lib
 import redis.asyncio as aioredis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from flashhead.config import Settings
-from flashhead.engine.admission import Admission
 from flashhead.engine.relay import FINAL, settle
 from flashhead.engine.scheduler import error_payload
-from flashhead.errors import BackendUnavailable, CapacityExceeded, EngineFailed, FlashheadError
+from flashhead.errors import BackendUnavailable, CapacityExceeded, EngineFailed, FlashheadError, LimitExceeded
 
 log = logging.getLogger("flashhead.engine")
+STEP_BUCKETS = (.005, .01, .02, .05, .1, .2, .32, .5, 1, 2, 5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
-# Picks the live engine with the most free slots and takes one for ARGV[2] until now + ARGV[3].
+# KEYS: engines set, the key's session zset. ARGV: prefix, session id, ttl seconds, per-key cap.
+# -> {'key'} (the key is at its cap), {'full'} (no live engine has a free slot), or {'ok', engine
+# id}: the live engine with the most free slots, one of them and one of the key's taken until
+# now + ttl.
 RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return {'key'} end
 local best, best_free = nil, 0
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local cap = redis.call('GET', ARGV[1] .. 'engine:' .. id)
@@ -48,13 +65,15 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     if free > best_free then best, best_free = id, free end
   end
 end
-if not best then return false end
-local z = ARGV[1] .. 'engine:' .. best .. ':sessions'
-redis.call('ZADD', z, now + tonumber(ARGV[3]), ARGV[2])
-redis.call('PEXPIRE', z, math.floor(tonumber(ARGV[3]) * 4000))
-return best
+if not best then return {'full'} end
+for _, z in ipairs({ARGV[1] .. 'engine:' .. best .. ':sessions', KEYS[2]}) do
+  redis.call('ZADD', z, now + ttl, ARGV[2])
+  redis.call('PEXPIRE', z, math.floor(ttl * 4000))
+end
+return {'ok', best}
 """
-# Renews the session's slot: 1; 0 when its engine is gone (its key expired); -1 when the slot
+# KEYS: engine key, engine session zset, the key's session zset. ARGV: session id, ttl seconds.
+# Renews the session's slots: 1; 0 when its engine is gone (its key expired); -1 when the slot
 # is gone or expired (the session ended, or the engine dropped it as abandoned).
 TOUCH = """
 local t = redis.call('TIME')
@@ -62,8 +81,10 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local until_s = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not until_s or tonumber(until_s) < now then return -1 end
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[2], math.floor(tonumber(ARGV[2]) * 4000))
+for i = 2, 3 do
+  redis.call('ZADD', KEYS[i], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[i], math.floor(tonumber(ARGV[2]) * 4000))
+end
 return 1
 """
 
@@ -84,8 +105,14 @@ class Keys:
     def engine(self, eid: str) -> str:
         return f"{self.prefix}engine:{eid}"
 
+    def stats(self, eid: str) -> str:
+        return f"{self.prefix}engine:{eid}:stats"
+
     def sessions(self, eid: str) -> str:
         return f"{self.prefix}engine:{eid}:sessions"
+
+    def key_sessions(self, key: str) -> str:
+        return f"{self.prefix}key:{key}:sessions"
 
     def inbox(self, eid: str) -> str:
         return f"{self.prefix}engine:{eid}:in"
@@ -103,24 +130,47 @@ def _settings_url(settings: Settings) -> str:
     return url
 
 
+class Tally:
+    """A cumulative histogram an engine node publishes: counts per bucket (the last one: above
+    every bound), their sum."""
+
+    def __init__(self, bounds: tuple):
+        self.bounds, self.counts, self.sum = bounds, [0] * (len(bounds) + 1), 0.0
+
+    def add(self, value: float) -> None:
+        self.counts[next((i for i, b in enumerate(self.bounds) if value <= b), len(self.bounds))] += 1
+        self.sum += value
+
+    def as_dict(self) -> dict:
+        return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.sum}
+
+
 # ---- the API node ------------------------------------------------------------------------------
 
 class RemoteSession:
-    """An admitted session on a remote engine: same interface as service.Session."""
+    """An admitted session on a remote engine: same interface as service.Session.
 
-    def __init__(self, engines: "RemoteEngines", eid: str, sid: str, ticket):
-        self.engines, self.eid, self.sid, self.ticket = engines, eid, sid, ticket
-        self.last_id = "0-0"
-        self.finished = self.closed = False
+    A reader task moves the engine's messages from Redis into `queue` as they come, so that
+    nothing is lost to the stream's MAXLEN; a live client that leaves more than max_unread chunks
+    unread loses its session (as relay.Channel: limit_exceeded), its slots freed at once."""
+
+    def __init__(self, engines: "RemoteEngines", eid: str, sid: str, key: str, kind: str):
+        self.engines, self.eid, self.sid, self.key = engines, eid, sid, key
+        self.max_unread = engines.max_pending if kind == "live" else None
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.finished = self.closed = self.released = False
+        self.ended = False                 # the engine sent its last message (or cannot send more)
         self.lost: str | None = None       # why the session cannot go on (seen by the heartbeat)
-        self.beat = asyncio.get_running_loop().create_task(self._heartbeat())
+        self._unread = 0
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self._heartbeat()), loop.create_task(self._read())]
 
     async def _heartbeat(self) -> None:
-        e = self.engines
-        while not self.closed:
+        e, k = self.engines, self.engines.keys
+        while True:
             await asyncio.sleep(e.ttl_s / 3)
             try:
-                alive = await e.touch(keys=[e.keys.engine(self.eid), e.keys.sessions(self.eid)],
+                alive = await e.touch(keys=[k.engine(self.eid), k.sessions(self.eid), k.key_sessions(self.key)],
                                       args=[self.sid, e.ttl_s])
             except redis_lib.RedisError:
                 continue
@@ -129,40 +179,55 @@ class RemoteSession:
                              "the render engine dropped this session (its API node fell silent)")
                 return
 
-    async def get(self) -> tuple[str, object]:
-        e = self.engines
-        while True:          # what the engine sent before it stopped is delivered first
+    async def _read(self) -> None:
+        """The engine's messages, in order, until its last one; what it sent before it stopped is
+        delivered before the error saying so."""
+        e, last = self.engines, "0-0"
+        while not self.ended:
             try:
-                resp = await e.aio.xread({e.keys.out(self.sid): self.last_id}, count=1, block=250)
-            except redis_lib.RedisError as exc:
-                self.finished = True
-                raise EngineFailed("lost contact with the shared Redis during this session") from exc
-            if resp:
-                break
-            if self.lost:
-                self.finished = True
-                raise EngineFailed(self.lost)
-        self.last_id, fields = resp[0][1][0]
-        return settle(self, fields[b"kind"].decode(), unpack(fields[b"data"]))
+                resp = await e.aio.xread({e.keys.out(self.sid): last}, count=16, block=250)
+            except redis_lib.RedisError:
+                self._deliver("error", EngineFailed("lost contact with the shared Redis during this session"))
+                return
+            if not resp and self.lost:
+                self._deliver("error", EngineFailed(self.lost))
+            for last, fields in resp[0][1] if resp else ():
+                self._deliver(fields[b"kind"].decode(), unpack(fields[b"data"]))
+                if self.ended:
+                    return
 
-    def send(self, kind: str, payload=None) -> None:
-        self.engines.post(self.eid, self.sid, kind, payload)
+    def _deliver(self, kind: str, payload) -> None:
+        self._unread += 1
+        if kind == "event" and self.max_unread is not None and self._unread > self.max_unread:
+            kind, payload = "error", LimitExceeded(
+                f"the client left more than {self.max_unread} chunks unread; the session ended")
+            self._release()
+        self.ended = self.ended or kind in FINAL or (
+            kind == "error" and (isinstance(payload, FlashheadError) or payload.get("fatal")))
+        self.queue.put_nowait((kind, payload))
+
+    async def get(self) -> tuple[str, object]:
+        kind, payload = await self.queue.get()
+        self._unread -= 1
+        return settle(self, kind, payload)
+
+    async def send(self, kind: str, payload=None) -> None:
+        await self.engines.post(self.eid, self.sid, kind, payload)
 
     def close(self) -> None:
-        """Idempotent: frees the slot at once and tells the engine to drop the session."""
+        """Idempotent: frees the slots and tells the engine to drop the session (in the
+        background: a Redis that is slow or gone never holds the caller)."""
         if self.closed:
             return
         self.closed = True
-        self.beat.cancel()
-        self.ticket.release()
-        e = self.engines
-        try:
-            if not self.finished:
-                e.post(self.eid, self.sid, "close")
-            e.r.zrem(e.keys.sessions(self.eid), self.sid)
-            e.r.delete(e.keys.out(self.sid))
-        except (redis_lib.RedisError, BackendUnavailable):
-            log.warning("remote session close failed", extra={"sid": self.sid})
+        for task in self.tasks:
+            task.cancel()
+        self._release()
+
+    def _release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.engines.spawn(self.engines.release(self.eid, self.sid, self.key, tell_engine=not self.ended))
 
 
 class RemoteEngines:
@@ -173,38 +238,97 @@ class RemoteEngines:
         self.keys = Keys(settings.redis_prefix)
         self.ttl_s = settings.engine_remote_ttl_s
         self.maxlen = settings.engine_remote_stream_maxlen
-        self.r = redis_lib.Redis.from_url(url, socket_timeout=settings.redis_socket_timeout_s)
-        self.aio = aioredis.Redis.from_url(url)
-        self.reserve = self.r.register_script(RESERVE)
-        self.touch = self.aio.register_script(TOUCH)
-        # The per-key cap holds per API node; the global capacity is the engines' (in Redis).
-        self.admission = Admission(10**9, settings.engine_key_sessions, settings.engine_retry_after_s)
+        self.max_pending = settings.engine_max_pending_chunks
+        self.per_key = settings.engine_key_sessions
         self.retry_after_s = settings.engine_retry_after_s
+        self.r = redis_lib.Redis.from_url(url, socket_timeout=settings.redis_socket_timeout_s)  # threadpool only
+        self.aio = aioredis.Redis.from_url(url, socket_timeout=settings.redis_socket_timeout_s)
+        self.reserve = self.aio.register_script(RESERVE)
+        self.touch = self.aio.register_script(TOUCH)
+        self.refused = 0
+        self._background: set[asyncio.Task] = set()
 
-    def open(self, kind: str, spec: dict, key_id: str | None) -> RemoteSession:
-        ticket = self.admission.acquire(key_id)
+    async def open(self, kind: str, spec: dict, key_id: str | None) -> RemoteSession:
+        sid, key = uuid.uuid4().hex, key_id or "anonymous"
         try:
-            sid = uuid.uuid4().hex
-            try:
-                eid = self.reserve(keys=[self.keys.engines], args=[self.keys.prefix, sid, self.ttl_s])
-            except redis_lib.RedisError as exc:
-                raise BackendUnavailable("the shared Redis is unreachable; try again shortly") from exc
-            if eid is None:
-                raise CapacityExceeded("every real-time session of the render engine nodes is in use; "
-                                       "try again shortly", retry_after_s=self.retry_after_s)
-            eid = eid.decode()
-            self.post(eid, sid, kind, spec)       # if this fails, the unrenewed slot expires
-            return RemoteSession(self, eid, sid, ticket)
-        except BaseException:
-            ticket.release()
-            raise
-
-    def post(self, eid: str, sid: str, kind: str, payload=None) -> None:
-        try:
-            self.r.xadd(self.keys.inbox(eid), {"sid": sid, "kind": kind, "data": pack(payload)},
-                        maxlen=self.maxlen * 10, approximate=True)
+            got = await self.reserve(keys=[self.keys.engines, self.keys.key_sessions(key)],
+                                     args=[self.keys.prefix, sid, self.ttl_s, self.per_key])
         except redis_lib.RedisError as exc:
             raise BackendUnavailable("the shared Redis is unreachable; try again shortly") from exc
+        if got[0] != b"ok":
+            self.refused += 1
+            raise CapacityExceeded(f"this key already runs {self.per_key} real-time sessions, its limit"
+                                   if got[0] == b"key" else "every real-time session of the render engine "
+                                   "nodes is in use; try again shortly", retry_after_s=self.retry_after_s)
+        session = RemoteSession(self, got[1].decode(), sid, key, kind)
+        try:
+            await self.post(session.eid, sid, kind, spec)
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    async def post(self, eid: str, sid: str, kind: str, payload=None) -> None:
+        try:
+            await self.aio.xadd(self.keys.inbox(eid), {"sid": sid, "kind": kind, "data": pack(payload)},
+                                maxlen=self.maxlen * 10, approximate=True)
+        except redis_lib.RedisError as exc:
+            raise BackendUnavailable("the shared Redis is unreachable; try again shortly") from exc
+
+    async def release(self, eid: str, sid: str, key: str, *, tell_engine: bool) -> None:
+        """A session's slots free, its stream gone; the engine told to drop it if it still runs."""
+        try:
+            async with self.aio.pipeline(transaction=False) as p:
+                if tell_engine:
+                    p.xadd(self.keys.inbox(eid), {"sid": sid, "kind": "close", "data": pack(None)},
+                           maxlen=self.maxlen * 10, approximate=True)
+                p.zrem(self.keys.sessions(eid), sid)
+                p.zrem(self.keys.key_sessions(key), sid)
+                p.delete(self.keys.out(sid))
+                await p.execute()
+        except redis_lib.RedisError:       # the slots expire on their own (engine_remote_ttl_s)
+            log.warning("remote session release failed", extra={"sid": sid})
+
+    def spawn(self, coro) -> None:
+        """Runs `coro` on the event loop without awaiting it (kept referenced until it ends)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def engines(self) -> list[dict]:
+        """From the threadpool (/health, /metrics): each live engine node as it last published
+        itself: id, capacity, sessions (slots taken), and its stats when it published them."""
+        ids = sorted(m.decode() for m in self.r.smembers(self.keys.engines))
+        with self.r.pipeline(transaction=False) as p:
+            for eid in ids:
+                p.get(self.keys.engine(eid))
+                p.zcard(self.keys.sessions(eid))
+                p.get(self.keys.stats(eid))
+            got = p.execute()
+        out = []
+        for eid, (cap, taken, stats) in zip(ids, zip(*[iter(got)] * 3)):
+            if cap is not None:                # else: dead, its key expired
+                out.append({"id": eid, "capacity": int(cap), "sessions": taken,
+                            **(unpack(stats) if stats else {})})
+        return out
+
+    def health(self) -> dict:
+        engines = self.engines()
+        return {"up": bool(engines), "capacity": sum(e["capacity"] for e in engines),
+                "sessions": sum(e["sessions"] for e in engines), "refused": self.refused,
+                "remote": [{"id": e["id"], "capacity": e["capacity"], "sessions": e["sessions"],
+                            "running": e.get("active"), "steps": _count(e.get("steps")),
+                            "step_seconds_mean": _mean(e.get("steps")),
+                            "batch_size_mean": _mean(e.get("batches"))} for e in engines]}
+
+
+def _count(tally: dict | None) -> int | None:
+    return sum(tally["counts"]) if tally else None
+
+
+def _mean(tally: dict | None) -> float | None:
+    n = _count(tally)
+    return round(tally["sum"] / n, 4) if n else None
 
 
 # ---- the engine node ---------------------------------------------------------------------------
@@ -212,27 +336,52 @@ class RemoteEngines:
 class EngineHost:
     """Engine side: takes sessions from this engine's Redis inbox into a local EngineProcess."""
 
-    def __init__(self, settings: Settings, runner, capacity: int):
+    def __init__(self, settings: Settings):
         url = _settings_url(settings)
-        self.settings, self.runner, self.capacity = settings, runner, capacity
+        self.settings = settings
+        self.runner, self.capacity = None, 0
         self.keys = Keys(settings.redis_prefix)
         self.ttl_s = settings.engine_remote_ttl_s
         self.maxlen = settings.engine_remote_stream_maxlen
+        # A raw (WebRTC) session's chunk is a whole I420 frame (~400 KB): its stream keeps no more
+        # chunks than the API would hold for it unread.
+        self.raw_maxlen = min(self.maxlen, settings.engine_max_pending_chunks)
+        self.maxlens: dict[str, int] = {}
         self.eid = uuid.uuid4().hex[:16]
         self.aio = aioredis.Redis.from_url(url)
         self.channels: dict = {}            # session id -> relay.Channel
         self.pumps: dict = {}
+        self.active = 0                     # sessions the local engine runs (its last beat)
+        self.steps, self.batches = Tally(STEP_BUCKETS), Tally(BATCH_BUCKETS)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="engine-host",
                                         daemon=True)
 
-    def start(self) -> "EngineHost":
+    def observe(self, beat: dict) -> None:
+        """The local engine's heartbeat (EngineProcess on_beat, its reader thread): published
+        with this engine's key, for the API nodes' /health and /metrics."""
+        with self._lock:
+            self.active = beat["active"]
+            for s in beat["steps"]:
+                self.steps.add(s)
+            for n in beat.get("batches", ()):
+                self.batches.add(n)
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"active": self.active, "steps": self.steps.as_dict(), "batches": self.batches.as_dict()}
+
+    def start(self, runner, capacity: int) -> "EngineHost":
+        """Once `runner` (an EngineProcess) is ready: offers its `capacity` to the API nodes."""
+        self.runner, self.capacity = runner, capacity
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:          # started
+            self._thread.join(timeout=5)
 
     async def _main(self) -> None:
         tasks = [asyncio.create_task(self._forever(self._beat, None)),
@@ -241,7 +390,7 @@ class EngineHost:
             await asyncio.sleep(0.2)
         for t in tasks:
             t.cancel()
-        await self.aio.delete(self.keys.engine(self.eid))
+        await self.aio.delete(self.keys.engine(self.eid), self.keys.stats(self.eid))
         await self.aio.srem(self.keys.engines, self.eid)
 
     @staticmethod
@@ -259,8 +408,12 @@ class EngineHost:
         stopped renewing them."""
         link = self.runner.link
         if link is not None and not link.closed:
-            await self.aio.set(self.keys.engine(self.eid), self.capacity, px=int(self.ttl_s * 1000))
-            await self.aio.sadd(self.keys.engines, self.eid)
+            ttl_ms = int(self.ttl_s * 1000)
+            async with self.aio.pipeline(transaction=False) as p:
+                p.set(self.keys.engine(self.eid), self.capacity, px=ttl_ms)
+                p.set(self.keys.stats(self.eid), pack(self.stats()), px=ttl_ms)
+                p.sadd(self.keys.engines, self.eid)
+                await p.execute()
         now = _seconds(await self.aio.time())
         slots = self.keys.sessions(self.eid)
         for sid in await self.aio.zrangebyscore(slots, "-inf", now):
@@ -283,6 +436,8 @@ class EngineHost:
 
     async def _handle(self, sid: str, kind: str, payload) -> None:
         if kind in ("stream", "live"):
+            if payload.get("output") == "raw":
+                self.maxlens[sid] = self.raw_maxlen
             link = self.runner.link
             try:
                 if link is None:
@@ -293,10 +448,12 @@ class EngineHost:
                     EngineFailed("the render engine of this node is restarting")
                 await self._publish(sid, "error", error_payload(failed, fatal=True))
                 await self.aio.zrem(self.keys.sessions(self.eid), sid)
+                self.maxlens.pop(sid, None)
                 return
             self.pumps[sid] = asyncio.create_task(self._pump(sid, self.channels[sid]))
         elif kind == "close":
             self._drop(sid)
+            await self.aio.delete(self.keys.out(sid))     # what its pump published meanwhile
         elif (channel := self.channels.get(sid)) is not None:
             try:
                 channel.send(kind, payload)
@@ -327,15 +484,55 @@ class EngineHost:
         finally:
             self.channels.pop(sid, None)
             self.pumps.pop(sid, None)
+            self.maxlens.pop(sid, None)
             await self.aio.zrem(self.keys.sessions(self.eid), sid)
 
     async def _publish(self, sid: str, kind: str, payload) -> None:
         out = self.keys.out(sid)
         async with self.aio.pipeline(transaction=False) as p:
-            p.xadd(out, {"kind": kind, "data": pack(payload)}, maxlen=self.maxlen, approximate=False)
+            p.xadd(out, {"kind": kind, "data": pack(payload)}, maxlen=self.maxlens.get(sid, self.maxlen),
+                   approximate=False)
             p.expire(out, int(self.settings.engine_remote_stream_ttl_s))
             await p.execute()
 
 
 def _seconds(t) -> float:
     return t[0] + t[1] / 1e6
+
+
+def remote_metrics(remote: RemoteEngines):
+    """An API node's /metrics (collected in the threadpool): the engine nodes' capacity and
+    sessions in total, and per engine node with its step seconds and batch sizes."""
+    engines = remote.engines()
+    for name, doc, value in (
+            ("flashhead_engine_capacity", "Real-time sessions the engine nodes admit",
+             sum(e["capacity"] for e in engines)),
+            ("flashhead_engine_sessions", "Real-time sessions in flight on the engine nodes",
+             sum(e["sessions"] for e in engines)),
+            ("flashhead_engine_up", "1 while a render engine node is live", int(bool(engines)))):
+        yield GaugeMetricFamily(name, doc, value=value)
+    yield CounterMetricFamily("flashhead_engine_refused", "Sessions this API node refused at capacity",
+                              value=remote.refused)
+    per_engine = [("flashhead_remote_engine_capacity", "Real-time sessions the engine node admits", "capacity"),
+                  ("flashhead_remote_engine_sessions", "Real-time sessions in flight on the engine node", "sessions"),
+                  ("flashhead_remote_engine_running", "Sessions the engine node's scheduler runs", "active")]
+    for name, doc, field in per_engine:
+        family = GaugeMetricFamily(name, doc, labels=["engine"])
+        for e in engines:
+            if e.get(field) is not None:
+                family.add_metric([e["id"]], e[field])
+        yield family
+    for name, doc, field in (("flashhead_remote_engine_step_seconds", "One session step in the engine node", "steps"),
+                             ("flashhead_remote_engine_batch_size", "Sessions stepped together in one batch",
+                              "batches")):
+        family = HistogramMetricFamily(name, doc, labels=["engine"])
+        for e in engines:
+            if e.get(field):
+                family.add_metric([e["id"]], _buckets(e[field]), sum_value=e[field]["sum"])
+        yield family
+
+
+def _buckets(tally: dict) -> list[tuple[str, float]]:
+    """A published Tally as Prometheus' cumulative (le, count) pairs."""
+    bounds = [floatToGoString(b) for b in tally["bounds"]] + ["+Inf"]
+    return list(zip(bounds, itertools.accumulate(tally["counts"])))

@@ -9,10 +9,8 @@ from flashhead.config import Settings
 from flashhead.engine.admission import Admission, Ticket
 from flashhead.engine.process import EngineProcess, EngineThread, capacity_of
 from flashhead.engine.relay import Channel
+from flashhead.engine.remote import BATCH_BUCKETS, STEP_BUCKETS, remote_metrics
 from flashhead.errors import BackendUnavailable
-
-STEP_BUCKETS = (.005, .01, .02, .05, .1, .2, .32, .5, 1, 2, 5)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class Session:
@@ -24,7 +22,8 @@ class Session:
     async def get(self) -> tuple[str, object]:
         return await self.channel.get()
 
-    def send(self, kind: str, payload=None) -> None:
+    async def send(self, kind: str, payload=None) -> None:
+        """Async as a RemoteSession's, whose send awaits Redis."""
         self.channel.send(kind, payload)
 
     def close(self) -> None:
@@ -41,6 +40,9 @@ class EngineService:
         self.runner: EngineProcess | EngineThread | None = None
         self.absent: str | None = None       # why this node runs no engine (an API-only node)
         self.remote = None                   # an API node's RemoteEngines (engines on other machines)
+        self.process_sessions: list[int] = []   # the CPU pool: sessions pinned to each render process
+        self.capacity_info: dict = {"source": "configured" if settings.engine_capacity_mode == "configured"
+                                    else "calibrating"}          # until the engine is ready
         self.step_seconds = Histogram("flashhead_engine_step_seconds", "One session step (render + encode "
                                       "one chunk) in the engine", registry=registry, buckets=STEP_BUCKETS)
         self.batch_size = Histogram("flashhead_engine_batch_size", "Sessions stepped together in one "
@@ -49,12 +51,18 @@ class EngineService:
             registry.register(_EngineCollector(self))
 
     def start_process(self) -> None:
-        self.runner = EngineProcess(self.settings, on_beat=self._beat).start()
+        self.runner = EngineProcess(self.settings, on_beat=self._beat, on_ready=self._ready).start()
 
     def start_thread(self, engines, storage) -> None:
-        self.runner = EngineThread(engines, storage, self.settings, on_beat=self._beat)
+        self.runner = EngineThread(engines, storage, self.settings, on_beat=self._beat, on_ready=self._ready)
+
+    def _ready(self, info: dict) -> None:
+        """At each engine start: admit what it says it holds (configured or calibrated)."""
+        self.admission.capacity = info["capacity"]
+        self.capacity_info = info
 
     def _beat(self, beat: dict) -> None:
+        self.process_sessions = beat.get("processes", [])
         for s in beat["steps"]:
             self.step_seconds.observe(s)
         for n in beat.get("batches", ()):
@@ -73,17 +81,20 @@ class EngineService:
         return bool(link and not link.closed)
 
     def health(self) -> dict:
+        if self.remote is not None:
+            return self.remote.health()
         return {"up": self.up, "capacity": self.admission.capacity, "sessions": self.admission.in_flight,
-                "restarts": getattr(self.runner, "restarts", 0)}
+                "restarts": getattr(self.runner, "restarts", 0), "capacity_source": self.capacity_info["source"],
+                **({"calibration": self.capacity_info["calibration"]} if "calibration" in self.capacity_info else {})}
 
     @property
     def error(self) -> str | None:
         return getattr(self.runner, "error", None)
 
-    def open(self, kind: str, spec: dict, key_id: str | None) -> Session:
+    async def open(self, kind: str, spec: dict, key_id: str | None) -> Session:
         """From the event loop. Raises CapacityExceeded at once when no slot is free."""
         if self.remote is not None:
-            return self.remote.open(kind, spec, key_id)
+            return await self.remote.open(kind, spec, key_id)
         if self.absent:
             raise BackendUnavailable(self.absent)
         link = self.runner.link if self.runner is not None else None
@@ -103,11 +114,29 @@ class _EngineCollector:
 
     def collect(self):
         s = self.service
+        if s.remote is not None:            # an API node: the engine nodes', read from Redis
+            yield from remote_metrics(s.remote)
+        else:
+            yield from self._local()
+
+    def _local(self):
+        s = self.service
         for name, doc, value in (
                 ("flashhead_engine_capacity", "Real-time sessions the engine admits", s.admission.capacity),
                 ("flashhead_engine_sessions", "Real-time sessions in flight", s.admission.in_flight),
-                ("flashhead_engine_up", "1 while the render engine is running", int(s.up))):
+                ("flashhead_engine_up", "1 while the render engine is running", int(s.up)),
+                ("flashhead_engine_capacity_calibrated", "1 when the capacity was measured at the engine's "
+                 "start (engine_capacity_mode=calibrate)", int(s.capacity_info["source"] == "calibrated"))):
             yield GaugeMetricFamily(name, doc, value=value)
+        steps = [c["step_s"] for c in s.capacity_info.get("calibration", [])]
+        yield GaugeMetricFamily("flashhead_engine_calibration_step_seconds", "Calibration: mean wall seconds "
+                                "per live chunk step at the engine's start (0: not calibrated)",
+                                value=sum(steps) / len(steps) if steps else 0.0)
+        per = GaugeMetricFamily("flashhead_engine_process_sessions", "Sessions and jobs pinned to each "
+                                 "render process of the CPU engine's pool", labels=["process"])
+        for i, n in enumerate(s.process_sessions):
+            per.add_metric([str(i)], n)
+        yield per
         yield CounterMetricFamily("flashhead_engine_refused", "Sessions refused at capacity", value=s.admission.refused)
         yield CounterMetricFamily("flashhead_engine_restarts", "Render engine restarts",
                                   value=getattr(s.runner, "restarts", 0))

@@ -141,12 +141,16 @@ class StreamTask:
 
 
 class LiveTask:
-    """A live realtime session: one chunk per step, when it is due on the media clock."""
+    """A live realtime session: one chunk per step, when it is due on the media clock.
+
+    spec["output"]: "fmp4" (the realtime WebSocket: an encoded media segment per chunk) or "raw"
+    (WebRTC: the API re-encodes for RTP, so the chunk carries its frames as I420 bytes and its
+    audio as PCM16; with no AAC framing to respect, chunks may be as short as one frame)."""
 
     live = True
 
     def __init__(self, session, encoder):
-        self.session, self.encoder = session, encoder
+        self.session, self.encoder = session, encoder     # encoder None: raw output
         self.done = False
 
     @classmethod
@@ -160,11 +164,14 @@ class LiveTask:
         portrait = engines.portraits.get(crop)
         seed = spec.get("seed")
         seed = random.randrange(2**31) if seed is None else seed
-        session = LiveSession(engines, portrait, seed, pace=bool(spec.get("pace", True)))
-        encoder = new_fmp4_encoder()
-        started = {"type": "started", "init_segment": encoder.init_segment(), "mime": mime_of(encoder),
-                   "seed": seed, "fps": C.FPS, "sample_rate": C.SAMPLE_RATE,
+        raw = spec.get("output") == "raw"
+        shape = {"chunk_frames": spec["chunk_frames"], "lead_s": spec["lead_s"]} if raw else {}
+        session = LiveSession(engines, portrait, seed, pace=bool(spec.get("pace", True)), **shape)
+        encoder = None if raw else new_fmp4_encoder()
+        started = {"type": "started", "seed": seed, "fps": C.FPS, "sample_rate": C.SAMPLE_RATE,
                    "chunk_frames": session.chunk_frames}
+        if encoder is not None:
+            started.update(init_segment=encoder.init_segment(), mime=mime_of(encoder))
         return cls(session, encoder), started
 
     def key(self, now: float) -> tuple[int, float]:
@@ -177,10 +184,14 @@ class LiveTask:
         chunk = self.session.next_chunk(timeout=0)
         if chunk is None:
             return []
-        segment = self.encoder.encode_chunk(chunk.frames, chunk.audio)
-        return [("event", {"type": "chunk", "index": chunk.index, "start": round(chunk.start_s, 3),
-                           "duration": round(chunk.duration_s, 3), "segment": segment,
-                           "speaking": chunk.speaking, "interrupted": chunk.interrupted})]
+        event = {"type": "chunk", "index": chunk.index, "start": round(chunk.start_s, 3),
+                 "duration": round(chunk.duration_s, 3), "speaking": chunk.speaking,
+                 "speech_frames": chunk.speech_frames, "interrupted": chunk.interrupted}
+        if self.encoder is None:
+            event.update(frames=len(chunk.frames), video=i420_bytes(chunk.frames), pcm=pcm16_bytes(chunk.audio))
+        else:
+            event["segment"] = self.encoder.encode_chunk(chunk.frames, chunk.audio)
+        return [("event", event)]
 
     def stopped(self) -> dict:
         frames = self.session.frames_out
@@ -188,4 +199,21 @@ class LiveTask:
 
     def close(self) -> None:
         self.session.close()
-        self.encoder.close()
+        if self.encoder is not None:
+            self.encoder.close()
+
+
+def i420_bytes(frames) -> bytes:
+    """RGB frames (N, H, W, 3) -> their I420 planes (yuv420p, BT.601 limited range, as a VP8/H.264
+    encoder takes them), frame after frame: N * H * W * 3/2 bytes."""
+    import av
+
+    return b"".join(av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p").to_ndarray().tobytes()
+                    for f in frames)
+
+
+def pcm16_bytes(audio) -> bytes:
+    """float32 mono samples in [-1, 1] -> PCM16 little-endian."""
+    import numpy as np
+
+    return (np.clip(np.asarray(audio, np.float32), -1.0, 1.0) * 32767.0).astype("<i2").tobytes()

@@ -45,22 +45,22 @@ def run_worker_node(settings: Settings, processes: int, stop: threading.Event) -
     queue = JobQueue(make_store(settings), dispatch=False)
     queue.recover()
     queue.start()                    # lease heartbeat, orphan sweep, deadlines
-    pool = ProcessWorkerPool(queue, settings, processes)
+    host = EngineHost(settings)
+    engine = EngineProcess(settings, on_beat=host.observe).start()
+    pool = ProcessWorkerPool(queue, settings, processes, engine=engine.jobs)     # they render in the engine
     pool.start()
-    engine = EngineProcess(settings).start()
-    host = None
     try:
         pool.wait_ready()
         engine.wait_ready()
-        host = EngineHost(settings, engine, capacity_of(settings)).start()
+        # configured, or what the engine measured at its start (engine_capacity_mode=calibrate)
+        host.start(engine, engine.link.info.get("capacity", capacity_of(settings)))
         log.info("worker node ready", extra={"instance": queue.store.instance, "workers": processes,
                                              "renderer": settings.renderer})
         while not stop.wait(1.0):
             if pool.error or engine.error:
                 raise RuntimeError(pool.error or engine.error)
     finally:
-        if host is not None:
-            host.stop()
+        host.stop()
         engine.stop()
         pool.stop()
         queue.stop()

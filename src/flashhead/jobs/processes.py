@@ -1,7 +1,9 @@
-"""Render workers as processes: `flashhead serve --workers N` runs N of them beside the API
-process, so rendering never holds the API process's GIL (status polls stay fast while jobs
-render). Each worker builds its own Engines, store connection and storage from the same
-Settings and runs WorkerPool.serve: claim (atomic across processes), render, finish.
+"""Job workers as processes: `flashhead serve --workers N` (and `flashhead worker`) runs N of them
+beside the API process and the render engine. Each builds its own store connection and storage
+from the same Settings and runs WorkerPool.serve: claim (atomic across processes), render,
+finish. A worker holds no renderer: it hands each render to the engine (flashhead.engine.jobs),
+which has the device's only one, and keeps the job's claim, logs, cancel and stored file. An engine that dies under a job makes the
+worker exit without failing it: the job is re-queued once (recover_worker), as after a crash.
 
 Parent side: ProcessWorkerPool, one supervisor thread per worker. It starts the worker
 (`python -m flashhead.jobs.processes`, the Settings as JSON in the environment), follows its
@@ -36,6 +38,8 @@ import time
 from pathlib import Path
 
 from flashhead.config import Settings
+from flashhead.engine.jobs import EngineJobs, JobAddress
+from flashhead.errors import EngineFailed
 from flashhead.jobs.queue import JobQueue
 from flashhead.jobs.state import JobState
 from flashhead.jobs.store import WORKER_CRASHED
@@ -46,11 +50,13 @@ POLL_S = 0.1                 # an idle worker looks at the store this often with
 STOP_GRACE_S = 10.0          # a graceful stop lets a running job finish for this long
 RESTART_DELAY_S = 1.0
 PR_SET_PDEATHSIG = 1
+ENGINE_GONE_EXIT = 3         # a worker whose engine died exits with this, its job handed back
 
 
 class ProcessWorkerPool:
-    def __init__(self, queue: JobQueue, settings: Settings, processes: int = 1):
-        self.queue, self.settings, self.n = queue, settings, processes
+    def __init__(self, queue: JobQueue, settings: Settings, processes: int, engine: JobAddress):
+        """engine: where the workers hand their renders (the engine process's JobAddress)."""
+        self.queue, self.settings, self.n, self.engine = queue, settings, processes, engine
         self.error: str | None = None          # set when a worker cannot start
         self._procs: list[subprocess.Popen | None] = [None] * processes
         self._ready = [threading.Event() for _ in range(processes)]
@@ -97,7 +103,7 @@ class ProcessWorkerPool:
             t.join(timeout=2)
 
     def _spawn(self, i: int) -> subprocess.Popen:
-        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json()}
+        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json(), **self.engine.env()}
         proc = subprocess.Popen([sys.executable, "-m", "flashhead.jobs.processes", "--parent-pid",
                                  str(os.getpid()), "--index", str(i), "--instance", self.queue.store.instance],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
@@ -198,16 +204,15 @@ def _tell(ctl, line: str) -> None:
         os._exit(1)
 
 
-def _build_pool(settings: Settings, instance: str, index: int):
+def _build_pool(settings: Settings, instance: str, index: int, engine: JobAddress):
+    """No renderer here: renders go to the engine (one renderer per device)."""
     from flashhead.jobs.backends import make_storage, make_store
     from flashhead.jobs.worker import WorkerPool
-    from flashhead.pipeline import Engines
 
-    engines = Engines.create(settings)
     # the API process runs the hooks; claims record this worker's index (see recover_worker)
     queue = JobQueue(make_store(settings, instance, worker=index), dispatch=False)
-    return WorkerPool(queue, make_storage(settings), engines, Path(settings.data_dir) / "work",
-                      threads=1, poll_s=POLL_S)
+    return WorkerPool(queue, make_storage(settings), None, Path(settings.data_dir) / "work", threads=1,
+                      poll_s=POLL_S, generate=EngineJobs(engine, connect_timeout_s=settings.engine_step_deadline_s))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,16 +233,23 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
-        # a lower CPU priority (FLASHHEAD_WORKER_NICE; 0: off): rendering is batch work that takes
-        # whatever CPU is idle, while API requests are short and latency-bound
+        # a lower CPU priority (FLASHHEAD_WORKER_NICE; 0: off): fetching and storing a job's files
+        # is batch work, while API requests are short and latency-bound
         os.nice(settings.worker_nice)
-        pool = _build_pool(settings, a.instance, a.index)
+        pool = _build_pool(settings, a.instance, a.index, JobAddress.from_env(os.environ))
     except Exception as exc:
         log.exception("render worker start-up failed", extra={"worker": a.index})
         _tell(ctl, f"error {type(exc).__name__}: {exc}")
         return 1
     _tell(ctl, "ready")
-    pool.serve(stop, wake, on_claim=lambda job_id: _tell(ctl, f"claim {job_id}" if job_id else "idle"))
+    try:
+        pool.serve(stop, wake, on_claim=lambda job_id: _tell(ctl, f"claim {job_id}" if job_id else "idle"))
+    except EngineFailed:
+        # The engine died under the job: not this job's fault (as far as anyone knows), so it is
+        # not failed but handed back; the parent re-queues it once (recover_worker), as after a crash.
+        log.exception("the render engine went away during a job", extra={"worker": a.index})
+        _tell(ctl, "idle")
+        return ENGINE_GONE_EXIT
     return 0
 
 

@@ -1,11 +1,13 @@
 """Workers: claim a job, run flashhead.pipeline.generate, store the video, finish.
 
-WorkerPool runs them as threads of the calling process (tests that inject a fake generate);
-flashhead.jobs.processes runs the same loop (WorkerPool.serve) in worker processes, so that
-rendering does not hold the API process's GIL.
+WorkerPool runs them as threads of the calling process (thread mode, tests that inject a fake
+generate); flashhead.jobs.processes runs the same loop (WorkerPool.serve) in worker processes
+whose generate hands the render to the render engine (flashhead.engine.jobs.EngineJobs).
 
-Cancellation is cooperative: generate() asks should_cancel() before every chunk, which reads
-the store's cancel flag, so a running job stops at the next chunk.
+Cancellation is cooperative: generate() asks should_cancel() before every chunk (through the
+engine: every poll), which reads the store's cancel flag, so a running job stops at the next chunk.
+EngineFailed (the engine died under the job) is not the job's outcome: it leaves run_job, and
+the worker process hands the job back to the queue.
 
 A store that fails (redis away, SQLite locked past its busy timeout) never ends a worker: a
 failed claim is retried after STORE_RETRY_S, a failed finish is retried (backing off up to
@@ -23,7 +25,7 @@ from typing import Callable
 
 from pydantic import ValidationError
 
-from flashhead.errors import Cancelled, FlashheadError, InputError
+from flashhead.errors import Cancelled, EngineFailed, FlashheadError, InputError
 from flashhead.jobs.queue import JobQueue
 from flashhead.jobs.state import JobState
 from flashhead.jobs.store import CANCELLED_TYPE, Job
@@ -101,6 +103,8 @@ class WorkerPool:
         try:
             state, fields = JobState.COMPLETED, {"result": self._render(job, job_dir, say)}
             say("completed")
+        except EngineFailed:         # not the job's fault: the caller hands it back to the queue
+            raise
         except Cancelled as exc:
             state, fields = JobState.CANCELLED, {"error": str(exc), "error_type": CANCELLED_TYPE}
         except ValidationError as exc:

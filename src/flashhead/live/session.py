@@ -37,7 +37,7 @@ from flashhead.errors import InputError, LimitExceeded
 from flashhead.live.buffers import SpeechFifo, pcm16_to_float
 from flashhead.live.features import FeatureStream, StreamingExtractor
 from flashhead.pipeline import Chunk
-from flashhead.render.base import SpeechSpan
+from flashhead.render.base import SpeechSpan, check_idle_pose
 from flashhead.visemes.base import FrameFeatures
 
 
@@ -46,6 +46,7 @@ class LiveChunk(Chunk):
     """A pipeline Chunk plus what the live session knows about it."""
 
     speaking: bool = False          # at least one frame carries speech
+    speech_frames: int = 0          # frames [0, speech_frames) carry the next pushed speech, in order
     interrupted: bool = False       # first chunk after an interrupt (always idle)
     features: FrameFeatures | None = None   # what drove the renderer, frame by frame
     media_time: float = 0.0         # clock time at which frames[0] is due on screen
@@ -68,8 +69,9 @@ class LiveSession:
         # Shared with producer threads (guarded by _cond).
         self._cond = threading.Condition()
         self._pending = bytearray()
-        self._eos = False
+        self._ends: list[int] = []  # offsets in _pending where an utterance ended (end_of_speech)
         self._interrupts = 0
+        self._pose: str | None = None       # an idle pose asked for, not yet handed to the renderer
         self._closed = False
         # Owned by the consumer thread.
         self._stream = FeatureStream(make_extractor)
@@ -101,7 +103,7 @@ class LiveSession:
         """The utterance is complete: render its tail without waiting for more audio."""
         with self._cond:
             self._check_open()
-            self._eos = True
+            self._ends.append(len(self._pending))
             self._cond.notify_all()
 
     def interrupt(self) -> None:
@@ -109,8 +111,16 @@ class LiveSession:
         with self._cond:
             self._check_open()
             self._pending.clear()
-            self._eos = False
+            self._ends.clear()
             self._interrupts += 1
+            self._cond.notify_all()
+
+    def set_idle_pose(self, pose: str) -> None:
+        """Idle frames from the next chunk on hold `pose` ("idle" | "listening" | "thinking"; see
+        Renderer.set_idle_pose). Applied by the consumer, between renders."""
+        with self._cond:
+            self._check_open()
+            self._pose = check_idle_pose(pose)
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -153,7 +163,7 @@ class LiveSession:
             if end is not None:
                 wait = min(wait, end - now)
             with self._cond:
-                if not (self._pending or self._eos or self._closed
+                if not (self._pending or self._ends or self._closed
                         or self._interrupts != self._seen_interrupts):
                     self._cond.wait(wait)
 
@@ -162,29 +172,38 @@ class LiveSession:
         (-inf: now). A scheduler calls next_chunk(timeout=0) once this has passed; queued input
         makes it due at once, since only next_chunk absorbs it (feature extraction is work)."""
         with self._cond:
-            unabsorbed = bool(self._pending or self._eos or self._interrupts != self._seen_interrupts)
+            unabsorbed = bool(self._pending or self._ends or self._interrupts != self._seen_interrupts)
         if self._t0 is None or self._closed or unabsorbed:
             return float("-inf")
         return self._due(self._speech_ready())
 
     def _absorb(self) -> None:
-        """Move what producers queued into the consumer's state."""
+        """Move what producers queued into the consumer's state. Each utterance's tail is
+        flushed where its end_of_speech came, also when the next utterance's audio followed."""
         with self._cond:
             n = len(self._pending) - len(self._pending) % C.PCM_BYTES_PER_SAMPLE
             pcm = bytes(self._pending[:n])
             del self._pending[:n]
-            eos, self._eos = self._eos, False
+            ends, self._ends = [min(e, n) for e in self._ends], []
             interrupts = self._interrupts
+            pose, self._pose = self._pose, None
+        if pose is not None:
+            self.renderer.set_idle_pose(self._state, pose)
         if interrupts != self._seen_interrupts:
             self._seen_interrupts = interrupts
             self._stream.reset()
             self._ready.clear()
             self._tail, self._cut = False, True
+        start = 0
+        for end in ends:
+            self._push_pcm(pcm[start:end])
+            self._ready.push(*self._stream.flush())
+            self._tail, start = len(self._ready) > 0, end
+        self._push_pcm(pcm[start:])
+
+    def _push_pcm(self, pcm: bytes) -> None:
         if pcm:
             self._ready.push(*self._stream.push(pcm16_to_float(pcm)))
-        if eos:
-            self._ready.push(*self._stream.flush())
-            self._tail = len(self._ready) > 0
 
     def _speech_ready(self) -> bool:
         if self._cut:
@@ -203,11 +222,12 @@ class LiveSession:
     def _media_time(self, frame: int) -> float:
         return self._t0 + frame * C.FRAME_SECONDS
 
-    def _take(self, speech: bool) -> tuple[FrameFeatures, np.ndarray, bool]:
-        """The next N frames of features and audio; speech padded with idle to N frames."""
+    def _take(self, speech: bool) -> tuple[FrameFeatures, np.ndarray, int]:
+        """The next N frames of features and audio, speech padded with idle to N frames, and
+        the number of speech frames among them."""
         n = self.chunk_frames
         feats, audio = self._ready.take(n) if speech else (FrameFeatures.zeros(0), np.zeros(0, np.float32))
-        spoken = len(feats) > 0
+        spoken = len(feats)
         if len(feats) < n:
             feats = FrameFeatures.concat([feats, FrameFeatures.zeros(n - len(feats))])
             audio = np.concatenate([audio, np.zeros((n * C.SAMPLES_PER_FRAME) - len(audio), np.float32)])
@@ -219,8 +239,8 @@ class LiveSession:
         feats, audio, spoken = self._take(speech)
         start = self.frames_out
         frames = self.renderer.render(self._state, SpeechSpan(start, feats, audio))
-        chunk = LiveChunk(self.index, start, frames, audio, speaking=spoken, interrupted=self._cut,
-                          features=feats, media_time=self._media_time(start))
+        chunk = LiveChunk(self.index, start, frames, audio, speaking=spoken > 0, speech_frames=spoken,
+                          interrupted=self._cut, features=feats, media_time=self._media_time(start))
         self.index += 1
         self.frames_out += len(feats)
         self.samples_out += len(audio)

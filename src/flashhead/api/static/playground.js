@@ -1,10 +1,11 @@
 // FlashHead playground: streamed generation over SSE and a live session over the realtime
-// WebSocket, both played through MediaSource from fragmented-MP4 segments. No build step.
+// WebSocket, both played through MediaSource from fragmented-MP4 segments; and the same live
+// session over WebRTC (WHEP), driven through its data channel. No build step.
 import { encode, decode } from "/playground/msgpack.js";
 
 const $ = (id) => document.getElementById(id);
 const video = $("video");
-const state = { generating: false, done: false, result: null, chunks: 0, error: null, live: null };
+const state = { generating: false, done: false, result: null, chunks: 0, error: null, live: null, rtc: null };
 window.playground = state;  // read by the browser test
 
 function log(line) {
@@ -216,6 +217,118 @@ function setLive(on) {
   for (const id of ["live-speak", "live-interrupt", "live-stop"]) $(id).disabled = !on;
 }
 
+
+// --- live session over WebRTC (WHEP + data channel) -------------------------------------------
+async function httpPortraitUrl() {
+  // WHEP takes the portrait as a query parameter: a stored file's URL, not a data URI.
+  if (!portraitUrl) await choosePortrait();
+  if (!portraitUrl.startsWith("data:")) return portraitUrl;
+  const blob = await (await fetch(portraitUrl)).blob();
+  portraitUrl = await uploadPortrait(new File([blob], "portrait.png", { type: blob.type || "image/png" }));
+  if (portraitUrl.startsWith("data:")) throw new Error("the portrait could not be stored (needed for WebRTC)");
+  return portraitUrl;
+}
+
+class RtcDemo {
+  constructor() {
+    this.video = $("rtc-video");
+    state.rtc = { connected: false, index: -1, speaking: false, chunks: 0, interrupted: 0, latency_ms: null, errors: [] };
+  }
+  async start() {
+    const imageUrl = await httpPortraitUrl();
+    this.pc = new RTCPeerConnection({ iceServers: [] });
+    this.pc.addTransceiver("video", { direction: "recvonly" });
+    this.pc.addTransceiver("audio", { direction: "recvonly" });
+    this.channel = this.pc.createDataChannel("control");
+    this.channel.binaryType = "arraybuffer";
+    this.channel.onmessage = (m) => this.onMessage(decode(new Uint8Array(m.data)));
+    const opened = new Promise((ok) => { this.channel.onopen = ok; });
+    this.pc.ontrack = (ev) => {
+      this.video.srcObject = ev.streams[0] || new MediaStream([ev.track]);
+      this.video.hidden = false;
+      $("video").hidden = true;
+    };
+    this.pc.onconnectionstatechange = () => {
+      state.rtc.connected = this.pc.connectionState === "connected";
+      if (["failed", "closed"].includes(this.pc.connectionState)) { log(`WebRTC ${this.pc.connectionState}`); setRtc(false); }
+    };
+    await this.pc.setLocalDescription(await this.pc.createOffer());
+    await new Promise((ok) => {            // no trickle ICE: the offer carries its candidates
+      if (this.pc.iceGatheringState === "complete") return ok();
+      this.pc.onicegatheringstatechange = () => this.pc.iceGatheringState === "complete" && ok();
+      setTimeout(ok, 2000);
+    });
+    const query = new URLSearchParams({ image_url: imageUrl });
+    const r = await fetch(`/${config.text_endpoint}/whep?${query}`, {
+      method: "POST", body: this.pc.localDescription.sdp,
+      headers: { ...authHeaders(), "Content-Type": "application/sdp" },
+    });
+    if (r.status !== 201) throw new Error(`WHEP: HTTP ${r.status}: ${await r.text()}`);
+    this.location = r.headers.get("Location");
+    await this.pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+    await opened;
+    this.video.play().catch(() => {});
+    log(`WebRTC session ${this.location.split("/").pop()} started: idling`);
+    setRtc(true);
+  }
+  send(msg) { this.channel.send(encode(msg)); }
+  onMessage(msg) {
+    if (msg.type === "x-fal-error") { state.rtc.errors.push(msg); log(`WebRTC error: ${msg.error} ${msg.reason || ""}`); return; }
+    if (msg.type !== "chunk") return;
+    Object.assign(state.rtc, { index: msg.index, speaking: msg.speaking, chunks: state.rtc.chunks + 1 });
+    if (msg.interrupted) state.rtc.interrupted += 1;
+  }
+  async speak() {
+    const pcm = wavPcm16(await (await fetch(config.sample_speech)).arrayBuffer());
+    const step = 1280;  // 40 ms of PCM16 at 16 kHz
+    let at = 0;
+    clearInterval(this.timer);
+    this.send({ type: "speaking" });
+    const t0 = performance.now();
+    state.rtc.latency_ms = null;
+    this.watchLatency(t0);
+    const push = () => {
+      if (at >= pcm.length) { clearInterval(this.timer); this.send({ type: "end_of_speech" }); return; }
+      this.send({ type: "audio", pcm: pcm.slice(at, at + step) });
+      at += step;
+    };
+    push();
+    this.timer = setInterval(push, 40);
+    log("speaking the sample WAV over the data channel");
+  }
+  async watchLatency(t0) {
+    // First PCM chunk sent -> the audio track plays speech here (getStats audioLevel), A/V in sync.
+    const deadline = t0 + 5000;
+    while (performance.now() < deadline && state.rtc.latency_ms === null) {
+      if ((await this.audioStats()).audioLevel > 0.01) {
+        state.rtc.latency_ms = Math.round(performance.now() - t0);
+        $("rtc-latency").textContent = `speech audible ${state.rtc.latency_ms} ms after its first PCM chunk`;
+        return;
+      }
+      await new Promise((ok) => setTimeout(ok, 10));
+    }
+  }
+  async audioStats() {
+    const stats = await this.pc.getStats();
+    for (const s of stats.values()) if (s.type === "inbound-rtp" && s.kind === "audio") return s;
+    return {};
+  }
+  listen() { clearInterval(this.timer); this.send({ type: "listening" }); log("listening pose"); }
+  interrupt() { clearInterval(this.timer); this.send({ type: "interrupt" }); log("interrupted"); }
+  async stop() {
+    clearInterval(this.timer);
+    if (this.location) await fetch(this.location, { method: "DELETE", headers: authHeaders() });
+    this.pc.close();
+    setRtc(false);
+    log("WebRTC session ended");
+  }
+}
+
+function setRtc(on) {
+  $("rtc-start").disabled = on;
+  for (const id of ["rtc-speak", "rtc-listen", "rtc-interrupt", "rtc-stop"]) $(id).disabled = !on;
+}
+
 // --- wiring -----------------------------------------------------------------------------------
 async function main() {
   config = await (await fetch("/playground/config.json")).json();
@@ -235,6 +348,16 @@ async function main() {
   $("live-speak").addEventListener("click", () => live.speak());
   $("live-interrupt").addEventListener("click", () => live.interrupt());
   $("live-stop").addEventListener("click", () => live.stop());
+  let rtc = null;
+  $("rtc-start").addEventListener("click", async () => {
+    rtc = new RtcDemo();
+    window.playground.rtcDemo = rtc;  // the browser test reads its getStats
+    try { await rtc.start(); } catch (err) { log(`WebRTC error: ${err.message}`); state.rtc.errors.push(err.message); }
+  });
+  $("rtc-speak").addEventListener("click", () => rtc.speak());
+  $("rtc-listen").addEventListener("click", () => rtc.listen());
+  $("rtc-interrupt").addEventListener("click", () => rtc.interrupt());
+  $("rtc-stop").addEventListener("click", () => rtc.stop());
   state.ready = true;
 }
 

@@ -7,8 +7,12 @@ import numpy as np
 from .warp import BlendField, Box, local_coords, smoothstep, step, to_image
 
 BLINK, GAZE_X, GAZE_Y = range(3)
-LID_COVER = 0.85      # how much of the stretched lid skin (and lashes) the lid colour hides
-LASH_KEEP = 1.5       # output px of lash line kept at the closed lid's edge
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+LID_COVER = 0.85      # how much of the stretched lid skin the lid colour hides (dark strokes: all)
+LASH_KEEP = 1.0       # output px of lash line kept at the closed lid's edge ...
+LASH_SOFT = 2.0       # ... and the px over which it fades into the lid above (no drawn edge)
+OUTLINE = 0.35        # of the eye's opening: how far beyond the corners a drawn outline is hidden
+OUTLINE_DARK = 0.8    # of the lid's luminance: darker pixels on the upper lid line are outline / lashes
 
 
 class EyeRig:
@@ -31,8 +35,9 @@ class EyeRig:
         brow = np.interp(su, *self._curve(lm, eye["brow"], o))
         room = float(np.median(np.interp(su, *up) - brow))
         self.fade = fade = float(np.clip(0.75 * room, 0.5 * h, 1.2 * h))   # lid band stretched
-        corners = [(-half - 3, np.min(up[1]) - fade - 3), (half + 3, np.min(up[1]) - fade - 3),
-                   (-half - 3, np.max(lo[1]) + 3), (half + 3, np.max(lo[1]) + 3)]
+        self.half, m = half, float(np.clip(OUTLINE * h, 3.0, fade))
+        corners = [(-half - m - 2, np.min(up[1]) - fade - 3), (half + m + 2, np.min(up[1]) - fade - 3),
+                   (-half - m - 2, np.max(lo[1]) + 3), (half + m + 2, np.max(lo[1]) + 3)]
         self.box = Box.around(np.array([o + cu * eu + cv * ev for cu, cv in corners]), image.shape[:2])
         u, v = local_coords(self.box, o, eu, ev)
         vu, vl = np.interp(u, *up), np.interp(u, *lo)
@@ -44,6 +49,14 @@ class EyeRig:
         dist2 = (u - iu) ** 2 + (v - iv) ** 2
         gaze = aperture * np.exp(-dist2 / (2 * (1.3 * self.iris_r) ** 2))
         self._init_lid(image, u, v, vu, blink)
+        # the lower lid line, where the blink field steps from full to none: those pixels sample
+        # the open eye (white or iris specks under a closed lid); closed, they take the darker of
+        # the warped and the portrait's own (lower lashes) colour. The lash line around it is
+        # softened a little when closed (else it reads as a pen line)
+        self.seam = np.nonzero((op > 0) & (np.abs(v - vl) < 0.75))
+        self.lash = np.nonzero((op > 0) & (v > vl - 3.5) & (v < vl + 1.5))
+        self.seam_rgb = image[self.box.slices][self.seam]
+        self.lid_cols = 1.0 - smoothstep(half, half + m, np.abs(u))   # the outline's columns
         zero = np.zeros_like(u)
         self.field = BlendField(self.box, [to_image(zero, -blink, eu, ev),
                                            to_image(-gaze, zero, eu, ev),
@@ -52,15 +65,18 @@ class EyeRig:
     def _init_lid(self, image, u, v, vu, blink):
         """Lid colour map (skin above the lashes, spread smoothly) and per-pixel cover geometry."""
         region = image[self.box.slices].astype(np.float32)
-        band = (v < vu - 3) & (v > vu - self.fade) & (np.abs(u) < 0.6 * np.abs(u).max())
+        band = (v < vu - 3) & (v > vu - self.fade) & (np.abs(u) < 0.6 * self.half + 2)
         self.lid_rgb = (np.median(region[band], 0) if band.sum() > 8
                         else region.reshape(-1, 3).mean(0)).astype(np.float32)
-        # long lashes reach into the band: only skin-bright pixels make the lid colour
-        lum = region @ np.array([0.299, 0.587, 0.114], np.float32)
-        lid_l = float(self.lid_rgb @ np.array([0.299, 0.587, 0.114], np.float32))
-        skin = (band & (lum > 0.85 * lid_l)).astype(np.float32)
+        # long lashes reach into the band: only skin-bright pixels make the lid colour map, taken
+        # out to the corners and spread little, so it follows shading and eye shadow (else the
+        # closed lid shows as a lighter patch)
+        lum = region @ LUMA
+        self.lid_l = lid_l = float(self.lid_rgb @ LUMA)
+        wide = (v < vu - 2) & (v > vu - self.fade) & (np.abs(u) < self.half + 3)
+        skin = (wide & (lum > 0.8 * lid_l)).astype(np.float32)
         if skin.sum() > 8:
-            sig = max(0.6 * self.fade, 3.0)
+            sig = max(0.5 * self.fade, 3.0)
             num = cv2.GaussianBlur(region * skin[..., None], (0, 0), sig)
             den = cv2.GaussianBlur(skin, (0, 0), sig)[..., None]
             w = np.clip(den / 0.05, 0, 1)
@@ -68,33 +84,65 @@ class EyeRig:
         else:
             self.lid_map = np.broadcast_to(self.lid_rgb, region.shape).astype(np.float32)
         self.lid_v, self.lid_vu, self.lid_mag = v, vu, blink
+        self.outline_top = self._outline_top(lum < OUTLINE_DARK * lid_l, u, v, vu)
         self.over_eye = (smoothstep(-1.0, 2.0, v - vu) * np.clip(blink / 3.0, 0, 1)).astype(np.float32)
         # how fast the blink displacement grows down the face: at coefficient c the lid skin is
         # sampled 1 - c * grow rows per row, i.e. stretched where that falls well below 1
         gy, gx = np.gradient(blink.astype(np.float32))
         self.lid_grow = (gx * self.ev[0] + gy * self.ev[1]).astype(np.float32)
 
+    def _outline_top(self, dark, u, v, vu) -> np.ndarray:
+        """Per pixel: the top (v) of the dark outline / lashes resting on the upper lid line in
+        its column. Drawn faces outline the eye in strokes a few px outside the landmark contour,
+        thickest at the corners; a closing lid takes all of it down (the rest would stay behind
+        as dark strokes), leaving the lash line."""
+        near = dark & (v > vu - self.fade) & (v < vu + 2)
+        _, label = cv2.connectedComponents(near.astype(np.uint8), connectivity=8)
+        touching = np.unique(label[near & (v > vu - 2)])
+        above = np.where(np.isin(label, touching[touching > 0]), vu - v, 0.0)
+        bins = np.round(u).astype(int)
+        lo = bins.min()
+        rise = np.zeros(bins.max() - lo + 1, np.float32)
+        np.maximum.at(rise, (bins - lo).ravel(), above.ravel())
+        rise = np.maximum(cv2.dilate(rise[None], np.ones((1, 5), np.uint8))[0] + 1.0, 2.0)
+        return (vu - np.minimum(rise[bins - lo], self.fade)).astype(np.float32)
+
     def composite(self, region: np.ndarray, c: np.ndarray) -> None:
         """Cover the stretched lid skin (lash streaks) over the closed part of the eye with lid colour."""
         if c[BLINK] < 0.15:
             return
+        self._cover_lid(region, c)
+        if c[BLINK] > 0.9:
+            region[self.lash] = cv2.GaussianBlur(region, (3, 3), 0.8)[self.lash]   # soft, not drawn
+            region[self.seam] = np.minimum(region[self.seam], self.seam_rgb)
+
+    def _cover_lid(self, region: np.ndarray, c: np.ndarray) -> None:
         v_src = self.lid_v - c[BLINK] * self.lid_mag
-        strength = LID_COVER * smoothstep(0.15, 0.5, float(c[BLINK]))
+        strength = smoothstep(0.15, 0.5, float(c[BLINK]))
         stretched = np.clip((c[BLINK] * self.lid_grow - 0.25) / 0.35, 0, 1)
         # source rows per output row: where the lid is stretched a thin (painted, inked) lash
         # stroke above the lid line would smear over several rows; cover all of it except the
-        # last LASH_KEEP output rows, which stay a crisp lash line
+        # last LASH_KEEP output rows, which stay the lash line
         squeeze = np.clip(1.0 - c[BLINK] * self.lid_grow, 0.05, 1.0)
         # over the eye's own opening a (nearly) closed lid is skin: painted and inked faces have
         # strokes there (eyeliner, crease lines) that the warp would drag down as smears
-        lid = np.maximum(stretched, self.over_eye * smoothstep(0.6, 0.95, float(c[BLINK])))
-        a = lid * np.clip((self.lid_vu - LASH_KEEP * squeeze - v_src) / squeeze, 0, 1) * strength
+        closing = smoothstep(0.6, 0.95, float(c[BLINK]))
+        lid = np.maximum(stretched, self.over_eye * closing)
+        # a closed lid hides the upper outline (drawn strokes, lashes) above the landmark lid line
+        # too, out to the corners where the lid hardly moves: all of it is skin but the lash line
+        outline = self.lid_cols * step(v_src - self.outline_top, 1.5)
+        lid = np.maximum(lid, outline * closing)
+        edge = (self.lid_vu - LASH_KEEP * squeeze - v_src) / (LASH_SOFT * squeeze)
+        a = lid * np.clip(edge, 0, 1) * strength
         ys, xs = np.nonzero(a.max(1) > 0.01)[0], np.nonzero(a.max(0) > 0.01)[0]
         if not len(ys):
             return
         win = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
-        reg, a = region[win], a[win][..., None]
-        reg[...] = np.clip(reg * (1 - a) + self.lid_map[win] * a + 0.5, 0, 255).astype(np.uint8)
+        reg, lid_rgb = region[win].astype(np.float32), self.lid_map[win]
+        # skin texture shows through a little; dark (drawn, inked) strokes do not
+        dark = np.clip((0.8 * self.lid_l - reg @ LUMA) / (0.3 * self.lid_l), 0, 1)
+        a = (a[win] * (LID_COVER + (1 - LID_COVER) * dark))[..., None]
+        region[win] = np.clip(reg * (1 - a) + lid_rgb * a + 0.5, 0, 255).astype(np.uint8)
 
     def _curve(self, lm, idx, o):
         pts = lm[list(idx)] - o

@@ -56,8 +56,10 @@ class MouthRig:
         pts = np.array([o + cu * eu + cv * ev for cu, cv in corners])
         self.box = Box.around(pts, image.shape[:2])
         u, v = local_coords(self.box, o, eu, ev)
-        self.field = BlendField(self.box, self._bases(u, v, v_chin))
         self._init_layer(image, u, v, lm)
+        self.field = BlendField(self.box, self._bases(u, v, v_chin), keep=self.sub)
+        dy, dx = self.field.box.y0 - self.box.y0, self.field.box.x0 - self.box.x0
+        self.sub_in_field = tuple(slice(a.start - d, a.stop - d) for a, d in zip(self.sub, (dy, dx)))
 
     @staticmethod
     def hw_guess(lm) -> float:
@@ -150,7 +152,7 @@ class MouthRig:
     def composite(self, region: np.ndarray, disp: np.ndarray, c: np.ndarray) -> None:
         """Blend cavity/tongue/teeth into `region` (the warped mouth box, uint8, in place)."""
         hw, p = self.hw, self.palette
-        d = disp[self.sub]
+        d = disp[self.sub_in_field]
         du = d[..., 0] * self.eu[0] + d[..., 1] * self.eu[1]
         dv = d[..., 0] * self.ev[0] + d[..., 1] * self.ev[1]
         s_src = self.sub_s + dv - self.sub_slope * du
@@ -164,8 +166,9 @@ class MouthRig:
         win = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
         alpha, u, s = alpha[win], self.sub_u[win], self.sub_s[win]
         te = u / (hw + c[SPREAD])
-        d_up = s + c[LIFT] * self._taper(te)
-        s_lo = c[JAW] * self._taper(te) - c[TUCK] * np.sqrt(np.clip(1 - te * te, 0, 1))
+        taper = self._taper(te)
+        d_up = s + c[LIFT] * taper
+        s_lo = c[JAW] * taper - c[TUCK] * np.sqrt(np.clip(1 - te * te, 0, 1))
         d_lo = s_lo - s
         gap = np.maximum(d_up + d_lo, 1e-3)
         # cavity: darkest high up in the shadow of the upper teeth, warmer towards the lower lip

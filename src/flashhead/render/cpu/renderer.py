@@ -93,7 +93,7 @@ class CpuRenderer(Renderer):
 
     @staticmethod
     def _local(s: Session, key: str, rig, c: np.ndarray, active) -> None:
-        ys, xs = rig.field.box.slices
+        ys, xs = rig.box.slices       # the field's box, or a part of it with all the field's work
         if not active(c):
             if s.dirty.get(key):
                 s.work[ys, xs] = s.portrait.image[ys, xs]

@@ -83,14 +83,25 @@ def box_window(h: int, w: int, ramp: float = 3.0) -> np.ndarray:
 
 
 class BlendField:
-    """A box with K basis displacement fields; evaluates identity + sum c_k basis_k."""
+    """A box with K basis displacement fields; evaluates identity + sum c_k basis_k.
 
-    def __init__(self, box: Box, bases: list[np.ndarray]):
-        self.box = box
+    keep: a part of the box (slices relative to it) whose displacement the caller reads. Given,
+    the field shrinks to the bounding box of its nonzero bases and `keep`: outside it every
+    pixel samples itself, so the rest of the box needs no per-frame work."""
+
+    def __init__(self, box: Box, bases: list[np.ndarray], keep: tuple[slice, slice] | None = None):
         h, w = box.shape
         self.k = len(bases)
         win = box_window(h, w)[..., None]       # fields end exactly at the box edge
-        self.bases = np.stack([b * win for b in bases]).reshape(self.k, h * w * 2).astype(np.float32)
+        full = np.stack([b * win for b in bases]).astype(np.float32)
+        if keep is not None:
+            used = np.any(full != 0, axis=(0, 3))
+            used[keep] = True
+            ys, xs = np.nonzero(used.any(1))[0], np.nonzero(used.any(0))[0]
+            full = full[:, ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1]
+            box = Box(box.y0 + ys[0], box.y0 + ys[-1] + 1, box.x0 + xs[0], box.x0 + xs[-1] + 1)
+        self.box = box
+        self.bases = full.reshape(self.k, -1)
         gx, gy = grid(box)
         self.identity = np.stack([gx, gy], -1)
 

@@ -79,9 +79,7 @@ class NeuralRenderer(Renderer):
     def setup(self) -> None:
         if self.engine is not None:
             return
-        if str(self.device).startswith("cuda") and not torch.cuda.is_available():
-            raise BackendUnavailable(f"{self.name} needs an NVIDIA GPU with CUDA and none is available; "
-                                     "use --renderer cpu", field="renderer")
+        self._check_device()
         if self.weights_dir is None:
             raise BackendUnavailable(f"{self.name} needs --weights-dir pointing at the SoulX-FlashHead-1_3B "
                                      f"weights; fetch them with `{download_command(self.variant.name)}`",
@@ -92,6 +90,17 @@ class NeuralRenderer(Renderer):
             raise BackendUnavailable(f"{report.format()}\n{fetch_hint(report, self.weights_dir)}",
                                      field="weights_dir")
         self.engine = self._load()
+
+    def _check_device(self) -> None:
+        if not str(self.device).startswith("cuda"):
+            return
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(f"{self.name} on device {self.device} needs an NVIDIA GPU with CUDA and none "
+                                     "is available; use --renderer cpu (or --device cpu, very slow)", field="device")
+        index, count = torch.device(self.device).index or 0, torch.cuda.device_count()
+        if index >= count:
+            raise BackendUnavailable(f"device {self.device} does not exist: this machine has {count} CUDA "
+                                     f"device(s), cuda:0 to cuda:{count - 1}", field="device")
 
     def _load(self) -> ChunkEngine:
         from flashhead.render.neural.audio import AudioEncoder, find_wav2vec2

@@ -1,0 +1,188 @@
+"""The CPU engine's pool of render processes, one per core, behind one router.
+
+The CPU renderer is Python plus short C calls per frame: threads of one process share one GIL,
+so the CPU engine runs `engine_processes` render processes (default: the cores), each a whole
+Engine (process.py) with its own renderer, portrait cache and deadline-first scheduler
+(`python -m flashhead.engine.pool`). The engine process itself only routes (`Router`): a new
+session is pinned to the render process with the fewest sessions, so its renderer state stays
+there; client messages go to that process, and everything it sends goes to the API unchanged
+(forwarded as the pickled bytes it arrived as). Queue jobs from worker processes (jobs.py) are
+pinned the same way, and their messages go back to their worker. The router's heartbeat sums the processes' ones;
+a process that stops beating shows as a step as old as its silence, so the API's hang check
+covers it. A render process that dies takes the engine with it: the router exits, the API's
+supervisor fails every session and starts a new engine, as when a single engine process dies.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+
+from flashhead.config import Settings
+from flashhead.engine.jobs import JOBS_ENV, JobAddress, JobListener
+from flashhead.engine.relay import FINAL as SESSION_FINAL
+
+log = logging.getLogger("flashhead.engine")
+FINAL = SESSION_FINAL | {"result"}          # a session's or a queue job's last message
+
+
+class RenderProcess:
+    """One render process and the sessions pinned to it."""
+
+    def __init__(self, index: int, settings: Settings, settings_env: str):
+        ours, theirs = socket.socketpair()
+        env = {**{k: v for k, v in os.environ.items() if k != JOBS_ENV}, settings_env: settings.model_dump_json()}
+        self.proc = subprocess.Popen([sys.executable, "-m", "flashhead.engine.pool", "--parent-pid",
+                                      str(os.getpid()), "--fd", str(theirs.fileno())],
+                                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
+        theirs.close()
+        self.index, self.conn = index, Connection(ours.detach())
+        self.sessions: set[str] = set()
+        self.info: dict = {}
+        self.ready = threading.Event()
+        self.beat: dict = {"active": 0, "oldest_step_s": 0.0}
+        self.last_beat = time.monotonic()
+        self.steps: list[float] = []
+        self.batches: list[int] = []
+        self._send_lock = threading.Lock()      # the API's messages and the workers' jobs
+
+    def send(self, message: tuple) -> None:
+        with self._send_lock:
+            self.conn.send(message)
+
+
+class Router:
+    """Serves the API connection for a pool of render processes."""
+
+    def __init__(self, conn: Connection, settings: Settings, processes: int, settings_env: str,
+                 jobs: JobAddress | None = None):
+        self.conn = conn
+        child = settings.model_copy(update={"engine_processes": 1, "engine_threads": settings.engine_threads or 1})
+        self.procs = [RenderProcess(i, child, settings_env) for i in range(processes)]
+        self.owner: dict[str, RenderProcess] = {}
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self.jobs = JobListener(jobs, self._route) if jobs is not None else None
+
+    def serve(self, ready_payload) -> None:
+        """`ready_payload(infos)`: the ready message, from the processes' ready messages."""
+        for p in self.procs:
+            threading.Thread(target=self._read, args=(p,), name=f"pool-reader-{p.index}", daemon=True).start()
+        for p in self.procs:
+            p.ready.wait()
+        self._send_raw(pickle.dumps(("ready", None, ready_payload([p.info for p in self.procs]))))
+        threading.Thread(target=self._beat, name="pool-beat", daemon=True).start()
+        while True:
+            try:
+                kind, sid, payload = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            self._route(kind, sid, payload)
+        self.stop()
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.proc.poll() is None:
+                p.proc.kill()
+
+    def _route(self, kind: str, sid: str, payload) -> None:
+        with self._lock:
+            if kind in ("stream", "live", "job"):
+                proc = min(self.procs, key=lambda p: (len(p.sessions), p.index))
+                proc.sessions.add(sid)
+                self.owner[sid] = proc
+            else:
+                proc = self.owner.get(sid, self.procs[0])     # unknown: any process says so
+                if kind == "close":
+                    self._forget(sid)
+        try:
+            proc.send((kind, sid, payload))
+        except (OSError, ValueError):
+            self._died(proc)
+
+    def _forget(self, sid: str) -> None:
+        proc = self.owner.pop(sid, None)
+        if proc is not None:
+            proc.sessions.discard(sid)
+
+    def _read(self, proc: RenderProcess) -> None:
+        while True:
+            try:
+                raw = proc.conn.recv_bytes()
+            except (EOFError, OSError):
+                self._died(proc)
+                return
+            kind, sid, payload = pickle.loads(raw)
+            if kind == "ready":
+                proc.info = payload
+                proc.last_beat = time.monotonic()
+                proc.ready.set()
+                continue
+            if kind == "beat":
+                with self._lock:
+                    proc.beat, proc.last_beat = payload, time.monotonic()
+                    proc.steps += payload["steps"]
+                    proc.batches += payload["batches"]
+                continue
+            if kind in FINAL or (kind == "error" and payload.get("fatal")):
+                with self._lock:
+                    self._forget(sid)
+            if self.jobs is not None and self.jobs.owns(sid):
+                self.jobs.reply(sid, kind, pickle.dumps((kind, payload)))
+            else:
+                self._send_raw(raw)
+
+    def _send_raw(self, raw: bytes) -> None:
+        with self._send_lock:
+            try:
+                self.conn.send_bytes(raw)
+            except (OSError, ValueError):
+                os._exit(0)                  # the API is gone: so is this engine
+
+    def _died(self, proc: RenderProcess) -> None:
+        log.error("render process died: the engine restarts",
+                  extra={"render_process": proc.index, "returncode": proc.proc.poll()})
+        self.stop()
+        os._exit(1)
+
+    def _beat(self) -> None:
+        from flashhead.engine.process import BEAT_S
+
+        while True:
+            time.sleep(BEAT_S)
+            self._send_raw(pickle.dumps(("beat", None, self.beat())))
+
+    def beat(self) -> dict:
+        """The processes' beats summed; a silent process counts as a step running since its last
+        beat (less one beat interval), so the API's step deadline also catches a hung process."""
+        from flashhead.engine.process import BEAT_S
+
+        now = time.monotonic()
+        with self._lock:
+            steps = [s for p in self.procs for s in p.steps]
+            batches = [b for p in self.procs for b in p.batches]
+            for p in self.procs:
+                p.steps, p.batches = [], []
+            return {"active": sum(p.beat["active"] for p in self.procs), "steps": steps, "batches": batches,
+                    "oldest_step_s": max(max(p.beat["oldest_step_s"], now - p.last_beat - BEAT_S)
+                                         for p in self.procs),
+                    "processes": [len(p.sessions) for p in self.procs]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A render process: the engine loop (process.py) on its own renderer."""
+    from flashhead.engine.process import main as engine_main
+
+    return engine_main(argv)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(main())
