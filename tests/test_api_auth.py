@@ -147,9 +147,11 @@ def test_every_websocket_refuses_a_caller_without_a_valid_token(setup, path):
     for query in ("", "?fal_jwt_token=forged", f"?fal_jwt_token={key}"):
         try:
             with connect(f"wss://127.0.0.1:{server.port}{path}{query}", ssl=ctx) as ws:
+                frames, deadline = [], time.monotonic() + 30
                 with pytest.raises(ConnectionClosed) as closed:
                     while True:        # an error frame may come first; the connection must close
-                        ws.recv(timeout=10)
+                        assert time.monotonic() < deadline, f"{path}{query[:16]} still open: {frames[:3]}"
+                        frames.append(ws.recv(timeout=10))
                 assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008, closed.value
         except InvalidStatus as exc:   # or the handshake itself is refused
             assert exc.response.status_code in (401, 403), exc
