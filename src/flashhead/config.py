@@ -88,7 +88,8 @@ class Settings(BaseSettings):
     body_read_timeout_s: float = Field(60.0, gt=0, description="a request body must arrive within")
     elevenlabs_deadline_s: float = Field(120.0, gt=0, description="one ElevenLabs synthesis, retries included")
     elevenlabs_max_tries: int = Field(4, ge=1, description="ElevenLabs tries on 429 / 5xx")
-    heap_trim_s: float = Field(10.0, ge=0, description="return freed heap memory to the OS every (0 = off)")
+    heap_trim_s: float = Field(10.0, ge=0, description="the API and render engine processes return freed "
+                               "heap memory to the OS every (0 = off)")
     render_ahead_chunks: int = Field(2, ge=0, le=8, description="offline MP4: chunks a second thread renders "
                                      "while the encoder works on earlier ones (0 = render and encode in turn)")
     # --- neural renderer ---

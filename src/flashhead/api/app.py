@@ -21,7 +21,7 @@ from flashhead.api.auth import KEYS, Auth
 from flashhead.api.bodies import BodyLimitMiddleware
 from flashhead.api.deps import AppContext
 from flashhead.api.limits import AbuseLimits
-from flashhead.api.memory import heap_trimmer
+from flashhead.jobs.memory import heap_trimmer
 from flashhead.api.observability import Metrics, RequestContextMiddleware, setup_logging
 from flashhead.config import Settings
 from flashhead.engine.remote import RemoteEngines

@@ -351,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     from flashhead.api.observability import setup_logging
     from flashhead.jobs.backends import make_storage
+    from flashhead.jobs.memory import heap_trimmer
     from flashhead.pipeline import Engines
 
     setup_logging()
@@ -370,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("render engine start-up failed")
         conn.send(("failed", None, f"{type(exc).__name__}: {exc}"))     # why, for /health
         return 1
+    heap_trimmer(settings.heap_trim_s).start()       # sessions' freed frames and encoders go back
     Engine(conn, engines, make_storage(settings), settings, jobs, capacity).serve()
     return 0
 
