@@ -54,7 +54,9 @@ def test_the_calibrated_capacity_is_shown_and_enforced(server):
     assert engine["capacity"] == expected != 8                              # not the configured 8
     assert f"flashhead_engine_capacity {float(expected)}" in metrics
     assert "flashhead_engine_capacity_calibrated 1.0" in metrics
-    assert "flashhead_engine_calibration_step_seconds 0.0" not in metrics
+    step = [float(line.split()[1]) for line in metrics.splitlines()
+            if line.startswith("flashhead_engine_calibration_step_seconds ")]
+    assert step and step[0] == pytest.approx(sum(r["step_s"] for r in runs) / len(runs), rel=0.01)
     client = fal_sync_client(server)
     held = [client.realtime(C.TEXT_ENDPOINT, use_jwt=False) for _ in range(expected)]
     try:

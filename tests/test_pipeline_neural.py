@@ -52,7 +52,8 @@ def test_generate_names_the_command_that_fetches_missing_weights(portrait_path, 
                                                                  monkeypatch):
     from flashhead.cli import main
 
-    monkeypatch.setattr("torch.cuda.is_available", lambda: True)   # get past the GPU check
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)   # get past the GPU checks
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
     monkeypatch.setenv("FLASHHEAD_NATIVE_LOGS", "1")               # keep stderr as it is
     (tmp_path / "Model_Lite").mkdir()
     code = main(["generate", "--image", str(portrait_path), "--text", "hi", "--renderer", "flashhead-lite",

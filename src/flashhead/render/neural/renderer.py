@@ -99,8 +99,9 @@ class NeuralRenderer(Renderer):
                                      "is available; use --renderer cpu (or --device cpu, very slow)", field="device")
         index, count = torch.device(self.device).index or 0, torch.cuda.device_count()
         if index >= count:
+            have = f"cuda:0 to cuda:{count - 1}" if count else "none"
             raise BackendUnavailable(f"device {self.device} does not exist: this machine has {count} CUDA "
-                                     f"device(s), cuda:0 to cuda:{count - 1}", field="device")
+                                     f"device(s) ({have})", field="device")
 
     def _load(self) -> ChunkEngine:
         from flashhead.render.neural.audio import AudioEncoder, find_wav2vec2
