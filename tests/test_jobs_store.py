@@ -270,8 +270,9 @@ def test_the_maintenance_thread_renews_the_lease_and_sweeps_orphans(redis_url):
         assert None not in seen                      # the lease never lapsed
         assert b.store.get(job.id).state is JobState.IN_PROGRESS and b.store.get(job.id).owner == a.store.instance
         a.stop()                                     # a's server stops: releases its lease
-        _eventually(lambda: b.store.get(job.id).state is JobState.IN_QUEUE)
-        assert [e.message for e in b.store.logs(job.id)] == [REQUEUED_MESSAGE]
+        # b's sweep re-queues the job, then logs why (a second write): wait for both.
+        _eventually(lambda: b.store.get(job.id).state is JobState.IN_QUEUE
+                    and [e.message for e in b.store.logs(job.id)] == [REQUEUED_MESSAGE])
     finally:
         a.stop()
         b.stop()
