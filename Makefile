@@ -8,6 +8,11 @@ DEMO_TEXT ?= Hello! I am a talking portrait, rendered on your own machine, faste
 
 .PHONY: demo test test-fast install sysdeps jsdeps bench gallery serve clean
 
+# Let Python keep bytecode (__pycache__, git-ignored) even where the shell says not to: otherwise
+# pytest re-rewrites every test module's asserts on each run (~11 s here) and every server the
+# tests start compiles flashhead from source again.
+unexport PYTHONDONTWRITEBYTECODE
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel

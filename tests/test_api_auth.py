@@ -36,6 +36,7 @@ def setup(tmp_path_factory):
     s.stop()
 
 
+@pytest.mark.slow
 def test_cli_create_list_revoke_and_hashed_storage(tmp_path):
     created = keys_cli(tmp_path, "create")
     key_id, secret = created.stdout.strip().split(":")
@@ -223,6 +224,7 @@ def test_cli_refuses_no_auth_beyond_loopback(tmp_path):
     assert proc.returncode != 0 and "refusing --no-auth" in proc.stderr and "--i-know-this-is-open" in proc.stderr
 
 
+@pytest.mark.slow
 def test_open_mode_needs_no_key_and_says_so(tmp_path):
     s = Server(tmp_path / "data", make_tls(tmp_path / "tls"), fake_generate=True, auth="open").start()
     try:
@@ -274,6 +276,7 @@ def _token_status(c, server: Server, tokens: dict) -> dict:
             "realtime": code if code is not None else "open", "frame": frame}
 
 
+@pytest.mark.slow
 def test_tokens_die_with_their_key_and_the_last_revocation_closes_the_server(tmp_path):
     data = tmp_path / "data"
     keys = SqliteKeyStore(data)                 # the server's keys.db (the CLI is tested above)
@@ -307,6 +310,7 @@ def test_tokens_die_with_their_key_and_the_last_revocation_closes_the_server(tmp
 
 # ---- abuse limits ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_per_key_rate_and_job_limits_answer_429_with_retry_after(tmp_path):
     data = tmp_path / "data"
     keys = SqliteKeyStore(data)

@@ -78,6 +78,7 @@ def test_stalled_body_gets_408(server):
     assert TIMEOUT_S <= time.monotonic() - t0 < TIMEOUT_S + 5
 
 
+@pytest.mark.slow
 def test_bodies_under_the_caps_work_and_sse_outlives_the_read_timeout(server):
     with httpx.Client(base_url=server, timeout=30) as c:
         pad = "y" * (MAX_BODY - 200)                 # just under the JSON cap

@@ -56,6 +56,7 @@ def _upload(c: httpx.Client) -> httpx.Response:
     return c.post("/cdn/files/upload", content=b"portrait bytes", headers={"content-type": "image/png"})
 
 
+@pytest.mark.slow
 def test_full_disk_fails_jobs_by_name_refuses_uploads_and_recovers(tmp_path, disk):
     with inproc_server(tmp_path) as (base, _app), httpx.Client(base_url=base, timeout=30) as c:
         before = _run(c)

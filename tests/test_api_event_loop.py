@@ -50,6 +50,7 @@ def _health_answers_while(base: str, stall: Stall, slow_request) -> None:
 
 
 @pytest.mark.parametrize("route", ["status", "stream"])
+@pytest.mark.slow
 def test_a_stalled_status_read_does_not_block_the_server(server, monkeypatch, route):
     base, app = server
     rid = httpx.post(f"{base}{SUBMIT}", json={"text": "hi", "image_url": "data:image/png;base64,AA"}).json()["request_id"]

@@ -39,6 +39,7 @@ def _fetch(server: Server, url: str) -> httpx.Response:
     return r
 
 
+@pytest.mark.slow
 def test_run_with_a_data_uri_returns_a_playable_mp4(server, fal, portrait_uri):
     out = fal.run(TEXT_ENDPOINT, {"image_url": portrait_uri, "text": TEXT, "seed": 7})
     assert set(out) >= {"video", "seed", "duration"} and out["seed"] == 7

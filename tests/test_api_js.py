@@ -35,6 +35,7 @@ def _video_ok(server: Server, video: dict) -> None:
     assert probe_video(r.content)["width"] == C.SIZE
 
 
+@pytest.mark.slow
 def test_storage_upload_and_run(server):
     out = node(server, "run")
     assert out["upload_url"].startswith(server.base_url + "/files/")

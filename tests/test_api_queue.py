@@ -43,6 +43,7 @@ def started_at(c, rid) -> str:
     return next(e["timestamp"] for e in logs if e["message"].startswith("started"))
 
 
+@pytest.mark.slow
 def test_low_priority_runs_after_normal_and_positions_say_so(c):
     blocker = submit(c)
     low = submit(c, headers={"X-Fal-Queue-Priority": "low"})
@@ -80,6 +81,7 @@ def test_fal_max_queue_length_gives_429(c):
         c.put(f"{Q}/requests/{rid}/cancel")
 
 
+@pytest.mark.slow
 def test_status_stream_sends_changes_and_closes_when_done(c):
     rid = submit(c)["request_id"]
     events = []

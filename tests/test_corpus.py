@@ -43,6 +43,7 @@ def corpus(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+@pytest.mark.slow
 def test_case(corpus, case):
     runner, _, server = corpus
     runner.check(case)

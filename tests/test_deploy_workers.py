@@ -62,6 +62,7 @@ def test_serve_no_worker_is_an_api_node():
 
 
 @pytest.mark.parametrize("command", [["worker"], ["serve", "--no-worker"]])
+@pytest.mark.slow
 def test_worker_and_api_nodes_need_the_shared_job_store_and_storage(command, tmp_path):
     bare = {k: v for k, v in os.environ.items() if not k.startswith("FLASHHEAD_")}
     run = lambda env: subprocess.run([sys.executable, "-m", "flashhead", *command, "--data-dir", str(tmp_path)],  # noqa: E731

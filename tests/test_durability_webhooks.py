@@ -89,6 +89,7 @@ def _loopback_guard(url):
     return guard_url(url, "127.0.0.1")
 
 
+@pytest.mark.slow
 def test_poisoned_webhooks_are_followed_by_a_good_one_that_arrives_signed(signer, tmp_path):
     """Before: a URL httpx rejects (InvalidURL) raised out of the only delivery thread, which
     died, and every later webhook stayed pending; a receiver that hangs delayed every later

@@ -251,6 +251,7 @@ def test_redis_leases_protect_a_live_servers_jobs_until_they_expire(redis_url):
     assert c.get(waiting.id).state is JobState.IN_QUEUE
 
 
+@pytest.mark.slow
 def test_the_maintenance_thread_renews_the_lease_and_sweeps_orphans(redis_url):
     from flashhead.jobs.queue import REQUEUED_MESSAGE, JobQueue
 

@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from flashhead import constants as C
 from flashhead.engine.scheduler import Scheduler
@@ -59,6 +60,7 @@ def alone(r: NeuralRenderer, i: int, chunks: int) -> np.ndarray:
     return out
 
 
+@pytest.mark.slow
 def test_sessions_due_together_step_in_one_batch_and_match_alone():
     r = NeuralRenderer.tiny("lite", size=32, batch_max=16, batch_window_s=5.0)
     calls = []
@@ -120,6 +122,7 @@ def test_engine_heartbeat_reports_batch_sizes_to_metrics(tmp_path):
     ours.close()
 
 
+@pytest.mark.slow
 def test_streams_through_the_engine_step_in_batches(engines, tmp_path):
     """4 /stream sessions opened together on the engine (tiny neural renderer): their chunk steps
     run batched, and each stream completes. How many share each batch depends on when each

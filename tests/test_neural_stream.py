@@ -40,6 +40,7 @@ def test_variant_geometry():
 
 
 @pytest.mark.parametrize("variant", ["pro", "lite"])
+@pytest.mark.slow
 def test_chunk_k_plus_1_starts_from_chunk_k_motion(variant, monkeypatch):
     engine = build_tiny_engine(variant)
     portrait = engine.prepare(PORTRAIT)
@@ -68,6 +69,7 @@ def test_chunk_k_plus_1_starts_from_chunk_k_motion(variant, monkeypatch):
     assert state.chunks == 2
 
 
+@pytest.mark.slow
 def test_batched_sessions_match_single_sessions():
     engine = build_tiny_engine("lite")
     portrait = engine.prepare(PORTRAIT)
@@ -94,6 +96,7 @@ def run_renderer(seed: int, sizes=(8, 8, 8, 8, 20)) -> tuple[np.ndarray, NeuralR
     return np.concatenate(outs), r
 
 
+@pytest.mark.slow
 def test_renderer_frames_latency_and_determinism():
     a, r = run_renderer(7)
     b, _ = run_renderer(7)
@@ -166,6 +169,7 @@ def test_cli_manifest_and_check(tmp_path, capsys):
     assert report["ok"] is False and report["files"][0]["path"] == "Model_Lite/config.json"
 
 
+@pytest.mark.slow
 def test_reference_and_motion_latents_are_drawn_from_the_session_seed(monkeypatch):
     engine = build_tiny_engine("lite")
     portrait = engine.prepare(PORTRAIT)

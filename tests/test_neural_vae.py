@@ -61,6 +61,7 @@ def test_wan_pth_round_trip_loads_strictly(tmp_path):
 
 
 @pytest.mark.parametrize("make,latent", [(tiny_wan_vae, (1, 4, 9, 8, 8)), (tiny_ltx_vae, (1, 4, 5, 2, 2))])
+@pytest.mark.slow
 def test_vae_shapes_chunk_and_motion(make, latent):
     torch.manual_seed(0)
     vae = make()
@@ -112,6 +113,7 @@ def test_ltx_latents_normalised_with_the_vae_buffers_and_decode_inverts():
     assert decoded.abs().max() > 1.05                                          # and not clamped
 
 
+@pytest.mark.slow
 def test_ltx_posterior_draw_is_seeded_and_mode_is_an_option():
     torch.manual_seed(0)
     vae = tiny_ltx_vae()

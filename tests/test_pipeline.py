@@ -92,6 +92,7 @@ def test_mp4_format_and_duration(text_video):
     assert set(result.timings) >= {"tts", "features", "render", "encode", "total"}
 
 
+@pytest.mark.slow
 def test_mouth_moves_with_speech_and_rests_in_silence(engines, portrait_path, speech_path, tmp_path):
     speech = read_speech(speech_path)[: 2 * C.SAMPLE_RATE]
     silence = np.zeros(int(1.6 * C.SAMPLE_RATE), np.float32)
@@ -125,6 +126,7 @@ def test_deterministic_under_seed(engines, portrait_path):
     assert runs[0].shape == runs[1].shape and np.array_equal(runs[0], runs[1])
 
 
+@pytest.mark.slow
 def test_seed_is_picked_and_reported_when_missing(engines, portrait_path, tmp_path):
     """The seed a result reports, sent back, gives the same video; another seed does not."""
     def frames(out: str, **seed) -> tuple[int | None, np.ndarray]:
@@ -194,6 +196,7 @@ def run_cli(*args):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_generate_prints_result_json(portrait_path, tmp_path):
     out = tmp_path / "cli.mp4"
     p = run_cli("generate", "--image", str(portrait_path), "--text", "Hi!", "--seed", "2", "-o", str(out))
@@ -208,6 +211,7 @@ def test_cli_generate_prints_result_json(portrait_path, tmp_path):
     (["--text", "hi", "--voice", "Nobody"], "voice"),
     (["--audio", __file__], "audio_url"),
 ])
+@pytest.mark.slow
 def test_cli_bad_input_exits_nonzero_with_one_line(portrait_path, tmp_path, args, word):
     p = run_cli("generate", "--image", str(portrait_path), *args, "-o", str(tmp_path / "x.mp4"))
     assert p.returncode == 2

@@ -21,6 +21,7 @@ def neural_engines(engines):
     return Engines(Settings(renderer="cpu"), renderer, engines.tts, PortraitCache(renderer))
 
 
+@pytest.mark.slow
 def test_chunks_are_aligned_with_the_audio(neural_engines, portrait_path):
     from PIL import Image
 

@@ -54,6 +54,7 @@ def test_unary_request_gets_chunks_then_the_final_output(server, client):
     assert frames == round(final["duration"] * C.FPS) == decode_frames(fetch(final["video"]["url"], server[1]))[0]
 
 
+@pytest.mark.slow
 def test_live_session_idles_speaks_interrupts_and_stops(server, client):
     with client.realtime(C.TEXT_ENDPOINT, use_jwt=False) as conn:   # Key header on the upgrade
         conn.send({"type": "start", "image_url": image(), "pace": False})
@@ -115,6 +116,7 @@ def test_bad_token_is_refused(server):
     assert err["type"] == "x-fal-error" and err["error"] == "UNAUTHORIZED"
 
 
+@pytest.mark.slow
 def test_js_realtime_connect_with_global_websocket_override(server, js_client):
     base, key, _ = server
     out = subprocess.run(["node", "--experimental-websocket", str(JS_DIR / "realtime_connect.mjs")],

@@ -107,6 +107,7 @@ def test_lip_shapes_differ(still, portrait):
         assert np.abs(out[k, ys, xs] - out[0, ys, xs]).mean() > 1.0
 
 
+@pytest.mark.slow
 def test_same_seed_same_frames_and_chunking_does_not_matter(image):
     r = CpuRenderer()
     p = r.prepare(image, seed=7)
@@ -413,6 +414,7 @@ def test_renderer_idle_pose_api(image):
         Renderer.set_idle_pose(r, None, "asleep")                    # the base checks names too
 
 
+@pytest.mark.slow
 def test_a_pose_keeps_sessions_deterministic_across_chunking(image):
     r = CpuRenderer()
     p = r.prepare(image, 4)

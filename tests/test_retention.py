@@ -146,6 +146,7 @@ def test_gc_command(tmp_path, capsys):
     assert not (storage.staging / f"mp-{mp}").exists()
 
 
+@pytest.mark.slow
 def test_expired_result_is_a_clear_404(tmp_path):
     with inproc_server(tmp_path) as (base, app):
         ctx = app.state.ctx

@@ -48,6 +48,7 @@ def api_schema(served):
 
 
 @pytest.mark.parametrize("label", _operations())
+@pytest.mark.slow
 def test_no_server_errors_and_responses_match_the_schema(label, api_schema, served):
     server, key = served
     operation = api_schema.find_operation_by_label(label)

@@ -196,6 +196,7 @@ def test_local_checks_before_any_request(tts):
     assert Handler.requests == []
 
 
+@pytest.mark.slow
 def test_unreachable_server():
     engine = ElevenLabsEngine(KEY, base_url="http://127.0.0.1:9", timeout_s=2)
     with pytest.raises(BackendUnavailable):

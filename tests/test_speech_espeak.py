@@ -195,6 +195,7 @@ def test_same_audio_a_second_later():
     assert np.array_equal(first, again)
 
 
+@pytest.mark.slow
 def test_no_temp_folder_is_left_behind(tmp_path):
     """Every process that used the engine once left an empty flashhead-espeak-* folder."""
     import os

@@ -54,6 +54,7 @@ def check_stream(events: list[dict], key: str) -> dict:
     return final
 
 
+@pytest.mark.slow
 def test_python_client_streams_chunks_then_the_final_output(server, client):
     args = {"image_url": data_uri(PORTRAIT, "image/png"), "text": TEXT, "seed": 11}
     final = check_stream(list(client.stream(C.TEXT_ENDPOINT, args)), server[1])
@@ -69,6 +70,7 @@ def _speech_wav_uri(seconds: float) -> str:
     return f"data:audio/wav;base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
+@pytest.mark.slow
 def test_audio_endpoint_streams_with_segment_urls(server, client):
     args = {"image_url": data_uri(PORTRAIT, "image/png"), "audio_url": _speech_wav_uri(3.0)}
     events = list(client.stream(C.AUDIO_ENDPOINT, args, path="/stream?segments=url"))
@@ -110,6 +112,7 @@ def test_error_mid_stream_is_an_event_then_close(server, client, monkeypatch):
     assert list(streams.glob("*.mp4")) == []           # the partial MP4 went with the failure
 
 
+@pytest.mark.slow
 def test_js_client_stream_done_resolves_to_the_final_output(server, tmp_path, js_client):
     base, key, _ = server
     out = subprocess.run(["node", str(JS_DIR / "stream_done.mjs")], cwd=JS_DIR, capture_output=True, text=True,

@@ -7,7 +7,6 @@ from scipy.io import wavfile
 
 from flashhead import constants as C
 from flashhead.speech.base import Speech
-from flashhead.visemes.audio import analyse
 from flashhead.visemes.base import FrameFeatures
 from flashhead.visemes.features import StreamingFeatureExtractor, features_for, features_from_audio
 
@@ -103,7 +102,7 @@ def test_streaming_matches_offline(speech):
     offline = features_from_audio(speech)
     ex = StreamingFeatureExtractor()
     rng = np.random.default_rng(3)
-    parts, pos, first = [], 0, None
+    parts, pos = [], 0
     while pos < len(speech):
         n = int(rng.integers(100, 3000))
         out = ex.push(speech[pos:pos + n])

@@ -2,6 +2,8 @@
 `python -m pytest integrations/pipecat/tests` (tests/test_pipecat_service.py does it)."""
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,41 @@ def test_resampler_passes_16k_mono_through_and_brings_other_rates_to_16k_mono():
     stereo = np.repeat(np.frombuffer(pcm(4800, 7), np.int16), 2).tobytes()     # 0.1 s at 48 kHz, L == R
     mono = r.push(stereo, 48000, 2) + r.flush()
     assert abs(len(mono) // 2 - 1600) <= 2
+
+
+class _SilentServer:
+    """A realtime connection whose server has gone quiet (say, overloaded): it answers nothing."""
+
+    def __init__(self):
+        self.sent: list[dict] = []
+
+    async def send(self, message: dict) -> None:
+        self.sent.append(message)
+
+    async def recv(self, timeout: float) -> dict:
+        await asyncio.sleep(3600)
+
+    async def close(self) -> None:
+        pass
+
+
+def test_keepalives_go_out_on_their_own_timer_while_the_server_sends_nothing():
+    """The server closes a session that sent nothing for its idle timeout. A quiet agent must keep
+    it open even when no chunk arrives to prompt it (a keepalive sent only after a received chunk
+    let an overloaded server time the session out)."""
+    from flashhead_pipecat.service import FlashHeadVideoService
+
+    async def run() -> list[dict]:
+        svc = FlashHeadVideoService(url="https://127.0.0.1:9", image_url="data:,x", idle_timeout_s=0.3)
+        loop, conn = asyncio.get_running_loop(), _SilentServer()
+        svc._conn, svc._last_sent = conn, loop.time()
+        tasks = [asyncio.ensure_future(svc._receive()), asyncio.ensure_future(svc._keep_alive())]
+        await asyncio.sleep(0.65)
+        svc._conn = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return conn.sent
+
+    sent = asyncio.run(run())
+    assert sent == [{"type": "audio", "pcm": b""}] * len(sent) and len(sent) >= 5, sent   # every 0.1 s

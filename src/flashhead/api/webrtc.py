@@ -58,10 +58,8 @@ AUDIO_TIME_BASE = fractions.Fraction(1, C.SAMPLE_RATE)
 
 # ---- tracks -------------------------------------------------------------------------------------
 
-class VideoTrack(MediaStreamTrack):
-    """The timeline's frames, each at its slot's due time, pts = slot time (90 kHz)."""
-
-    kind = "video"
+class _TimelineTrack(MediaStreamTrack):
+    """A track that takes its media from the session's timeline; ends when the timeline does."""
 
     def __init__(self, timeline: MediaTimeline):
         super().__init__()
@@ -69,30 +67,36 @@ class VideoTrack(MediaStreamTrack):
 
     async def recv(self):
         try:
-            slot, data = await self.timeline.next_frame()
+            index, data = await self._next()
         except EOFError:
             self.stop()
             raise MediaStreamError from None
+        return self._frame(index, data)
+
+
+class VideoTrack(_TimelineTrack):
+    """The timeline's frames, each at its slot's due time, pts = slot time (90 kHz)."""
+
+    kind = "video"
+
+    def _next(self):
+        return self.timeline.next_frame()
+
+    def _frame(self, slot: int, data: bytes):
         frame = av.VideoFrame.from_ndarray(i420_array(data), format="yuv420p")
         frame.pts, frame.time_base = slot * (90_000 // C.FPS), VIDEO_TIME_BASE
         return frame
 
 
-class AudioTrack(MediaStreamTrack):
+class AudioTrack(_TimelineTrack):
     """The timeline's audio in 20 ms blocks (PCM16 mono 16 kHz; aiortc resamples for Opus)."""
 
     kind = "audio"
 
-    def __init__(self, timeline: MediaTimeline):
-        super().__init__()
-        self.timeline = timeline
+    def _next(self):
+        return self.timeline.next_block()
 
-    async def recv(self):
-        try:
-            block, data = await self.timeline.next_block()
-        except EOFError:
-            self.stop()
-            raise MediaStreamError from None
+    def _frame(self, block: int, data: bytes):
         frame = av.AudioFrame.from_ndarray(np.frombuffer(data, "<i2").reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate, frame.pts, frame.time_base = C.SAMPLE_RATE, block * BLOCK_SAMPLES, AUDIO_TIME_BASE
         return frame

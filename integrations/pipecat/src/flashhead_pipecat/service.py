@@ -63,7 +63,7 @@ class FlashHeadVideoService(AIService):
         receive_timeout_s: the longest silence from the server before it counts as gone (it
             sends a chunk every 0.32 s, idle or not).
         idle_timeout_s: asked of the server (which caps it): it closes a session that sent
-            nothing for this long. A quiet agent sends an empty audio message after a third of it.
+            nothing for this long. A quiet agent sends an empty audio message every third of it.
         drain_timeout_s: on EndFrame, the longest wait for the speech still being rendered.
         max_utterances: utterances that may wait for their frames at once.
         max_queued_chunks: rendered chunks that may wait for their media time at once.
@@ -109,7 +109,8 @@ class FlashHeadVideoService(AIService):
             await self._fail(exc)
             return
         self._tasks = [self.create_task(self._receive(), "flashhead-receive"),
-                       self.create_task(self._release(), "flashhead-release")]
+                       self.create_task(self._release(), "flashhead-release"),
+                       self.create_task(self._keep_alive(), "flashhead-keepalive")]
 
     async def _connect(self) -> None:
         conn = await RealtimeConnection.open(self._socket_url, self._api_key, self._connect_timeout_s, self._ssl)
@@ -263,7 +264,6 @@ class FlashHeadVideoService(AIService):
                 message = await self._conn.recv(self._receive_timeout_s)
                 if message.get("type") == "chunk":
                     self._take_chunk(message)
-                await self._keepalive()
             except ServerError as exc:
                 if exc.closing:
                     await self._fail(exc)
@@ -272,9 +272,18 @@ class FlashHeadVideoService(AIService):
             except FlashHeadError as exc:
                 await self._fail(exc)
 
-    async def _keepalive(self) -> None:
-        if asyncio.get_running_loop().time() - self._last_sent > self._idle_timeout_s / 3:
-            await self._send({"type": "audio", "pcm": b""})
+    async def _keep_alive(self) -> None:
+        """An empty audio message whenever a third of the idle timeout passed with nothing sent:
+        on its own timer, so a server slow to send chunks cannot starve it."""
+        loop, every = asyncio.get_running_loop(), self._idle_timeout_s / 3
+        while self._conn is not None:
+            await asyncio.sleep(max(0.0, self._last_sent + every - loop.time()))
+            if self._conn is not None and loop.time() - self._last_sent >= every:
+                try:
+                    await self._send({"type": "audio", "pcm": b""})
+                except FlashHeadError as exc:
+                    await self._fail(exc)
+                    return
 
     def _take_chunk(self, message: dict) -> None:
         if self._cut and not message.get("interrupted"):

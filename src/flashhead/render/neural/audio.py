@@ -16,7 +16,6 @@ from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from flashhead import constants as C
 from flashhead.errors import BackendUnavailable, InputError
-from flashhead.render.neural.audio_proj import group_audio_windows  # noqa: F401  (re-export)
 
 WAV2VEC2_DIRS = ("wav2vec2-base-960h", "facebook/wav2vec2-base-960h", "wav2vec2")
 

@@ -7,6 +7,7 @@ build_random_engine: the full-size models with fast random weights (speed and me
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +15,9 @@ from flashhead.render.neural.audio import AudioEncoder, tiny_wav2vec2_config
 from flashhead.render.neural.dit import FlashHeadDiT, tiny_config
 from flashhead.render.neural.stream import VARIANTS, ChunkEngine
 from flashhead.render.neural.vae import tiny_ltx_vae, tiny_wan_vae
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def build_tiny_engine(variant: str, size: int = 64, seed: int = 0, device: str = "cpu",
