@@ -312,11 +312,11 @@ def _blinked(p, blink: float):
 def test_half_closed_lids_are_skin_above_a_lash_line_that_moves_whole(kind):
     """Mid-blink the lid line (a drawn outline, lashes) comes down as it is and the lid above it
     is skin. Per eye, over the middle half of its columns: dark pixels (under 0.8 of the skin
-    above the eye) from half the eye's height above the upper-lid landmarks down to 0.4 * blink
-    of its height below them, against the dark pixels above the landmarks in the open eye.
-    Measured at blink 0.3-0.6: 0.32-1.04 now; with main's eyes.py (a1c525c) 1.14-1.42 on every
-    kind: the outline band stretched down over the lid, a dark mottled patch. Above 0.25: the
-    lash line is still there (not wiped with the band)."""
+    above the eye) from half the eye's height above the upper-lid landmarks down to 0.7 * blink
+    of its height below them (just above where the lid line lands), against the dark pixels
+    above the landmarks in the open eye. Measured at blink 0.3-0.6: 0.69-1.17 now; with main's
+    eyes.py (a1c525c) up to 1.51-1.80 on every kind: the band stretched down over the lid, a
+    dark mottled patch. Over 0.5: the lash line is still there (a lid that wipes it: 0.08-0.17)."""
     p = _kind_portrait(kind)
     open_ = _lum(p.image)
     for blink in (0.3, 0.45, 0.6):
@@ -333,9 +333,9 @@ def test_half_closed_lids_are_skin_above_a_lash_line_that_moves_whole(kind):
                 y = float(np.interp(x, up[:, 0], up[:, 1]))
                 top = int(round(y - 0.5 * h))
                 before += int((open_[top:int(round(y)), x] < 0.8 * skin).sum())
-                after += int((lum[top:int(round(y + 0.4 * blink * h)), x] < 0.8 * skin).sum())
+                after += int((lum[top:int(round(y + 0.7 * blink * h)), x] < 0.8 * skin).sum())
             assert before > 50, (kind, e["iris"])
-            assert 0.25 < after / before < 1.1, (kind, blink, e["iris"], after / before)
+            assert 0.5 < after / before < 1.25, (kind, blink, e["iris"], after / before)
 
 
 @pytest.mark.parametrize("kind", ["painted", "cartoon", "girl"])

@@ -11,6 +11,7 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 LID_COVER = 0.85      # how much of the stretched lid skin the lid colour hides (dark strokes: all)
 LASH_KEEP = 1.0       # output px of lash line kept at the closed lid's edge ...
 LASH_SOFT = 2.0       # ... and the px over which it fades into the lid above (no drawn edge)
+BAND_FEATHER = 0.5    # of a moving lash band's width: how much of its top fades into the lid (creases)
 OUTLINE = 0.35        # of the eye's opening: how far beyond the corners a drawn outline is hidden
 OUTLINE_DARK = 0.8    # of the lid's luminance: darker pixels on the upper lid line are outline / lashes
 
@@ -167,7 +168,8 @@ class EyeRig:
         shift = self._lid_shift(cb).astype(np.float32)
         above = self.lid_vu + shift - self.lid_v           # output px above the moved lid line
         width = (self.lid_vu - self.outline_top) * (1 - closing) + LASH_KEEP * closing
-        top = np.clip((above - width) / LASH_SOFT + 0.5, 0, 1)
+        soft = np.maximum(LASH_SOFT, BAND_FEATHER * width)        # the band top fades into the lid
+        top = np.clip((above - width - 0.5 * LASH_SOFT) / soft + 1.0, 0, 1)
         cols = self.lid_cols * smoothstep(0.05, 0.3, cb)
         stretched = np.clip((cb * self.lid_grow - 0.25) / 0.35, 0, 1)
         own = smoothstep(self.outline_top - 2.0, self.outline_top + 2.0, self.lid_v)
