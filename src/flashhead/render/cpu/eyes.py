@@ -12,6 +12,7 @@ LID_COVER = 0.85      # how much of the stretched lid skin the lid colour hides 
 LASH_KEEP = 1.0       # output px of lash line kept at the closed lid's edge ...
 LASH_SOFT = 2.0       # ... and the px over which it fades into the lid above (no drawn edge)
 BAND_FEATHER = 0.5    # of a moving lash band's width: how much of its top fades into the lid (creases)
+LID_CACHE = 8         # blink values whose lid layers an eye keeps (~50 KB each; a blink has 5)
 OUTLINE = 0.35        # of the eye's opening: how far beyond the corners a drawn outline is hidden
 OUTLINE_DARK = 0.8    # of the lid's luminance: darker pixels on the upper lid line are outline / lashes
 
@@ -101,6 +102,7 @@ class EyeRig:
         self.lid_src = image[self.box.slices].copy()
         ys, xs = np.mgrid[0:self.box.shape[0], 0:self.box.shape[1]]
         self.lid_xy = (xs.astype(np.float32), ys.astype(np.float32))
+        self._layers: dict[float, tuple | None] = {}
 
     def _lid_shift(self, c: float) -> np.ndarray:
         """Per pixel: how far (px along ev) its column's upper-lid line has moved at blink c: the
@@ -145,25 +147,30 @@ class EyeRig:
         moves down whole with the lid line; between where that band began and its new top the lid
         is skin (the warp alone stretches the band over those rows: dark, mottled on drawn faces);
         stretched skin further up is covered too, letting a little of its texture through."""
-        shift, skin, own, band = self._lid_layers(float(c[BLINK]))
-        ys, xs = np.nonzero((skin + band).max(1) > 0.01)[0], np.nonzero((skin + band).max(0) > 0.01)[0]
-        if not len(ys):
+        layers = self._layers_at(round(float(c[BLINK]), 2))
+        if layers is None:
             return
-        win = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+        win, skin, own, band, moved = layers
         reg = region[win].astype(np.float32)
         dark = np.clip((0.8 * self.lid_l - reg @ LUMA) / (0.3 * self.lid_l), 0, 1)
         # over the band's old rows the source is the band: all of it goes; stretched skin shows a little
-        a = (skin[win] * np.maximum(own[win], LID_COVER + (1 - LID_COVER) * dark))[..., None]
+        a = (skin * np.maximum(own, LID_COVER + (1 - LID_COVER) * dark))[..., None]
         out = reg * (1 - a) + self.lid_map[win] * a
-        gx, gy = self.lid_xy[0][win], self.lid_xy[1][win]
-        moved = cv2.remap(self.lid_src, gx - shift[win] * self.ev[0], gy - shift[win] * self.ev[1],
-                          cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        a = band[win][..., None]
-        region[win] = np.clip(out * (1 - a) + moved * a + 0.5, 0, 255).astype(np.uint8)
+        region[win] = np.clip(out * (1 - band) + moved * band + 0.5, 0, 255).astype(np.uint8)
+
+    def _layers_at(self, cb: float):
+        """_lid_layers, kept for the last LID_CACHE blink values (a blink repeats the same few)."""
+        got = self._layers.get(cb, self)           # (self: not there; sessions share the rig)
+        if got is self:
+            got = self._lid_layers(cb)
+            if len(self._layers) >= LID_CACHE:
+                self._layers.clear()
+            self._layers[cb] = got
+        return got
 
     def _lid_layers(self, cb: float):
-        """At blink cb: the lid line's shift, the skin cover, the band's old rows, and the moved
-        band's weight. Closing, the band thins to the lash line."""
+        """At blink cb, over the window the lid changes (None: none): the skin cover, the band's
+        old rows, the moved band's weight and pixels. Closing, the band thins to the lash line."""
         closing = smoothstep(0.6, 0.95, cb)
         shift = self._lid_shift(cb).astype(np.float32)
         above = self.lid_vu + shift - self.lid_v           # output px above the moved lid line
@@ -173,7 +180,15 @@ class EyeRig:
         cols = self.lid_cols * smoothstep(0.05, 0.3, cb)
         stretched = np.clip((cb * self.lid_grow - 0.25) / 0.35, 0, 1)
         own = smoothstep(self.outline_top - 2.0, self.outline_top + 2.0, self.lid_v)
-        return shift, cols * top * np.maximum(own, stretched), own, cols * step(above, 1.0) * (1 - top)
+        skin, band = cols * top * np.maximum(own, stretched), cols * step(above, 1.0) * (1 - top)
+        ys, xs = np.nonzero((skin + band).max(1) > 0.01)[0], np.nonzero((skin + band).max(0) > 0.01)[0]
+        if not len(ys):
+            return None
+        win = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+        gx, gy = self.lid_xy[0][win], self.lid_xy[1][win]
+        moved = cv2.remap(self.lid_src, gx - shift[win] * self.ev[0], gy - shift[win] * self.ev[1],
+                          cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        return win, skin[win], own[win], band[win][..., None], moved
 
     def _curve(self, lm, idx, o):
         pts = lm[list(idx)] - o
