@@ -70,6 +70,8 @@ ARTEFACTS = [
     ("cartoon, lids closed", "cartoon", "eyes", dict(blink=1.0)),
     ("photo, lids closed", "girl", "eyes", dict(blink=1.0)),
     ("photo, lids half", "girl", "eyes", dict(blink=0.5)),
+    ("painted, lids 60%", "painted", "eyes", dict(blink=0.6)),
+    ("cartoon, lids 60%", "cartoon", "eyes", dict(blink=0.6)),
 ]
 
 

@@ -11,6 +11,8 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 LID_COVER = 0.85      # how much of the stretched lid skin the lid colour hides (dark strokes: all)
 LASH_KEEP = 1.0       # output px of lash line kept at the closed lid's edge ...
 LASH_SOFT = 2.0       # ... and the px over which it fades into the lid above (no drawn edge)
+BAND_FEATHER = 0.5    # of a moving lash band's width: how much of its top fades into the lid (creases)
+LID_CACHE = 8         # blink values whose lid layers an eye keeps (~50 KB each; a blink has 5)
 OUTLINE = 0.35        # of the eye's opening: how far beyond the corners a drawn outline is hidden
 OUTLINE_DARK = 0.8    # of the lid's luminance: darker pixels on the upper lid line are outline / lashes
 
@@ -49,6 +51,7 @@ class EyeRig:
         dist2 = (u - iu) ** 2 + (v - iv) ** 2
         gaze = aperture * np.exp(-dist2 / (2 * (1.3 * self.iris_r) ** 2))
         self._init_lid(image, u, v, vu, blink)
+        self._init_lid_line(image, vu, vl, op)
         # the lower lid line, where the blink field steps from full to none: those pixels sample
         # the open eye (white or iris specks under a closed lid); closed, they take the darker of
         # the warped and the portrait's own (lower lashes) colour. The lash line around it is
@@ -83,13 +86,36 @@ class EyeRig:
             self.lid_map = (num / np.maximum(den, 1e-6) * w + self.lid_rgb * (1 - w)).astype(np.float32)
         else:
             self.lid_map = np.broadcast_to(self.lid_rgb, region.shape).astype(np.float32)
-        self.lid_v, self.lid_vu, self.lid_mag = v, vu, blink
+        self.lid_v, self.lid_vu = v, vu
         self.outline_top = self._outline_top(lum < OUTLINE_DARK * lid_l, u, v, vu)
-        self.over_eye = (smoothstep(-1.0, 2.0, v - vu) * np.clip(blink / 3.0, 0, 1)).astype(np.float32)
         # how fast the blink displacement grows down the face: at coefficient c the lid skin is
         # sampled 1 - c * grow rows per row, i.e. stretched where that falls well below 1
         gy, gx = np.gradient(blink.astype(np.float32))
         self.lid_grow = (gx * self.ev[0] + gy * self.ev[1]).astype(np.float32)
+
+    def _init_lid_line(self, image, vu, vl, op) -> None:
+        """What a moving lid line needs: the blink profile along v in each column (to find where
+        the lid line lands), the portrait's own pixels (the lash band moves with the line, whole)
+        and the pixel grid."""
+        self.lid_lo, self.lid_hi = vu - self.fade, np.maximum(vl, vu + 0.5)
+        self.lid_vl, self.lid_op = vl, op
+        self.lid_src = image[self.box.slices].copy()
+        ys, xs = np.mgrid[0:self.box.shape[0], 0:self.box.shape[1]]
+        self.lid_xy = (xs.astype(np.float32), ys.astype(np.float32))
+        self._layers: dict[float, tuple | None] = {}
+
+    def _lid_shift(self, c: float) -> np.ndarray:
+        """Per pixel: how far (px along ev) its column's upper-lid line has moved at blink c: the
+        root of D = c * op * S(vu + D), S the blink profile's smoothstep (the field is a backward
+        map; c * op * S' stays under 0.8, so Newton from c * op converges in a few steps), no
+        lower than the lower lid."""
+        span = self.lid_hi - self.lid_lo
+        d = c * self.lid_op
+        for _ in range(4):
+            t = np.clip((self.lid_vu + d - self.lid_lo) / span, 0.0, 1.0)
+            f = d - c * self.lid_op * t * t * (3.0 - 2.0 * t)
+            d = d - f / (1.0 - c * self.lid_op * 6.0 * t * (1.0 - t) / span)
+        return np.clip(d, 0, np.maximum(self.lid_vl - self.lid_vu, 0))
 
     def _outline_top(self, dark, u, v, vu) -> np.ndarray:
         """Per pixel: the top (v) of the dark outline / lashes resting on the upper lid line in
@@ -109,7 +135,7 @@ class EyeRig:
 
     def composite(self, region: np.ndarray, c: np.ndarray) -> None:
         """Cover the stretched lid skin (lash streaks) over the closed part of the eye with lid colour."""
-        if c[BLINK] < 0.15:
+        if c[BLINK] < 0.05:
             return
         self._cover_lid(region, c)
         if c[BLINK] > 0.9:
@@ -117,32 +143,52 @@ class EyeRig:
             region[self.seam] = np.minimum(region[self.seam], self.seam_rgb)
 
     def _cover_lid(self, region: np.ndarray, c: np.ndarray) -> None:
-        v_src = self.lid_v - c[BLINK] * self.lid_mag
-        strength = smoothstep(0.15, 0.5, float(c[BLINK]))
-        stretched = np.clip((c[BLINK] * self.lid_grow - 0.25) / 0.35, 0, 1)
-        # source rows per output row: where the lid is stretched a thin (painted, inked) lash
-        # stroke above the lid line would smear over several rows; cover all of it except the
-        # last LASH_KEEP output rows, which stay the lash line
-        squeeze = np.clip(1.0 - c[BLINK] * self.lid_grow, 0.05, 1.0)
-        # over the eye's own opening a (nearly) closed lid is skin: painted and inked faces have
-        # strokes there (eyeliner, crease lines) that the warp would drag down as smears
-        closing = smoothstep(0.6, 0.95, float(c[BLINK]))
-        lid = np.maximum(stretched, self.over_eye * closing)
-        # a closed lid hides the upper outline (drawn strokes, lashes) above the landmark lid line
-        # too, out to the corners where the lid hardly moves: all of it is skin but the lash line
-        outline = self.lid_cols * step(v_src - self.outline_top, 1.5)
-        lid = np.maximum(lid, outline * closing)
-        edge = (self.lid_vu - LASH_KEEP * squeeze - v_src) / (LASH_SOFT * squeeze)
-        a = lid * np.clip(edge, 0, 1) * strength
-        ys, xs = np.nonzero(a.max(1) > 0.01)[0], np.nonzero(a.max(0) > 0.01)[0]
-        if not len(ys):
+        """The upper lid at blink c, column by column: the lash band (the drawn outline, lashes)
+        moves down whole with the lid line; between where that band began and its new top the lid
+        is skin (the warp alone stretches the band over those rows: dark, mottled on drawn faces);
+        stretched skin further up is covered too, letting a little of its texture through."""
+        layers = self._layers_at(round(float(c[BLINK]), 2))
+        if layers is None:
             return
-        win = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
-        reg, lid_rgb = region[win].astype(np.float32), self.lid_map[win]
-        # skin texture shows through a little; dark (drawn, inked) strokes do not
+        win, skin, own, band, moved = layers
+        reg = region[win].astype(np.float32)
         dark = np.clip((0.8 * self.lid_l - reg @ LUMA) / (0.3 * self.lid_l), 0, 1)
-        a = (a[win] * (LID_COVER + (1 - LID_COVER) * dark))[..., None]
-        region[win] = np.clip(reg * (1 - a) + lid_rgb * a + 0.5, 0, 255).astype(np.uint8)
+        # over the band's old rows the source is the band: all of it goes; stretched skin shows a little
+        a = (skin * np.maximum(own, LID_COVER + (1 - LID_COVER) * dark))[..., None]
+        out = reg * (1 - a) + self.lid_map[win] * a
+        region[win] = np.clip(out * (1 - band) + moved * band + 0.5, 0, 255).astype(np.uint8)
+
+    def _layers_at(self, cb: float):
+        """_lid_layers, kept for the last LID_CACHE blink values (a blink repeats the same few)."""
+        got = self._layers.get(cb, self)           # (self: not there; sessions share the rig)
+        if got is self:
+            got = self._lid_layers(cb)
+            if len(self._layers) >= LID_CACHE:
+                self._layers.clear()
+            self._layers[cb] = got
+        return got
+
+    def _lid_layers(self, cb: float):
+        """At blink cb, over the window the lid changes (None: none): the skin cover, the band's
+        old rows, the moved band's weight and pixels. Closing, the band thins to the lash line."""
+        closing = smoothstep(0.6, 0.95, cb)
+        shift = self._lid_shift(cb).astype(np.float32)
+        above = self.lid_vu + shift - self.lid_v           # output px above the moved lid line
+        width = (self.lid_vu - self.outline_top) * (1 - closing) + LASH_KEEP * closing
+        soft = np.maximum(LASH_SOFT, BAND_FEATHER * width)        # the band top fades into the lid
+        top = np.clip((above - width - 0.5 * LASH_SOFT) / soft + 1.0, 0, 1)
+        cols = self.lid_cols * smoothstep(0.05, 0.3, cb)
+        stretched = np.clip((cb * self.lid_grow - 0.25) / 0.35, 0, 1)
+        own = smoothstep(self.outline_top - 2.0, self.outline_top + 2.0, self.lid_v)
+        skin, band = cols * top * np.maximum(own, stretched), cols * step(above, 1.0) * (1 - top)
+        ys, xs = np.nonzero((skin + band).max(1) > 0.01)[0], np.nonzero((skin + band).max(0) > 0.01)[0]
+        if not len(ys):
+            return None
+        win = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+        gx, gy = self.lid_xy[0][win], self.lid_xy[1][win]
+        moved = cv2.remap(self.lid_src, gx - shift[win] * self.ev[0], gy - shift[win] * self.ev[1],
+                          cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        return win, skin[win], own[win], band[win][..., None], moved
 
     def _curve(self, lm, idx, o):
         pts = lm[list(idx)] - o

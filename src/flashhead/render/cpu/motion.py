@@ -78,6 +78,12 @@ class HeadRig:
         low = blend(self.bases, coeffs).reshape(*self.low_shape, 2)
         return self.identity + cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR)
 
+    def warp_into(self, src: np.ndarray, dst: np.ndarray, coeffs: np.ndarray) -> None:
+        """dst's head box = src with the head moved by coeffs (TX, TY, ROLL, YAW, PITCH)."""
+        ys, xs = self.box.slices
+        cv2.remap(src, self.map(coeffs), None, cv2.INTER_LINEAR, dst=dst[ys, xs],
+                  borderMode=cv2.BORDER_REPLICATE)
+
 
 @dataclass
 class Life:
@@ -161,8 +167,22 @@ class MotionState:
             if self.gaze_on:
                 glance = self.look if p == "thinking" else 1.0
                 gaze = gaze + w[p] * glance * np.asarray(POSE_GAZE[p])
-            head = head + np.float32(w[p] * self.amount) * np.asarray(POSE_HEAD[p], np.float32)
-        return gaze, head
+        return gaze, head + self._pose_tilt()
+
+    def _pose_tilt(self) -> np.ndarray:
+        """The head offsets of the poses at their current weights."""
+        tilt = np.zeros(5, np.float32)
+        for p in POSES:
+            tilt += np.float32(self.pose_w[p] * self.amount) * np.asarray(POSE_HEAD[p], np.float32)
+        return tilt
+
+    def pose_head(self) -> np.ndarray:
+        """The poses' share of the head offsets: their tilt and nods (the nods of stressed speech
+        too, when step() is given its energy), without the plain idle's sway and breath. For a
+        renderer whose frames already have their own idle motion."""
+        head = self._pose_tilt()
+        head[PITCH] += np.float32(self.nod * self.amount)
+        return head
 
     def _blink(self, f: int) -> float:
         if f >= self.next_blink:

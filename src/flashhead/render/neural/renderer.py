@@ -20,10 +20,18 @@ import torch
 
 from flashhead import constants as C
 from flashhead.errors import BackendUnavailable, InputError
-from flashhead.render.base import Renderer, SpeechSpan
+from flashhead.render.base import Renderer, SpeechSpan, check_idle_pose
+from flashhead.render.cpu.motion import HeadRig
 from flashhead.render.neural.batch import StepBatcher
 from flashhead.render.neural.download import download_command, fetch_hint
-from flashhead.render.neural.stream import VARIANTS, ChunkEngine, Portrait, StreamState
+from flashhead.render.neural.poses import PoseWarp, head_rig
+from flashhead.render.neural.stream import VARIANTS, ChunkEngine, Portrait, StreamState, cover_crop
+
+
+@dataclass(frozen=True)
+class NeuralPortrait:
+    model: Portrait                                  # the model's prepared reference
+    head: HeadRig | None                             # idle poses' head warp (None: no face found)
 
 
 @dataclass
@@ -31,6 +39,8 @@ class NeuralSession:
     state: StreamState
     pending: np.ndarray                              # audio not yet rendered (< one chunk)
     queue: deque = field(default_factory=deque)      # frames ready to emit, 512 x 512 x 3 uint8
+    voiced: deque = field(default_factory=deque)     # per queued or pending frame: its audio's voicing
+    poses: PoseWarp | None = None
     frames_out: int = 0
 
 
@@ -122,15 +132,25 @@ class NeuralRenderer(Renderer):
         return self.engine
 
     # -- portraits and sessions ---------------------------------------------------------------------
-    def prepare(self, image: np.ndarray, seed: int) -> Portrait:
+    def prepare(self, image: np.ndarray, seed: int) -> NeuralPortrait:
         """image: the reference (the pipeline crops it: Settings.reference_crop). The seed is
         used per session (new_session), so one prepared portrait serves every seed."""
-        return self._engine().prepare(image)
+        model = self._engine().prepare(image)
+        return NeuralPortrait(model, head_rig(cover_crop(image, C.SIZE)))
 
-    def new_session(self, portrait: Portrait, seed: int) -> NeuralSession:
-        state = self._engine().new_stream(portrait, seed)
-        still = _resize_frames(portrait.image[None], C.SIZE)[0]
-        return NeuralSession(state, np.zeros(0, np.float32), deque([still] * self.latency_frames))
+    def new_session(self, portrait: NeuralPortrait, seed: int) -> NeuralSession:
+        state = self._engine().new_stream(portrait.model, seed)
+        still = _resize_frames(portrait.model.image[None], C.SIZE)[0]
+        lead = self.latency_frames
+        poses = PoseWarp(portrait.head, seed) if portrait.head is not None else None
+        return NeuralSession(state, np.zeros(0, np.float32), deque([still] * lead), deque([0.0] * lead), poses)
+
+    def set_idle_pose(self, session: NeuralSession, pose: str) -> None:
+        """From the next frame out (frames come out latency_frames after their audio): the pose's
+        head tilt and nods over the model's idle (see poses.py)."""
+        check_idle_pose(pose)
+        if session.poses is not None:
+            session.poses.set_pose(pose)
 
     # -- rendering ----------------------------------------------------------------------------------
     def _run_chunks(self, session: NeuralSession) -> None:
@@ -148,8 +168,17 @@ class NeuralRenderer(Renderer):
             raise InputError(f"{len(audio)} samples for {span.n_frames} frames "
                              f"(need {C.SAMPLES_PER_FRAME} per frame)", field="audio")
         session.pending = np.concatenate([session.pending, audio])
+        voiced = np.clip(np.nan_to_num(np.asarray(span.features.voiced, np.float64)), 0.0, 1.0)
+        session.voiced.extend(voiced.tolist())
         self._run_chunks(session)
-        out = [session.queue.popleft() for _ in range(span.n_frames)]
+        return self._emit(session, span.n_frames)
+
+    def _emit(self, session: NeuralSession, n: int) -> np.ndarray:
+        """The next n frames out, moved by the session's idle pose."""
+        out = [session.queue.popleft() for _ in range(n)]
+        voiced = [session.voiced.popleft() for _ in range(n)]
+        if session.poses is not None:
+            out = session.poses.apply(out, voiced)
         session.frames_out += len(out)
         return np.stack(out) if out else np.zeros((0, C.SIZE, C.SIZE, 3), np.uint8)
 
@@ -160,10 +189,10 @@ class NeuralRenderer(Renderer):
             pad = self.variant.new_frames * C.SAMPLES_PER_FRAME - len(session.pending)
             session.pending = np.concatenate([session.pending, np.zeros(pad, np.float32)])
             self._run_chunks(session)
-        out = [session.queue.popleft() for _ in range(real)]
+        out = self._emit(session, real)
         session.queue.clear()
-        session.frames_out += len(out)
-        return np.stack(out) if out else np.zeros((0, C.SIZE, C.SIZE, 3), np.uint8)
+        session.voiced.clear()
+        return out
 
     def close(self) -> None:
         self.engine = None
