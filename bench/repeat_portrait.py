@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import os
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sessions import ROOT, pct, start_server  # noqa: E402  (bench/ on the path first)
+from sessions import ROOT, pct, report, start_server  # noqa: E402  (bench/ on the path first)
 
 
 def portrait(i: int) -> str:
@@ -79,10 +78,7 @@ def main() -> int:
             time.sleep(1.0)                 # both closed in the engine before the next trial
         out["repeat_portrait"] = {"started": pct(started, 50, 95), "first_chunk": pct(first, 50, 95)}
     finally:
-        proc.terminate()
-        proc.wait(15)
-        out["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
-        print(json.dumps(out, indent=2))
+        report(proc, out)
     return 0
 
 
