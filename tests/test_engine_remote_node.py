@@ -113,6 +113,7 @@ def _connections(r: redis.Redis, name: str) -> int:
     return sum(1 for c in r.client_list() if c["name"] == name)
 
 
+@pytest.mark.timeout(30)      # a reader that reads on also hangs the event loop's shutdown
 def test_remote_sessions_close_their_connection_when_they_end_and_all_close_at_shutdown(node, redis_url):
     settings, keys, runner, host = node
     engine = StandInEngine(8)
@@ -133,6 +134,12 @@ def test_remote_sessions_close_their_connection_when_they_end_and_all_close_at_s
         for s in sessions[:3]:                                # its client closes it, and two more
             s.close()
         await _until(lambda: _connections(r, SESSION_CLIENT) == 2, "closed sessions' connections closed")
+        quick = [await remote.open("live", SPEC, "k") for _ in range(3)]
+        for s in quick:                                       # closed at once, as by a client that
+            s.close()                                         # leaves while its session starts
+        _, reading = await asyncio.wait([s.reading for s in quick], timeout=3)
+        assert not reading, f"{len(reading)} of 3 readers read on after their session closed"
+        await _until(lambda: _connections(r, SESSION_CLIENT) == 2, "the quick sessions' connections closed")
         await remote.aclose()                                 # shutdown, sessions 3 and 4 still open
         await _until(lambda: _connections(r, SESSION_CLIENT) + _connections(r, API_CLIENT) == 0,
                      "every connection closed at shutdown")
