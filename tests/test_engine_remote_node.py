@@ -19,7 +19,7 @@ import redis
 
 from flashhead.config import Settings
 from flashhead.engine.relay import EngineLink
-from flashhead.engine.remote import API_CLIENT, SESSION_CLIENT, EngineHost, Keys, RemoteEngines
+from flashhead.engine.remote import API_CLIENT, HOST_CLIENT, SESSION_CLIENT, EngineHost, Keys, RemoteEngines
 from flashhead.errors import CapacityExceeded
 
 TTL_S = 0.6                   # engine_remote_ttl_s: the node beats every 0.2 s
@@ -146,6 +146,9 @@ def test_remote_sessions_close_their_connection_when_they_end_and_all_close_at_s
         assert r.zcard(keys.sessions(host.eid)) == 0          # and their slots released
 
     asyncio.run(run())
+    assert _connections(r, HOST_CLIENT) >= 1
+    host.stop()                                               # the engine node stops: its own too
+    _wait(lambda: _connections(r, HOST_CLIENT) == 0, "the engine node's connections closed", timeout=5)
     engine.close()
     r.close()
 
