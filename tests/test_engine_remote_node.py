@@ -160,6 +160,7 @@ async def _until(predicate, what: str, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow            # a whole app (~2.4 s on 2 cores)
 def test_an_api_node_closes_its_remote_engine_connections_at_shutdown(redis_url, tmp_path):
     """A real app (`serve --no-worker` on the Redis job store): /health reads the engine nodes
     (the threadpool's client), /stream asks for a slot (the event loop's): both connected; once the
