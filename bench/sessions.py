@@ -65,6 +65,14 @@ def start_server(data_dir: Path, capacity: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit("server did not start")
 
 
+def report(proc: subprocess.Popen, out: dict) -> None:
+    """Stops the server; prints `out` with the load average after."""
+    proc.terminate()
+    proc.wait(15)
+    out["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
+    print(json.dumps(out, indent=2))
+
+
 def pct(values: list[float], *qs: int) -> dict:
     a = np.array(values) * 1000
     return {**{f"p{q}_ms": round(float(np.percentile(a, q)), 1) for q in qs}, "n": len(values)}
@@ -234,10 +242,7 @@ def main() -> int:
         out["status_at_full_load"] = {"live_sessions": max(1, sustained), "all_ahead": full["all_ahead"],
                                       **pct(status, 50, 99)}
     finally:
-        proc.terminate()
-        proc.wait(15)
-        out["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
-        print(json.dumps(out, indent=2))
+        report(proc, out)
     return 0
 
 

@@ -100,7 +100,7 @@ def test_a_live_client_that_does_not_read_ends_with_limit_exceeded_and_frees_its
         assert not c.r.exists(c.keys.out(session.sid))
         session.close()
         await asyncio.sleep(0.2)
-        await remote.aio.aclose()
+        await remote.aclose()
 
     asyncio.run(run())
 

@@ -61,6 +61,26 @@ def test_serve_no_worker_is_an_api_node():
     assert build_parser().parse_args(["serve", "--no-worker"]).workers == 0
 
 
+def _readme_commands(after: str) -> list[list[str]]:
+    """The flashhead commands of the README's first bash block after `after`, as argv lists."""
+    import shlex
+
+    block = (ROOT / "README.md").read_text().split(after, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [ln for ln in block.replace("\\\n", " ").splitlines() if ln.strip() and not ln.startswith("#")]
+    return [shlex.split(ln)[1:] for ln in lines if ln.startswith(".venv/bin/flashhead ")]
+
+
+def test_the_readme_shows_api_nodes_and_gpu_workers_as_separate_commands():
+    """Each command of the README's API-node / GPU-worker block parses with the real CLI (an
+    unknown or misspelt flag exits 2), and says what the section promises."""
+    api, worker = [build_parser().parse_args(argv) for argv in
+                   _readme_commands("API nodes and GPU workers can also be separate machines")]
+    assert (api.func.__name__, api.workers, api.host) == ("cmd_serve", 0, "0.0.0.0")
+    assert worker.func.__name__ == "cmd_worker" and worker.job_store.startswith("redis://")
+    assert (worker.storage, worker.renderer, worker.device) == ("s3", "flashhead-lite", "cuda:0")
+    assert worker.weights_dir and worker.workers >= 1
+
+
 @pytest.mark.parametrize("command", [["worker"], ["serve", "--no-worker"]])
 @pytest.mark.slow
 def test_worker_and_api_nodes_need_the_shared_job_store_and_storage(command, tmp_path):

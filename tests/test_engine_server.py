@@ -56,9 +56,9 @@ def engine_pid(server) -> int:
 class Live(threading.Thread):
     """One paced live session: start, 3 s of speech, then read chunks until `chunks` or an error."""
 
-    def __init__(self, client, chunks: int = 10**6):
+    def __init__(self, client, chunks: int = 10**6, image_url: str | None = None):
         super().__init__(daemon=True)
-        self.client, self.chunks = client, chunks
+        self.client, self.chunks, self.image_url = client, chunks, image_url or image()
         self.started = threading.Event()
         self.arrivals: list[tuple[float, float]] = []     # (arrival clock, chunk start on media clock)
         self.error: RealtimeError | None = None
@@ -67,7 +67,7 @@ class Live(threading.Thread):
     def run(self) -> None:
         try:
             with self.client.realtime(C.TEXT_ENDPOINT, use_jwt=False) as conn:
-                conn.send({"type": "start", "image_url": image(), "pace": True})
+                conn.send({"type": "start", "image_url": self.image_url, "pace": True})
                 assert conn.recv()["type"] == "started"
                 self.started.set()
                 pcm = speech_pcm(3.0)

@@ -135,6 +135,10 @@ class Settings(BaseSettings):
                                              "session's Redis stream keeps (MAXLEN)")
     engine_remote_stream_ttl_s: float = Field(120.0, ge=1, description="several machines: lifetime of a "
                                               "session's Redis stream after its last message")
+    engine_remote_redis_connections: int = Field(16, ge=1, le=1024, description="several machines: an API "
+                                                 "node's pooled Redis connections for its sessions' short calls "
+                                                 "(more wait for a free one); each session also reads its "
+                                                 "engine's messages on a connection of its own, closed when it ends")
     # --- webrtc (WHEP output of live sessions) ---
     webrtc_chunk_frames: int = Field(1, ge=1, le=8, description="WebRTC live sessions: frames per engine "
                                      "chunk (40 ms): speech shows after this much audio (plus the 80 ms "

@@ -16,6 +16,7 @@ MAX_IMAGE_BYTES = 25 * 1024 * 1024
 MAX_IMAGE_PIXELS = 50_000_000  # decompression-bomb guard (a 8K x 6K photo is ~48 MP)
 MAX_AUDIO_BYTES = 100 * 1024 * 1024
 FETCH_TIMEOUT_S = 20.0
+PORTRAIT_CACHE_SIZE = 16      # distinct portraits a render process keeps prepared
 
 # Face crop rule from the reference: square side = 2.0 x face width,
 # 55% of the side above the face centre and 45% below it.

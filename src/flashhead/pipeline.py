@@ -119,7 +119,7 @@ class PortraitCache:
     get:   crop -> the renderer's prepared portrait.
     """
 
-    def __init__(self, renderer: Renderer, size: int = 16):
+    def __init__(self, renderer: Renderer, size: int = C.PORTRAIT_CACHE_SIZE):
         self._renderer = renderer
         self.crops = _LRU(size)
         self._prepared = _LRU(size)

@@ -171,6 +171,8 @@ def create_app(settings: Settings | None = None, engines=None, *, workers: int |
             await ctx.webrtc.close_all()
         for task in periodic:
             task.stop()
+        if ctx.engine.remote is not None:
+            await ctx.engine.remote.aclose()
         ctx.engine.stop()
         if ctx.workers:
             ctx.workers.stop()

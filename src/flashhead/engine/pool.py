@@ -4,8 +4,9 @@ The CPU renderer is Python plus short C calls per frame: threads of one process 
 so the CPU engine runs `engine_processes` render processes (default: the cores), each a whole
 Engine (process.py) with its own renderer, portrait cache and deadline-first scheduler
 (`python -m flashhead.engine.pool`). The engine process itself only routes (`Router`): a new
-session is pinned to the render process with the fewest sessions, so its renderer state stays
-there; client messages go to that process, and everything it sends goes to the API unchanged
+session is pinned to one render process (`pick`: the one that already prepared its portrait when
+that one has room, else the one with the fewest sessions), so its renderer state stays there;
+client messages go to that process, and everything it sends goes to the API unchanged
 (forwarded as the pickled bytes it arrived as). Queue jobs from worker processes (jobs.py) are
 pinned the same way, and their messages go back to their worker. The router's heartbeat sums the processes' ones;
 a process that stops beating shows as a step as old as its silence, so the API's hang check
@@ -14,7 +15,9 @@ supervisor fails every session and starts a new engine, as when a single engine 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
 import pickle
 import signal
@@ -23,9 +26,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 from multiprocessing.connection import Connection
 
 from flashhead.config import Settings
+from flashhead.constants import PORTRAIT_CACHE_SIZE
 from flashhead.engine.jobs import JOBS_ENV, JobAddress, JobListener
 from flashhead.engine.relay import FINAL as SESSION_FINAL
 
@@ -45,6 +50,8 @@ class RenderProcess:
         theirs.close()
         self.index, self.conn = index, Connection(ours.detach())
         self.sessions: set[str] = set()
+        self.share = 1                          # sessions it holds in real time (set when ready)
+        self.portraits: OrderedDict[str, None] = OrderedDict()   # portrait_key()s sent to it, newest last
         self.info: dict = {}
         self.ready = threading.Event()
         self.beat: dict = {"active": 0, "oldest_step_s": 0.0}
@@ -56,6 +63,35 @@ class RenderProcess:
     def send(self, message: tuple) -> None:
         with self._send_lock:
             self.conn.send(message)
+
+    def took(self, sid: str, portrait: str | None) -> None:
+        """`sid` pinned here; its portrait is now (or soon) in this process's portrait cache."""
+        self.sessions.add(sid)
+        if portrait is not None:
+            self.portraits[portrait] = None
+            self.portraits.move_to_end(portrait)
+            while len(self.portraits) > PORTRAIT_CACHE_SIZE:
+                self.portraits.popitem(last=False)
+
+
+def portrait_key(kind: str, payload) -> str | None:
+    """The portrait a new session or queue job renders, as the router knows it: a hash of its
+    image_url (the same URL or data URI is the same portrait; what a URL serves is fetched in the
+    render process, whose cache is keyed by the bytes: a URL whose picture changed only misses)."""
+    spec = payload.get("payload", {}) if kind == "stream" else payload
+    ref = getattr(spec["request"], "image_url", None) if kind == "job" else spec.get("image_url")
+    return hashlib.sha256(ref.encode()).hexdigest() if isinstance(ref, str) else None
+
+
+def pick(procs: list, portrait: str | None):
+    """The render process for a new session: of those that prepared `portrait`, the least loaded
+    if it has room (fewer sessions than its share, and at most one more than the least loaded
+    process: a popular portrait does not pile onto one core while another idles), else the
+    least loaded of all."""
+    least = min(procs, key=lambda p: (len(p.sessions), p.index))
+    holders = [p for p in procs if portrait in p.portraits and len(p.sessions) < p.share
+               and len(p.sessions) <= len(least.sessions) + 1]
+    return min(holders, key=lambda p: (len(p.sessions), p.index)) if holders else least
 
 
 class Router:
@@ -95,8 +131,9 @@ class Router:
     def _route(self, kind: str, sid: str, payload) -> None:
         with self._lock:
             if kind in ("stream", "live", "job"):
-                proc = min(self.procs, key=lambda p: (len(p.sessions), p.index))
-                proc.sessions.add(sid)
+                portrait = portrait_key(kind, payload)
+                proc = pick(self.procs, portrait)
+                proc.took(sid, portrait)
                 self.owner[sid] = proc
             else:
                 proc = self.owner.get(sid, self.procs[0])     # unknown: any process says so
@@ -122,6 +159,9 @@ class Router:
             kind, sid, payload = pickle.loads(raw)
             if kind == "ready":
                 proc.info = payload
+                # calibrated: what it measured; configured: its part of the engine's capacity
+                proc.share = payload["capacity"] if payload.get("source") == "calibrated" else \
+                    math.ceil(payload["capacity"] / len(self.procs))
                 proc.last_beat = time.monotonic()
                 proc.ready.set()
                 continue

@@ -4,7 +4,9 @@ An engine node (`flashhead worker`) runs an EngineProcess as `serve` does and an
 bridges it to Redis; an API node (`serve --no-worker`) opens sessions on it with RemoteEngines.
 Keys (under the redis prefix):
   engines                   set of engine ids
-  engine:{id}               its capacity, with a TTL the engine renews (gone = the engine is dead)
+  engine:{id}               its capacity, with a TTL the engine renews (gone = the engine is dead):
+                            at each beat the capacity of its engine as now running, so a restart
+                            that calibrated differently is what the API nodes admit against
   engine:{id}:stats         what the engine last published of itself (msgpack, same TTL): running
                             sessions, and cumulative histograms of step seconds and batch sizes
   engine:{id}:sessions      zset session id -> expiry (redis clock): the engine's taken slots.
@@ -18,8 +20,11 @@ Keys (under the redis prefix):
   session:{sid}:out         stream engine -> API: {kind, data} as relay.EngineLink's messages
                             (capped by MAXLEN, with a TTL, deleted when the API closes the session)
 Payloads are msgpack. Admission is immediate: no engine with a free slot, or the key at its cap
--> CapacityExceeded. On the API node every Redis call made from the event loop is redis.asyncio;
-the synchronous client serves only /health and /metrics, which run in the threadpool.
+-> CapacityExceeded. On the API node every Redis call made from the event loop is redis.asyncio:
+short calls on a bounded pool (engine_remote_redis_connections), and each session's blocking
+reads on a connection of its own, closed when the session ends; the synchronous client serves
+only /health and /metrics, which run in the threadpool. Every client is closed at shutdown
+(RemoteEngines.aclose, EngineHost.stop). Their connections carry a name in CLIENT LIST.
 """
 from __future__ import annotations
 
@@ -41,6 +46,9 @@ from flashhead.engine.scheduler import error_payload
 from flashhead.errors import BackendUnavailable, CapacityExceeded, EngineFailed, FlashheadError, LimitExceeded
 
 log = logging.getLogger("flashhead.engine")
+API_CLIENT = "flashhead-api"            # CLIENT SETNAME of an API node's pooled connections,
+SESSION_CLIENT = "flashhead-api-session"   # of its sessions' own,
+HOST_CLIENT = "flashhead-engine"        # ... and of an engine node's
 STEP_BUCKETS = (.005, .01, .02, .05, .1, .2, .32, .5, 1, 2, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -152,10 +160,12 @@ class RemoteSession:
 
     A reader task moves the engine's messages from Redis into `queue` as they come, so that
     nothing is lost to the stream's MAXLEN; a live client that leaves more than max_unread chunks
-    unread loses its session (as relay.Channel: limit_exceeded), its slots freed at once."""
+    unread loses its session (as relay.Channel: limit_exceeded), its slots freed at once. The
+    reader blocks on a Redis connection of its own, closed when it stops."""
 
     def __init__(self, engines: "RemoteEngines", eid: str, sid: str, key: str, kind: str):
         self.engines, self.eid, self.sid, self.key = engines, eid, sid, key
+        self.reader = engines.reader()
         self.max_unread = engines.max_pending if kind == "live" else None
         self.queue: asyncio.Queue = asyncio.Queue()
         self.finished = self.closed = self.released = False
@@ -163,11 +173,12 @@ class RemoteSession:
         self.lost: str | None = None       # why the session cannot go on (seen by the heartbeat)
         self._unread = 0
         loop = asyncio.get_running_loop()
-        self.tasks = [loop.create_task(self._heartbeat()), loop.create_task(self._read())]
+        self.beating, self.reading = loop.create_task(self._heartbeat()), loop.create_task(self._read())
+        engines.sessions.add(self)
 
     async def _heartbeat(self) -> None:
         e, k = self.engines, self.engines.keys
-        while True:
+        while not self.closed:
             await asyncio.sleep(e.ttl_s / 3)
             try:
                 alive = await e.touch(keys=[k.engine(self.eid), k.sessions(self.eid), k.key_sessions(self.key)],
@@ -180,12 +191,20 @@ class RemoteSession:
                 return
 
     async def _read(self) -> None:
-        """The engine's messages, in order, until its last one; what it sent before it stopped is
-        delivered before the error saying so."""
-        e, last = self.engines, "0-0"
-        while not self.ended:
+        """The engine's messages, in order, until its last one or the session's close (within a
+        read's block); what it sent before it stopped is delivered before the error saying so.
+        Never cancelled: redis-py can swallow a cancellation that lands as a command starts
+        (the task would then read on for ever), so it stops on its own and closes its connection."""
+        try:
+            await self._read_until_ended()
+        finally:
+            await self.reader.aclose()
+
+    async def _read_until_ended(self) -> None:
+        out, last = self.engines.keys.out(self.sid), "0-0"
+        while not (self.ended or self.closed):
             try:
-                resp = await e.aio.xread({e.keys.out(self.sid): last}, count=16, block=250)
+                resp = await self.reader.xread({out: last}, count=16, block=250)
             except redis_lib.RedisError:
                 self._deliver("error", EngineFailed("lost contact with the shared Redis during this session"))
                 return
@@ -220,8 +239,8 @@ class RemoteSession:
         if self.closed:
             return
         self.closed = True
-        for task in self.tasks:
-            task.cancel()
+        self.engines.sessions.discard(self)
+        self.beating.cancel()                # the reader stops at its next read's end
         self._release()
 
     def _release(self) -> None:
@@ -234,19 +253,40 @@ class RemoteEngines:
     """API side: admits a session on the engine node with the most free slots."""
 
     def __init__(self, settings: Settings):
-        url = _settings_url(settings)
+        self.url = _settings_url(settings)
         self.keys = Keys(settings.redis_prefix)
         self.ttl_s = settings.engine_remote_ttl_s
         self.maxlen = settings.engine_remote_stream_maxlen
         self.max_pending = settings.engine_max_pending_chunks
         self.per_key = settings.engine_key_sessions
         self.retry_after_s = settings.engine_retry_after_s
-        self.r = redis_lib.Redis.from_url(url, socket_timeout=settings.redis_socket_timeout_s)  # threadpool only
-        self.aio = aioredis.Redis.from_url(url, socket_timeout=settings.redis_socket_timeout_s)
+        self.timeout_s = settings.redis_socket_timeout_s
+        self.r = redis_lib.Redis.from_url(self.url, socket_timeout=self.timeout_s, client_name=API_CLIENT)  # threadpool
+        self.aio = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=settings.engine_remote_redis_connections, timeout=self.timeout_s,
+            socket_timeout=self.timeout_s, client_name=API_CLIENT))
         self.reserve = self.aio.register_script(RESERVE)
         self.touch = self.aio.register_script(TOUCH)
         self.refused = 0
+        self.sessions: set[RemoteSession] = set()          # open (not yet closed) sessions
         self._background: set[asyncio.Task] = set()
+
+    def reader(self) -> aioredis.Redis:
+        """A session's own connection for its blocking reads (opened at its first read): a client
+        with a pool of its own, as redis-py's single-connection client can swallow the task's
+        cancellation in a blocking read and read on."""
+        return aioredis.Redis.from_url(self.url, max_connections=1, socket_timeout=self.timeout_s,
+                                       client_name=SESSION_CLIENT)
+
+    async def aclose(self) -> None:
+        """At the API node's shutdown: its sessions closed (their slots released), then every
+        connection of this node's clients."""
+        tasks = [t for s in self.sessions for t in (s.beating, s.reading)]
+        for session in list(self.sessions):
+            session.close()
+        await asyncio.gather(*tasks, *self._background, return_exceptions=True)
+        await self.aio.aclose()
+        self.r.close()
 
     async def open(self, kind: str, spec: dict, key_id: str | None) -> RemoteSession:
         sid, key = uuid.uuid4().hex, key_id or "anonymous"
@@ -339,7 +379,7 @@ class EngineHost:
     def __init__(self, settings: Settings):
         url = _settings_url(settings)
         self.settings = settings
-        self.runner, self.capacity = None, 0
+        self.runner = None
         self.keys = Keys(settings.redis_prefix)
         self.ttl_s = settings.engine_remote_ttl_s
         self.maxlen = settings.engine_remote_stream_maxlen
@@ -348,7 +388,7 @@ class EngineHost:
         self.raw_maxlen = min(self.maxlen, settings.engine_max_pending_chunks)
         self.maxlens: dict[str, int] = {}
         self.eid = uuid.uuid4().hex[:16]
-        self.aio = aioredis.Redis.from_url(url)
+        self.aio = aioredis.Redis.from_url(url, client_name=HOST_CLIENT)
         self.channels: dict = {}            # session id -> relay.Channel
         self.pumps: dict = {}
         self.active = 0                     # sessions the local engine runs (its last beat)
@@ -372,9 +412,9 @@ class EngineHost:
         with self._lock:
             return {"active": self.active, "steps": self.steps.as_dict(), "batches": self.batches.as_dict()}
 
-    def start(self, runner, capacity: int) -> "EngineHost":
-        """Once `runner` (an EngineProcess) is ready: offers its `capacity` to the API nodes."""
-        self.runner, self.capacity = runner, capacity
+    def start(self, runner) -> "EngineHost":
+        """Once `runner` (an EngineProcess) is ready: offers its engine's capacity to the API nodes."""
+        self.runner = runner
         self._thread.start()
         return self
 
@@ -388,10 +428,15 @@ class EngineHost:
                  asyncio.create_task(self._forever(self._read, "0-0"))]
         while not self._stop.is_set():
             await asyncio.sleep(0.2)
+        tasks += self.pumps.values()            # each frees its slot as it stops
         for t in tasks:
             t.cancel()
-        await self.aio.delete(self.keys.engine(self.eid), self.keys.stats(self.eid))
-        await self.aio.srem(self.keys.engines, self.eid)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self.aio.delete(self.keys.engine(self.eid), self.keys.stats(self.eid))
+            await self.aio.srem(self.keys.engines, self.eid)
+        finally:
+            await self.aio.aclose()
 
     @staticmethod
     async def _forever(step, state) -> None:
@@ -404,13 +449,14 @@ class EngineHost:
                 await asyncio.sleep(1.0)
 
     async def _beat(self, _state) -> None:
-        """Renews this engine's key while its local engine runs; drops sessions whose API node
-        stopped renewing them."""
+        """Renews this engine's key, with the capacity its running engine reported ready with
+        (configured, or calibrated at its last start), while it runs; drops sessions whose API
+        node stopped renewing them."""
         link = self.runner.link
         if link is not None and not link.closed:
             ttl_ms = int(self.ttl_s * 1000)
             async with self.aio.pipeline(transaction=False) as p:
-                p.set(self.keys.engine(self.eid), self.capacity, px=ttl_ms)
+                p.set(self.keys.engine(self.eid), link.info["capacity"], px=ttl_ms)
                 p.set(self.keys.stats(self.eid), pack(self.stats()), px=ttl_ms)
                 p.sadd(self.keys.engines, self.eid)
                 await p.execute()

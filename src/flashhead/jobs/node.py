@@ -18,7 +18,7 @@ import logging
 import threading
 
 from flashhead.config import Settings
-from flashhead.engine.process import EngineProcess, capacity_of
+from flashhead.engine.process import EngineProcess
 from flashhead.engine.remote import EngineHost
 from flashhead.errors import BackendUnavailable
 from flashhead.jobs.backends import make_store, redis_url
@@ -52,8 +52,7 @@ def run_worker_node(settings: Settings, processes: int, stop: threading.Event) -
     try:
         pool.wait_ready()
         engine.wait_ready()
-        # configured, or what the engine measured at its start (engine_capacity_mode=calibrate)
-        host.start(engine, engine.link.info.get("capacity", capacity_of(settings)))
+        host.start(engine)          # publishes the capacity of the engine running at each beat
         log.info("worker node ready", extra={"instance": queue.store.instance, "workers": processes,
                                              "renderer": settings.renderer})
         while not stop.wait(1.0):
