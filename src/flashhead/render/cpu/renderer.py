@@ -87,9 +87,7 @@ class CpuRenderer(Renderer):
             self._local(s, f"eye{k}", eye, c, lambda c: bool(np.any(np.abs(c) > 0.01)))
         dst[...] = s.work
         if np.any(np.abs(life.head) > HEAD_EPS):
-            ys, xs = p.head.box.slices
-            cv2.remap(s.work, p.head.map(life.head), None, cv2.INTER_LINEAR,
-                      dst=dst[ys, xs], borderMode=cv2.BORDER_REPLICATE)
+            p.head.warp_into(s.work, dst, life.head)
 
     @staticmethod
     def _local(s: Session, key: str, rig, c: np.ndarray, active) -> None:
