@@ -167,6 +167,22 @@ def test_background_stays_put_under_head_motion(image):
     assert np.abs(patch - patch[0]).mean(axis=(1, 2, 3)).max() > 1.0
 
 
+def test_head_warp_by_bands_equals_the_whole_box_remap(portrait):
+    """The head warp remaps only the bands of its box that the displacement reaches; the result
+    must be the whole box's remap, pixel for pixel, for strong motion in every direction."""
+    head, src = portrait.head, portrait.image
+    ys, xs = head.box.slices
+    rng = np.random.default_rng(0)
+    for coeffs in rng.uniform(-6, 6, (6, head.k)).astype(np.float32):
+        whole = src.copy()
+        cv2.remap(src, head.map(coeffs), None, cv2.INTER_LINEAR, dst=whole[ys, xs],
+                  borderMode=cv2.BORDER_REPLICATE)
+        banded = src.copy()
+        head.warp_into(src, banded, coeffs)
+        assert np.array_equal(banded, whole)
+        assert not np.array_equal(whole, src)
+
+
 def test_blank_image_has_no_face(still):
     with pytest.raises(NoFaceError):
         still.prepare(np.full((512, 512, 3), 127, np.uint8), 0)

@@ -263,3 +263,20 @@ def test_dropping_an_unfinished_encoder_does_not_crash_the_process():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "ok"
+
+
+def test_webrtc_i420_is_bt601_limited_range():
+    """The raw (WebRTC) path's I420: studio-swing BT.601 planes, Y then U then V, as the RTP
+    encoders take them. White, black, red and blue in; their textbook Y, Cb, Cr out (within 1)."""
+    from flashhead.engine.sessions import i420_bytes
+
+    colours = {(255, 255, 255): (235, 128, 128), (0, 0, 0): (16, 128, 128),
+               (255, 0, 0): (81, 90, 240), (0, 0, 255): (41, 240, 110)}
+    frames = np.stack([np.full((16, 16, 3), c, np.uint8) for c in colours])
+    data = i420_bytes(frames)
+    assert len(data) == len(colours) * 16 * 16 * 3 // 2
+    planes = np.frombuffer(data, np.uint8).reshape(len(colours), 24, 16).astype(int)
+    for got, want in zip(planes, colours.values()):
+        assert np.abs(got[:16] - want[0]).max() <= 1
+        assert np.abs(got[16:20] - want[1]).max() <= 1
+        assert np.abs(got[20:24] - want[2]).max() <= 1

@@ -206,10 +206,9 @@ class LiveTask:
 def i420_bytes(frames) -> bytes:
     """RGB frames (N, H, W, 3) -> their I420 planes (yuv420p, BT.601 limited range, as a VP8/H.264
     encoder takes them), frame after frame: N * H * W * 3/2 bytes."""
-    import av
+    from flashhead.video.encode import i420
 
-    return b"".join(av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p").to_ndarray().tobytes()
-                    for f in frames)
+    return b"".join(i420(f).tobytes() for f in frames)
 
 
 def pcm16_bytes(audio) -> bytes:

@@ -25,6 +25,7 @@ from . import landmarks as L
 from .warp import Box, blend, grid
 
 LOW = 4                                   # head field resolution divisor
+HEAD_BAND = 8                             # low-resolution rows per head remap band
 TX, TY, ROLL, YAW, PITCH = range(5)
 SEAL_RATE = 0.5                           # per frame: lips settle together in silence, part for speech
 BLINK_SHAPE = (0.5, 1.0, 0.85, 0.45, 0.15)   # per-frame lid closure of one blink (~150 ms)
@@ -72,6 +73,7 @@ class HeadRig:
         self.bases = self.bases.reshape(self.k, -1)
         ix, iy = grid(self.box)
         self.identity = np.stack([ix, iy], -1)
+        self.bands = _bands(weight, self.box)
 
     def map(self, coeffs: np.ndarray) -> np.ndarray:
         h, w = self.box.shape
@@ -79,10 +81,28 @@ class HeadRig:
         return self.identity + cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR)
 
     def warp_into(self, src: np.ndarray, dst: np.ndarray, coeffs: np.ndarray) -> None:
-        """dst's head box = src with the head moved by coeffs (TX, TY, ROLL, YAW, PITCH)."""
-        ys, xs = self.box.slices
-        cv2.remap(src, self.map(coeffs), None, cv2.INTER_LINEAR, dst=dst[ys, xs],
-                  borderMode=cv2.BORDER_REPLICATE)
+        """dst[box] = src sampled at box + the displacement (bilinear, replicated borders), only
+        where the displacement can be nonzero (the rest of dst[box] is left as it is)."""
+        m = self.map(coeffs)
+        for box_part, image_part in self.bands:
+            cv2.remap(src, m[box_part], None, cv2.INTER_LINEAR, dst=dst[image_part],
+                      borderMode=cv2.BORDER_REPLICATE)
+
+
+def _bands(weight: np.ndarray, box: Box, rows: int = HEAD_BAND) -> list[tuple]:
+    """The head field's nonzero part as bands of `rows` low-resolution rows, each cut to the
+    columns its weight reaches after the bilinear upsampling (one low sample around a nonzero
+    one): (slices in the box, slices in the image) per band. About 88% of a face's box."""
+    reach = cv2.dilate((weight > 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    bands = []
+    for r0 in range(0, reach.shape[0], rows):
+        cols = np.nonzero(reach[r0:r0 + rows].any(0))[0]
+        if len(cols):
+            y0, y1 = r0 * LOW, min(r0 + rows, reach.shape[0]) * LOW
+            x0, x1 = int(cols[0]) * LOW, (int(cols[-1]) + 1) * LOW
+            bands.append(((slice(y0, y1), slice(x0, x1)),
+                          (slice(box.y0 + y0, box.y0 + y1), slice(box.x0 + x0, box.x0 + x1))))
+    return bands
 
 
 @dataclass

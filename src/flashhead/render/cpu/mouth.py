@@ -5,6 +5,7 @@ s = v - seam(u) the signed distance below the closed-lip seam.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from . import landmarks as L
@@ -137,65 +138,113 @@ class MouthRig:
         ds = np.gradient(self.seam_v) / np.maximum(np.gradient(self.seam_u), 1e-3)
         self.sub_slope = np.interp(self.sub_u, self.seam_u, ds).astype(np.float32)
         self.sub_below = step(self.sub_s)
+        self.sub_above = 1 - self.sub_below
+        self.sub_abs_u = np.abs(self.sub_u)
+        # a source offset (dx, dy) moves a pixel's signed distance below the seam by this per px
+        self.sub_ds_dx = (self.ev[0] - self.sub_slope * self.eu[0]).astype(np.float32)
+        self.sub_ds_dy = (self.ev[1] - self.sub_slope * self.eu[1]).astype(np.float32)
         # the portrait's own parted-lip gap counts as inside the mouth (no stretched seam line)
         self.sub_gap = np.interp(self.sub_u, self.seam_u, self.gap_half).astype(np.float32)
         au = np.abs(self.sub_u) / hw
         self.lower_pattern = teeth.row_pattern(au / 0.8, hw * 0.8, lower=True)
+        self.sub_lower_reach = np.clip(1 - (self.sub_u / (0.62 * hw)) ** 2, 0, 1).astype(np.float32)
         own = None
         if self.palette.shows_teeth:
             ys_, xs_ = self.box.slices
             sub_img = image[ys_, xs_][self.sub]
             inner = np.concatenate([lm[list(L.INNER_UPPER)], lm[list(L.INNER_LOWER)][::-1]])
             own = teeth.own_texture(sub_img, inner - (xs_.start + x0, ys_.start + y0), self.palette)
-        self.upper_rgb, self.upper_alpha = teeth.upper_layer(self.sub_u, self.sub_s, hw, self.palette, own)
+        upper_rgb, self.upper_alpha = teeth.upper_layer(self.sub_u, self.sub_s, hw, self.palette, own)
+        self.upper_planes = np.ascontiguousarray(np.moveaxis(upper_rgb, -1, 0), np.float32)
 
     def composite(self, region: np.ndarray, disp: np.ndarray, c: np.ndarray) -> None:
         """Blend cavity/tongue/teeth into `region` (the warped mouth box, uint8, in place)."""
-        hw, p = self.hw, self.palette
-        d = disp[self.sub_in_field]
-        du = d[..., 0] * self.eu[0] + d[..., 1] * self.eu[1]
-        dv = d[..., 0] * self.ev[0] + d[..., 1] * self.ev[1]
-        s_src = self.sub_s + dv - self.sub_slope * du
-        bl = self.sub_below
-        g = self.sub_gap * np.float32(np.clip((c[JAW] + c[LIFT]) / (0.12 * hw), 0.0, 1.0))
-        alpha = bl * np.clip((g - s_src) / 1.2, 0, 1) + (1 - bl) * np.clip((s_src + g) / 1.2, 0, 1)
-        alpha *= np.clip((hw + c[SPREAD] - np.abs(self.sub_u)) / 1.5, 0, 1)   # only between corners
+        alpha = self._opening(disp, c)
         rows, cols = np.nonzero(alpha.max(1) > 0.004)[0], np.nonzero(alpha.max(0) > 0.004)[0]
         if len(rows) == 0:
             return
         win = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-        alpha, u, s = alpha[win], self.sub_u[win], self.sub_s[win]
-        te = u / (hw + c[SPREAD])
-        taper = self._taper(te)
+        layer = cv2.merge(list(self._layer(win, c)))     # planar -> (h, w, 3)
+        reg = region[self.sub][win]
+        a = alpha[win]
+        layer -= reg
+        layer *= cv2.merge([a, a, a])     # same shapes: numpy's (h, w, 1) broadcast is 10x slower
+        layer += reg
+        layer += 0.5
+        reg[...] = _clamp(layer, 0.0, 255.0)          # uint8 cast truncates: +0.5 rounds
+
+    def _opening(self, disp: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """Per pixel of the layer's box: how much of the opened mouth shows (0..1)."""
+        hw = self.hw
+        d = disp[self.sub_in_field]
+        s_src = d[..., 0] * self.sub_ds_dx        # the source's signed distance below the seam
+        s_src += d[..., 1] * self.sub_ds_dy
+        s_src += self.sub_s
+        g = self.sub_gap * np.float32(np.clip((c[JAW] + c[LIFT]) / (0.12 * hw), 0.0, 1.0) / 1.2)
+        lower = _clamp(g - s_src * np.float32(1 / 1.2), 0.0, 1.0)   # below the seam: under the gap
+        upper = _clamp(g + s_src * np.float32(1 / 1.2), 0.0, 1.0)   # above it
+        lower *= self.sub_below
+        upper *= self.sub_above
+        lower += upper
+        corners = _clamp((np.float32(hw + c[SPREAD]) - self.sub_abs_u) * np.float32(1 / 1.5), 0.0, 1.0)
+        lower *= corners                                   # only between the corners
+        return lower
+
+    def _layer(self, win, c: np.ndarray) -> np.ndarray:
+        """The inside of the mouth over `win`, (3, h, w) float32 RGB planes: cavity, tongue, lower
+        and upper teeth. Planar, so that colours broadcast along rows, not along 3 channels."""
+        hw, p = self.hw, self.palette
+        u, s = self.sub_u[win], self.sub_s[win]
+        te = u / np.float32(hw + c[SPREAD])
+        te2 = _clamp(1 - te * te, 0.0, 1.0)
+        taper = te2 ** np.float32(0.6)
         d_up = s + c[LIFT] * taper
-        s_lo = c[JAW] * taper - c[TUCK] * np.sqrt(np.clip(1 - te * te, 0, 1))
-        d_lo = s_lo - s
-        gap = np.maximum(d_up + d_lo, 1e-3)
+        d_lo = c[JAW] * taper - c[TUCK] * np.sqrt(te2) - s
+        gap = np.maximum(d_up + d_lo, np.float32(1e-3))
         # cavity: darkest high up in the shadow of the upper teeth, warmer towards the lower lip
-        low = np.clip(1 - d_lo / np.maximum(0.5 * gap, 1.0), 0, 1)
-        side = np.clip(np.abs(te), 0, 1)
-        r = np.clip(0.55 * low ** 2 + 0.35 * side ** 2, 0, 1)
-        layer = p.cavity + (p.inner_lip - p.cavity) * r[..., None]
+        low = _clamp(1 - d_lo / np.maximum(0.5 * gap, np.float32(1.0)), 0.0, 1.0)
+        side = np.minimum(np.abs(te), np.float32(1.0))
+        r = _clamp(0.55 * low * low + 0.35 * side * side, 0.0, 1.0)
+        layer = _planes(p.inner_lip - p.cavity) * r
+        layer += _planes(p.cavity)
         # tongue, low in the opening
-        tongue_h = np.minimum(0.38 * gap, 0.22 * hw) * np.clip(1 - (te / 0.85) ** 2, 0, 1)
-        t_alpha = step(tongue_h - d_lo, 1.5) * np.clip(1 - (te / 0.85) ** 2, 0, 1)
-        t_shade = 0.55 + 0.45 * np.clip(1 - d_lo / np.maximum(tongue_h, 1e-3), 0, 1)
-        layer += (p.tongue * t_shade[..., None] - layer) * t_alpha[..., None]
-        # lower teeth ride on the jaw, darker, mostly hidden behind the lower lip
-        lt_h = 0.10 * hw * np.clip((c[JAW] - 0.2 * hw) / (0.3 * hw), 0, 1) * np.clip(1 - (u / (0.62 * hw)) ** 2, 0, 1)
-        lt_alpha = step(lt_h - d_lo, 1.6) * step(d_lo, 1.2) * (lt_h > 0.3)
-        lt_shade = self.lower_pattern[win] * (0.42 + 0.2 * np.clip(d_lo / np.maximum(lt_h, 1.0), 0, 1))
-        layer += (p.teeth * lt_shade[..., None] - layer) * lt_alpha[..., None]
+        front = _clamp(1 - te * te * np.float32(1 / 0.85 ** 2), 0.0, 1.0)
+        tongue_h = np.minimum(0.38 * gap, np.float32(0.22 * hw)) * front
+        t_alpha = step(tongue_h - d_lo, 1.5) * front
+        t_shade = 0.55 + 0.45 * _clamp(1 - d_lo / np.maximum(tongue_h, np.float32(1e-3)), 0.0, 1.0)
+        _towards(layer, _planes(p.tongue) * t_shade, t_alpha)
+        lt_h = np.float32(0.10 * hw * np.clip((c[JAW] - 0.2 * hw) / (0.3 * hw), 0, 1))
+        if lt_h > 0.3:   # lower teeth ride on the jaw, darker, mostly hidden behind the lower lip
+            lt_h = lt_h * self.sub_lower_reach[win]
+            lt_alpha = step(lt_h - d_lo, 1.6) * step(d_lo, 1.2) * (lt_h > 0.3)
+            lt_shade = self.lower_pattern[win] * (0.42 + 0.2 * _clamp(d_lo / np.maximum(lt_h, np.float32(1.0)), 0.0, 1.0))
+            _towards(layer, _planes(p.teeth) * lt_shade, lt_alpha)
         # upper teeth are fixed to the skull (texture precomputed); the upper lip shades their top
         # (tinted with the inner lip's chroma: a neutral darkening reads as a grey band)
         ua = self.upper_alpha[win]
         shade = 1.0 - smoothstep(0.0, 0.12 * hw + 1.5, d_up)
         warm = (p.inner_lip - p.inner_lip.mean()) * LIP_SHADE_TINT
-        layer = (layer * (1 - ua[..., None]) + self.upper_rgb[win] * (1.0 - 0.38 * shade)[..., None]
-                 + warm * (ua * shade)[..., None])
-        reg = region[self.sub][win]
-        a = alpha[..., None]
-        reg[...] = np.clip(reg * (1 - a) + layer * a + 0.5, 0, 255).astype(np.uint8)
+        layer *= 1 - ua
+        layer += self.upper_planes[(slice(None), *win)] * (1.0 - 0.38 * shade)
+        layer += _planes(warm) * (ua * shade)
+        return layer
 
     def is_active(self, c: np.ndarray) -> bool:
         return bool(np.any(np.abs(c) > ACTIVE_EPS))
+
+
+def _clamp(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """np.clip in place, without its Python-level argument handling (many small arrays a frame)."""
+    return np.minimum(np.maximum(x, np.float32(lo), out=x), np.float32(hi), out=x)
+
+
+def _towards(layer: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> None:
+    """layer += (colour - layer) * alpha, in place ((3, h, w) planes, alpha per pixel)."""
+    colour -= layer
+    colour *= alpha
+    layer += colour
+
+
+def _planes(rgb: np.ndarray) -> np.ndarray:
+    """An RGB colour as (3, 1, 1): it broadcasts over (3, h, w) planes."""
+    return np.asarray(rgb, np.float32).reshape(3, 1, 1)

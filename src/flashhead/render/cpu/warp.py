@@ -65,13 +65,12 @@ def to_image(du, dv, eu, ev) -> np.ndarray:
 
 
 def blend(bases: np.ndarray, coeffs) -> np.ndarray:
-    """sum_k c_k * bases[k] without BLAS (whose thread pool stalls on a busy shared machine)."""
+    """sum_k c_k * bases[k] without BLAS (whose thread pool stalls on a busy shared machine): one
+    cv2.scaleAdd pass per nonzero coefficient, half numpy's multiply-then-add instructions."""
     out = np.zeros(bases.shape[1], np.float32)
-    tmp = np.empty_like(out)
     for c, b in zip(coeffs, bases):
         if c != 0.0:
-            np.multiply(b, np.float32(c), out=tmp)
-            out += tmp
+            cv2.scaleAdd(b, float(c), out, dst=out)
     return out
 
 
