@@ -168,8 +168,8 @@ def _rendered(status) -> list[tuple[int, int]]:
             if m["message"].startswith("rendered ")]
 
 
-def _long_wav(tmp_path):
-    """30 s of speech (the 10 s example three times), so a job runs long enough to cancel."""
+def _long_wav(tmp_path, repeats: int = 3):
+    """10 s of speech x `repeats` (30 s by default), so a job runs long enough to cancel."""
     import io
     import wave
 
@@ -180,7 +180,7 @@ def _long_wav(tmp_path):
     buf = io.BytesIO()
     with wave.open(buf, "wb") as out:
         out.setparams(params)
-        out.writeframes(frames * 3)
+        out.writeframes(frames * repeats)
     path = tmp_path / "long.wav"
     path.write_bytes(buf.getvalue())
     return path

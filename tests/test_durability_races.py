@@ -146,8 +146,9 @@ def test_a_job_claimed_by_a_worker_process_that_died_before_reporting_it_is_requ
     server = Server(tmp_path / "data", make_tls(tmp_path / "tls")).start()
     try:
         with server.client() as c:
+            long_wav = _long_wav(tmp_path, repeats=9)      # 90 s: still rendering when its worker dies
             busy = c.post(f"/queue/{TEXT_ENDPOINT}/audio", json={
-                "image_url": portrait, "audio_url": data_uri(_long_wav(tmp_path), "audio/wav")}).json()["request_id"]
+                "image_url": portrait, "audio_url": data_uri(long_wav, "audio/wav")}).json()["request_id"]
             store = SqliteJobStore(tmp_path / "data" / "jobs.db")
             owner = _eventually(lambda: store.get(busy).owner, 60, "the long job claimed")
             unreported = c.post(f"/queue/{TEXT_ENDPOINT}", json={"image_url": portrait, "text": "Hi."}).json()

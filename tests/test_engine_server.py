@@ -62,6 +62,7 @@ class Live(threading.Thread):
         self.started = threading.Event()
         self.arrivals: list[tuple[float, float]] = []     # (arrival clock, chunk start on media clock)
         self.error: RealtimeError | None = None
+        self.failure: Exception | None = None              # anything else that ended the session
         self.error_at = 0.0
 
     def run(self) -> None:
@@ -84,6 +85,8 @@ class Live(threading.Thread):
                         sent = time.monotonic()
         except RealtimeError as exc:
             self.error, self.error_at = exc, time.monotonic()
+        except Exception as exc:                           # e.g. a handshake timeout: said by wait_started
+            self.failure = exc
 
     def lateness_s(self) -> float:
         """Worst arrival behind the media clock; chunk i is due on screen at a0 + lead + start_i."""
@@ -92,8 +95,11 @@ class Live(threading.Thread):
 
 
 def wait_started(sessions: list[Live], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
     for s in sessions:
-        assert s.started.wait(timeout) or s.error is None, f"session did not start: {s.error}"
+        while s.is_alive() and not s.started.is_set() and time.monotonic() < deadline:
+            s.started.wait(0.05)
+        assert s.started.is_set(), f"session did not start: {s.error or s.failure!r}"
         assert s.error is None, s.error
 
 
