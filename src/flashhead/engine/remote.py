@@ -424,24 +424,27 @@ class EngineHost:
             self._thread.join(timeout=5)
 
     async def _main(self) -> None:
-        tasks = [asyncio.create_task(self._forever(self._beat, None)),
-                 asyncio.create_task(self._forever(self._read, "0-0"))]
+        beat = asyncio.create_task(self._forever(self._beat, None))
+        # the reader is never cancelled: redis-py can swallow a cancel mid-XREAD and read on (its
+        # connection then outlives the host); it ends after its current read (block 1 s) instead
+        reader = asyncio.create_task(self._forever(self._read, "0-0"))
         while not self._stop.is_set():
             await asyncio.sleep(0.2)
-        tasks += self.pumps.values()            # each frees its slot as it stops
+        sids, tasks = list(self.pumps), [beat, *self.pumps.values()]
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(reader, *tasks, return_exceptions=True)
         try:
+            if sids:                            # the cancelled pumps' slots
+                await self.aio.zrem(self.keys.sessions(self.eid), *sids)
             await self.aio.delete(self.keys.engine(self.eid), self.keys.stats(self.eid))
             await self.aio.srem(self.keys.engines, self.eid)
         finally:
             await self.aio.aclose()
 
-    @staticmethod
-    async def _forever(step, state) -> None:
-        """step(state) -> state, again and again; Redis unreachable: retried after a second."""
-        while True:
+    async def _forever(self, step, state) -> None:
+        """step(state) -> state, again and again until stop(); Redis unreachable: retried after a second."""
+        while not self._stop.is_set():
             try:
                 state = await step(state)
             except redis_lib.RedisError:
@@ -500,6 +503,7 @@ class EngineHost:
         elif kind == "close":
             self._drop(sid)
             await self.aio.delete(self.keys.out(sid))     # what its pump published meanwhile
+            await self.aio.zrem(self.keys.sessions(self.eid), sid)
         elif (channel := self.channels.get(sid)) is not None:
             try:
                 channel.send(kind, payload)
@@ -515,6 +519,10 @@ class EngineHost:
             pump.cancel()
 
     async def _pump(self, sid: str, channel) -> None:
+        """The engine's messages for `sid` to its stream. A pump that ends by itself frees the
+        session's slot; a cancelled one (_drop, shutdown) leaves that to its canceller: a Redis
+        call made by a cancelled task can hang in redis-py, holding its connection."""
+        cancelled = False
         try:
             while True:
                 try:
@@ -527,11 +535,15 @@ class EngineHost:
                 await self._publish(sid, kind, payload)
                 if kind in FINAL:
                     return
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
             self.channels.pop(sid, None)
             self.pumps.pop(sid, None)
             self.maxlens.pop(sid, None)
-            await self.aio.zrem(self.keys.sessions(self.eid), sid)
+            if not cancelled:
+                await self.aio.zrem(self.keys.sessions(self.eid), sid)
 
     async def _publish(self, sid: str, kind: str, payload) -> None:
         out = self.keys.out(sid)
