@@ -138,7 +138,13 @@ class Server:
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:
+        """SIGTERM. Called while a test's failure is being raised (stop() in a `finally`), it
+        first has the server write every thread's stack to its log (see server.dump_stacks_on_sigusr1)."""
         if self.proc and self.proc.poll() is None:
+            if sys.exc_info()[0] is not None:
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
+                print(f"server {self.port} stacks, at the failure: {self.log_path}", file=sys.stderr)
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=15)
@@ -294,6 +300,7 @@ def _serve_fake(argv: list[str]) -> None:
     mode = server.auth_mode(a["--host"], Path(a["--data-dir"]), no_auth)
     app = create_app(Settings(data_dir=Path(a["--data-dir"])), engines=object(),
                      workers=int(a["--workers"]), generate=fake_generate, auth_mode=mode)
+    server.dump_stacks_on_sigusr1()
     uvicorn.run(app, host=a["--host"], port=int(a["--port"]), ssl_certfile=a["--ssl-certfile"],
                 ssl_keyfile=a["--ssl-keyfile"], log_level="warning", timeout_graceful_shutdown=3)
 

@@ -119,6 +119,11 @@ def test_a_worker_process_that_dies_fails_its_job_and_is_replaced(tmp_path):
             crashed = wait_terminal(c, victim)
             assert crashed["error_type"] == "worker_crashed", crashed
             assert any("worker process died" in e["message"] for e in crashed["logs"])
+            os.kill(server.proc.pid, signal.SIGUSR1)      # an operator asks for the stacks: logged,
+            deadline = time.monotonic() + 10              # and the server goes on (the job below)
+            while "most recent call first" not in server.log_tail(100_000):
+                assert time.monotonic() < deadline, "SIGUSR1 wrote no stacks to the log"
+                time.sleep(0.1)
             after = wait_terminal(c, _submit(c, TEXT_ENDPOINT, {"image_url": portrait, "text": "Hi."}))
             assert after.get("error") is None, after
             assert worker_processes(server.proc.pid) not in ([], [worker])

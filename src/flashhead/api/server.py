@@ -5,7 +5,9 @@ Also runnable on its own: python -m flashhead.api.server serve --port 8000 ...
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import ipaddress
+import signal
 import socket
 import sys
 import time
@@ -64,6 +66,12 @@ def auth_mode(host: str, data_dir: Path, no_auth: bool = False, i_know_this_is_o
     return KEYS
 
 
+def dump_stacks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>` writes the stack of every thread of the API process to its stderr (the
+    log), without stopping it: how to see what a server that stopped answering is waiting on."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = DEFAULT_DATA_DIR,
           ssl_certfile: str | None = None, ssl_keyfile: str | None = None, workers: int = 1,
           no_auth: bool = False, i_know_this_is_open: bool = False) -> None:
@@ -79,6 +87,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = DEFA
     from flashhead.config import Settings
 
     app = create_app(Settings(data_dir=data_dir), workers=workers, auth_mode=mode)
+    dump_stacks_on_sigusr1()
     # No permessage-deflate: realtime frames carry H.264/AAC segments, which do not compress;
     # deflating them cost the API process about a sixth of its CPU per live session.
     uvicorn.run(app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
