@@ -70,6 +70,7 @@ class Server:
     auth: str | None = None     # "keys" | "open" (--no-auth); None: "keys" if the test made a key
     args: list = field(default_factory=list)     # more `flashhead serve` options
     proc: subprocess.Popen | None = None
+    fal_clients: list = field(default_factory=list)    # made by fal_sync_client; closed by stop()
 
     @property
     def base_url(self) -> str:
@@ -145,6 +146,9 @@ class Server:
                 self.proc.send_signal(signal.SIGUSR1)
                 time.sleep(1.0)
                 print(f"server {self.port} stacks, at the failure: {self.log_path}", file=sys.stderr)
+            for fal in self.fal_clients:     # their idle TLS keep-alive connections would hold
+                if "_client" in fal.__dict__:  # the server's graceful shutdown for its whole 5 s
+                    fal._client.close()
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=15)
@@ -323,7 +327,9 @@ def fal_sync_client(server: Server, key: str = "unused:unused"):
 
     os.environ["SSL_CERT_FILE"] = str(server.tls.ca_pem)
     configure_fal_client(server.base_url)
-    return fal_client.SyncClient(key=key)
+    client = fal_client.SyncClient(key=key)
+    server.fal_clients.append(client)
+    return client
 
 
 def probe_video(data: bytes) -> dict:

@@ -3,33 +3,24 @@ its documented 4xx, nothing leaks, the server stays up, and a job queued before 
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
+import time
 
 import pytest
 
-import time
-
 from api_helpers import PORTRAIT, TEXT_ENDPOINT, Server, make_tls
 from corpus_runner import Runner, load_cases, token_modes
+from flashhead.api.server import keys_create, keys_revoke
 
 CASES = load_cases()
 MIN_CASES = 100
-
-
-def _key(data_dir, *args) -> str:
-    out = subprocess.run([sys.executable, "-m", "flashhead", "keys", *args, "--data-dir", str(data_dir)],
-                         capture_output=True, text=True, timeout=60, check=True)
-    return out.stdout.strip()
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("corpus")
     data = tmp / "data"
-    key = _key(data, "create")
-    revoked = _key(data, "create")
-    _key(data, "revoke", revoked.split(":")[0])
+    key, revoked = keys_create(data), keys_create(data)      # what `flashhead keys` runs (the CLI
+    keys_revoke(data, revoked.split(":")[0])                  # itself: test_api_auth, test_deploy_redis)
     server = Server(data, make_tls(tmp / "tls")).start()
     portrait = "data:image/png;base64," + base64.b64encode(PORTRAIT.read_bytes()).decode()
     keys = {"key": f"Key {key}", "none": None, "bad": "Key 0123456789abcdef:not-a-real-secret",

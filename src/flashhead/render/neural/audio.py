@@ -7,15 +7,18 @@ embedding output) are stacked: one (12, 768) matrix per video frame.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from flashhead import constants as C
 from flashhead.errors import BackendUnavailable, InputError
+
+if TYPE_CHECKING:       # transformers' wav2vec2 takes seconds to import: only where a model is made
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 WAV2VEC2_DIRS = ("wav2vec2-base-960h", "facebook/wav2vec2-base-960h", "wav2vec2")
 
@@ -31,6 +34,7 @@ def find_wav2vec2(weights_dir: str | Path) -> Path | None:
 
 def tiny_wav2vec2_config(hidden: int = 16, layers: int = 2) -> Wav2Vec2Config:
     """A random-weight wav2vec2 with the real CNN strides (320 samples per feature)."""
+    from transformers import Wav2Vec2Config
     return Wav2Vec2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                           intermediate_size=2 * hidden, conv_dim=(8,) * 7,
                           num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
@@ -45,6 +49,7 @@ class AudioEncoder(nn.Module):
 
     @classmethod
     def from_config(cls, config: Wav2Vec2Config) -> "AudioEncoder":
+        from transformers import Wav2Vec2Model
         return cls(Wav2Vec2Model(config))
 
     @classmethod
@@ -53,6 +58,7 @@ class AudioEncoder(nn.Module):
         if not (folder / "config.json").is_file():
             raise BackendUnavailable(f"no wav2vec2 model in {folder} (expected config.json + weights)",
                                      field="weights_dir")
+        from transformers import Wav2Vec2Model
         return cls(Wav2Vec2Model.from_pretrained(str(folder), local_files_only=True))
 
     @property
