@@ -150,7 +150,12 @@ def test_a_job_claimed_by_a_worker_process_that_died_before_reporting_it_is_requ
             busy = c.post(f"/queue/{TEXT_ENDPOINT}/audio", json={
                 "image_url": portrait, "audio_url": data_uri(long_wav, "audio/wav")}).json()["request_id"]
             store = SqliteJobStore(tmp_path / "data" / "jobs.db")
-            owner = _eventually(lambda: store.get(busy).owner, 60, "the long job claimed")
+            # "started" is logged after the worker told its server "claim <id>": the server knows
+            # worker 0 runs it (a kill between the claim and that line re-queues it instead)
+            _eventually(lambda: "started (attempt 1)" in [e["message"] for e in c.get(
+                f"/queue/{TEXT_ENDPOINT}/requests/{busy}/status", params={"logs": 1}).json().get("logs", [])],
+                60, "the long job started")
+            owner = store.get(busy).owner
             unreported = c.post(f"/queue/{TEXT_ENDPOINT}", json={"image_url": portrait, "text": "Hi."}).json()
             lost = SqliteJobStore(tmp_path / "data" / "jobs.db", instance=owner, worker=0)
             assert lost.claim().id == unreported["request_id"]        # worker 0's claim ...
