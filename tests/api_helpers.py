@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -71,6 +72,7 @@ class Server:
     args: list = field(default_factory=list)     # more `flashhead serve` options
     proc: subprocess.Popen | None = None
     fal_clients: list = field(default_factory=list)    # made by fal_sync_client; closed by stop()
+    running: ClassVar[list] = []    # every started, not yet stopped Server (conftest dumps them on a failure)
 
     @property
     def base_url(self) -> str:
@@ -97,6 +99,7 @@ class Server:
         log = open(self.data_dir / f"server-{self.port}-{int(time.time() * 1000)}.log", "wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.log_path = Path(log.name)
+        Server.running.append(self)
         try:
             self.wait_ready()
         except BaseException:          # a failed start must not leave a server running
@@ -132,20 +135,32 @@ class Server:
     def log_tail(self, n: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]
 
+    def dump_stacks(self) -> str:
+        """Has the server write every thread's stack to its log (server.dump_stacks_on_sigusr1);
+        returns the log's tail with them: what a failing test prints about a server it used."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+        return f"{self.log_path}:\n{self.log_tail(12000)}"
+
+    def _forget(self) -> None:
+        Server.running[:] = [s for s in Server.running if s is not self]
+
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, like a crash."""
+        self._forget()
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:
         """SIGTERM. Called while a test's failure is being raised (stop() in a `finally`), it
-        first has the server write every thread's stack to its log (see server.dump_stacks_on_sigusr1)."""
+        first prints the server's log with every thread's stack to stderr, which pytest shows with
+        the failure (servers still running at a failure: conftest's pytest_runtest_makereport)."""
+        self._forget()
         if self.proc and self.proc.poll() is None:
             if sys.exc_info()[0] is not None:
-                self.proc.send_signal(signal.SIGUSR1)
-                time.sleep(1.0)
-                print(f"server {self.port} stacks, at the failure: {self.log_path}", file=sys.stderr)
+                print(f"server {self.port} at the failure: {self.dump_stacks()}", file=sys.stderr)
             for fal in self.fal_clients:     # their idle TLS keep-alive connections would hold
                 if "_client" in fal.__dict__:  # the server's graceful shutdown for its whole 5 s
                     fal._client.close()
@@ -305,8 +320,9 @@ def _serve_fake(argv: list[str]) -> None:
     app = create_app(Settings(data_dir=Path(a["--data-dir"])), engines=object(),
                      workers=int(a["--workers"]), generate=fake_generate, auth_mode=mode)
     server.dump_stacks_on_sigusr1()
-    uvicorn.run(app, host=a["--host"], port=int(a["--port"]), ssl_certfile=a["--ssl-certfile"],
-                ssl_keyfile=a["--ssl-keyfile"], log_level="warning", timeout_graceful_shutdown=3)
+    server.run_uvicorn(uvicorn.Config(app, host=a["--host"], port=int(a["--port"]), ssl_certfile=a["--ssl-certfile"],
+                                      ssl_keyfile=a["--ssl-keyfile"], log_level="warning",
+                                      timeout_graceful_shutdown=3))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,18 @@ os.environ.setdefault("FLASHHEAD_FETCH_ALLOW", "127.0.0.1,localhost,::1")
 os.environ.pop("ELEVENLABS_API_KEY", None)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report carries the log, with every thread's stack, of each test server
+    still running (module-scoped ones included): a stall shows where the server was waiting."""
+    report = yield
+    if report.failed:
+        from api_helpers import Server
+        for server in list(Server.running):
+            report.sections.append((f"server {server.port} at the failure", server.dump_stacks()))
+    return report
+
+
 @pytest.fixture(scope="session")
 def portrait_path() -> Path:
     return EXAMPLES / "portrait_girl_512.png"

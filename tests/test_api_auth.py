@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import socket
 import ssl
 import subprocess
 import sys
@@ -156,6 +157,23 @@ def test_every_websocket_refuses_a_caller_without_a_valid_token(setup, path):
                 assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008, closed.value
         except InvalidStatus as exc:   # or the handshake itself is refused
             assert exc.response.status_code in (401, 403), exc
+
+
+def test_the_tls_server_sends_no_session_tickets(setup):
+    """No TLS 1.3 session ticket after the handshake (server.run_uvicorn). A client that reads its
+    TLS socket in one thread while it writes its first request in another (the websockets sync
+    client: fal-client's realtime, and the tests above) can lose that request to the ticket's
+    arrival: a few of every thousand WebSocket connects from 6 threads timed out with tickets on."""
+    server, _ = setup
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, \
+            server.ssl_context().wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        assert tls.version() == "TLSv1.3", tls.version()     # tickets are a TLS 1.3 message
+        tls.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        response = b""
+        while chunk := tls.recv(65536):      # reading the answer reads any ticket sent before it
+            response += chunk
+        assert response.startswith(b"HTTP/1.1 200"), response[:80]
+        assert tls.session is None or not tls.session.has_ticket, "the server sent a session ticket"
 
 
 def test_jobs_are_visible_to_their_own_key_only(setup, tmp_path):

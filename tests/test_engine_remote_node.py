@@ -8,6 +8,7 @@ The engine behind the EngineHost is a stand-in speaking the engine's side of an 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -37,7 +38,8 @@ class StandInEngine:
         self.sids: list[str] = []
         self.conn.send(("ready", None, {"capacity": capacity, "source": "calibrated", "threads": 1}))
         assert self.link.ready.wait(5)
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
 
     def _serve(self) -> None:
         while True:
@@ -53,6 +55,11 @@ class StandInEngine:
         self.conn.send(("end", self.sids[i], None))
 
     def close(self) -> None:
+        """Shut the socket down first: _serve's recv() then ends with EOFError (a Connection closed
+        under a blocked recv() raises TypeError in that thread instead)."""
+        with socket.socket(fileno=os.dup(self.conn.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(5)
         self.conn.close()
 
 

@@ -90,9 +90,26 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = DEFA
     dump_stacks_on_sigusr1()
     # No permessage-deflate: realtime frames carry H.264/AAC segments, which do not compress;
     # deflating them cost the API process about a sixth of its CPU per live session.
-    uvicorn.run(app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=5,
-                ws_per_message_deflate=False)
+    run_uvicorn(uvicorn.Config(app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                               log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                               ws_per_message_deflate=False))
+
+
+def run_uvicorn(config) -> None:
+    """Serve a uvicorn.Config whose TLS (when it has one) sends no TLS 1.3 session tickets.
+
+    A ticket arrives after the handshake, while the client's first request may be on its way. A
+    client that reads a TLS socket in one thread and writes it in another (the `websockets` sync
+    client, so fal-client's realtime) then sometimes never sends its upgrade request, and its
+    connect times out: a few in every thousand WebSocket connections from 6 threads at once here. Without
+    tickets there is nothing to read then. Lost with them: TLS session resumption, which no
+    client of this API relies on."""
+    import uvicorn
+
+    config.load()
+    if config.ssl is not None:
+        config.ssl.num_tickets = 0
+    uvicorn.Server(config).run()
 
 
 def keys_create(data_dir: str | Path = DEFAULT_DATA_DIR, alias: str | None = None) -> str:
