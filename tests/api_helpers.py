@@ -18,9 +18,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 

@@ -5,8 +5,8 @@ and the per-key abuse limits (429 + Retry-After)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys

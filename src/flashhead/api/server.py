@@ -101,9 +101,9 @@ def run_uvicorn(config) -> None:
     A ticket arrives after the handshake, while the client's first request may be on its way. A
     client that reads a TLS socket in one thread and writes it in another (the `websockets` sync
     client, so fal-client's realtime) then sometimes never sends its upgrade request, and its
-    connect times out: a few in every thousand WebSocket connections from 6 threads at once here. Without
-    tickets there is nothing to read then. Lost with them: TLS session resumption, which no
-    client of this API relies on."""
+    connect times out: a few in every thousand WebSocket connections from 6 threads at once
+    here. Without tickets there is nothing to read then. Lost with them: TLS session
+    resumption, which no client of this API relies on."""
     import uvicorn
 
     config.load()
