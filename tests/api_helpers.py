@@ -8,6 +8,7 @@ pipeline.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -164,6 +165,8 @@ class Server:
             for fal in self.fal_clients:     # their idle TLS keep-alive connections would hold
                 if "_client" in fal.__dict__:  # the server's graceful shutdown for its whole 5 s
                     fal._client.close()
+            gc.collect()    # so would the httpx client that fal-client's upload_file makes and drops
+                            # unclosed (SyncClient._get_cdn_client): collected, its socket closes
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=15)

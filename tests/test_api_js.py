@@ -45,7 +45,7 @@ def test_storage_upload_and_run(server):
     _video_ok(server, out["video"])
 
 
-@pytest.mark.parametrize("mode", ["polling", "streaming"])
+@pytest.mark.parametrize("mode", [pytest.param("polling", marks=pytest.mark.slow), "streaming"])   # polls: ~3 s
 def test_subscribe_with_queue_updates(server, mode):
     out = node(server, "subscribe", MODE=mode)
     statuses = [s["status"] for s in out["statuses"]]

@@ -107,6 +107,7 @@ def test_unknown_ids_and_bad_headers(c):
     assert r.status_code == 422 and r.json()["error_type"] == "unsafe_url"
 
 
+@pytest.mark.slow        # waits for its job: ~3 s
 def test_result_of_a_pending_job_is_400(c):
     rid = submit(c)["request_id"]
     r = c.get(f"{Q}/requests/{rid}")

@@ -41,9 +41,13 @@ def test_case(corpus, case):
     assert server.proc.poll() is None, f"the server died on {case['id']}"
 
 
-def test_corpus_size_and_server_survives(corpus):
-    runner, queued_id, server = corpus
+def test_corpus_size():
     assert len(CASES) >= MIN_CASES, f"the corpus holds {len(CASES)} cases; the issue asks for {MIN_CASES}"
+
+
+@pytest.mark.slow       # after the (slow) cases above; alone it would only start a server
+def test_server_survives_the_corpus(corpus):
+    runner, queued_id, server = corpus
     assert runner.client.get("/health").status_code == 200
     status_url = f"/queue/{TEXT_ENDPOINT}/requests/{queued_id}/status"
     deadline = time.monotonic() + 120                      # queued before the corpus: unharmed

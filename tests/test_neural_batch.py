@@ -11,8 +11,11 @@ import pytest
 from flashhead import constants as C
 from flashhead.engine.scheduler import Scheduler
 from flashhead.render.base import SpeechSpan
-from flashhead.render.neural.renderer import NeuralRenderer
 from flashhead.visemes.base import FrameFeatures
+
+from lazy_imports import lazy_import
+
+neural_renderer = lazy_import("flashhead.render.neural.renderer")
 
 PORTRAIT = np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8)
 CHUNK = 24                  # Lite: new frames per chunk
@@ -32,7 +35,7 @@ class ChunkTask:
 
     live = False
 
-    def __init__(self, renderer: NeuralRenderer, i: int, chunks: int):
+    def __init__(self, renderer: neural_renderer.NeuralRenderer, i: int, chunks: int):
         self.renderer, self.i, self.chunks = renderer, i, chunks
         self.session = renderer.new_session(renderer.prepare(PORTRAIT, 0), seed=10 + i)
         self.frames: list[np.ndarray] = []
@@ -53,7 +56,7 @@ class ChunkTask:
         pass
 
 
-def alone(r: NeuralRenderer, i: int, chunks: int) -> np.ndarray:
+def alone(r: neural_renderer.NeuralRenderer, i: int, chunks: int) -> np.ndarray:
     session = r.new_session(r.prepare(PORTRAIT, 0), seed=10 + i)
     out = np.concatenate([r.render(session, span(i, c)) for c in range(chunks)])
     assert list(r.batcher.sizes)[-chunks:] == [1] * chunks     # a lone caller is neither batched nor held
@@ -62,7 +65,7 @@ def alone(r: NeuralRenderer, i: int, chunks: int) -> np.ndarray:
 
 @pytest.mark.slow
 def test_sessions_due_together_step_in_one_batch_and_match_alone():
-    r = NeuralRenderer.tiny("lite", size=32, batch_max=16, batch_window_s=5.0)
+    r = neural_renderer.NeuralRenderer.tiny("lite", size=32, batch_max=16, batch_window_s=5.0)
     calls = []
     real_step = r.engine.step
 
@@ -85,7 +88,7 @@ def test_sessions_due_together_step_in_one_batch_and_match_alone():
     # every step of every session ran in a batch of 4 (chunk 0 and the later ones apart)
     assert calls == [SESSIONS] * chunks and list(r.batcher.sizes) == calls
     outs = [np.concatenate(t.frames) for t in tasks]
-    single = NeuralRenderer.tiny("lite", size=32)
+    single = neural_renderer.NeuralRenderer.tiny("lite", size=32)
     for i, out in enumerate(outs):
         ref = alone(single, i, chunks)
         assert out.shape == ref.shape == (chunks * CHUNK, C.SIZE, C.SIZE, 3)
@@ -138,7 +141,7 @@ def test_streams_through_the_engine_step_in_batches(engines, tmp_path):
     from flashhead.pipeline import Engines, PortraitCache
 
     settings = Settings(data_dir=tmp_path, renderer="flashhead-lite", tts="espeak", engine_threads=SESSIONS)
-    r = NeuralRenderer.tiny("lite", size=32, batch_window_s=5.0)
+    r = neural_renderer.NeuralRenderer.tiny("lite", size=32, batch_window_s=5.0)
     sizes: list[int] = []
     runner = EngineThread(Engines(settings, r, engines.tts, PortraitCache(r)), make_storage(settings), settings,
                           on_beat=lambda beat: sizes.extend(beat["batches"]))

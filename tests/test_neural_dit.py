@@ -4,13 +4,15 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
-import torch.nn.functional as F
 
 from flashhead.errors import BackendUnavailable
-from flashhead.render.neural.dit import FlashHeadDiT, tiny_config
-from flashhead.render.neural.layers import DiTBlock, apply_rope, rope_split, rope_table, sinusoidal_embedding
-from flashhead.render.neural.weights import load_dit, manifest
+
+from lazy_imports import lazy_import
+
+torch = lazy_import("torch")
+dit = lazy_import("flashhead.render.neural.dit")
+layers = lazy_import("flashhead.render.neural.layers")
+weights = lazy_import("flashhead.render.neural.weights")
 
 
 def official_keys(num_layers: int = 30) -> set[str]:
@@ -35,7 +37,7 @@ def official_keys(num_layers: int = 30) -> set[str]:
 
 @pytest.mark.parametrize("variant,params", [("pro", 1_507_694_912), ("lite", 1_526_864_256)])
 def test_full_size_manifest_counts(variant, params):
-    shapes = manifest(variant)
+    shapes = weights.manifest(variant)
     assert len(shapes) == 843
     assert sum(math.prod(s) for s in shapes.values()) == params
     assert set(shapes) == official_keys()
@@ -48,7 +50,7 @@ def test_full_size_manifest_counts(variant, params):
               "audio_proj.proj1_vf.weight": (512, 110592)}),
 ])
 def test_full_size_documented_shapes(variant, documented):
-    shapes = manifest(variant)
+    shapes = weights.manifest(variant)
     common = {"text_embedding.0.weight": (1536, 4096), "text_embedding.2.weight": (1536, 1536),
               "time_embedding.0.weight": (1536, 256), "time_embedding.2.weight": (1536, 1536),
               "time_projection.1.weight": (9216, 1536), "blocks.29.ffn.0.weight": (8960, 1536),
@@ -70,9 +72,9 @@ def tiny_inputs(variant: str, batch: int = 1, seed: int = 1):
     return x, y, ctx
 
 
-def tiny_model(variant: str, seed: int = 0) -> FlashHeadDiT:
+def tiny_model(variant: str, seed: int = 0) -> dit.FlashHeadDiT:
     torch.manual_seed(seed)
-    return FlashHeadDiT(**tiny_config(variant)).eval()
+    return dit.FlashHeadDiT(**dit.tiny_config(variant)).eval()
 
 
 @pytest.mark.parametrize("variant", ["pro", "lite"])
@@ -108,7 +110,7 @@ def test_rope_table_entry_by_hand():
     """Wan 3D RoPE at full size (head_dim 128 -> 22/21/21 complex frequencies, theta 10000, each
     axis over its own dimension: 44, 42, 42), token (f=0, h=2, w=1) of a (2, 3, 4) grid,
     worked out with math.pow rather than the implementation's tensors."""
-    table = rope_table((2, 3, 4), head_dim=128)
+    table = layers.rope_table((2, 3, 4), head_dim=128)
     token = table[0 * 12 + 2 * 4 + 1, 0]                       # row-major (f, h, w)
     angles = token.angle()
     assert torch.allclose(token[:22], torch.ones(22, dtype=torch.complex128))      # f = 0
@@ -126,7 +128,7 @@ def test_rope_table_entry_by_hand():
 
 def test_timestep_embedding_by_hand():
     """Wan's sinusoidal embedding [cos | sin] of t with frequencies 10000^(-j/half)."""
-    emb = sinusoidal_embedding(torch.tensor([500.0]), 256)[0]
+    emb = layers.sinusoidal_embedding(torch.tensor([500.0]), 256)[0]
     assert emb.shape == (256,) and emb.dtype == torch.float64
     hand = {0: math.cos(500.0), 1: math.cos(500.0 * math.pow(10000, -1 / 128)),
             128: math.sin(500.0), 128 + 64: math.sin(5.0),       # 500 * 10000^(-1/2) = 5
@@ -140,14 +142,14 @@ def test_cross_attention_mask_layout():
     """Which audio tokens each video token of a DiT block sees, read off the block itself by
     perturbing one audio token at a time: latent frame f sees exactly frame f's audio tokens."""
     torch.manual_seed(0)
-    block = DiTBlock(dim=16, ffn_dim=32, num_heads=2).eval()
+    block = layers.DiTBlock(dim=16, ffn_dim=32, num_heads=2).eval()
     frames, per_frame, n_audio = 2, 2, 3
     x = torch.randn(1, frames * per_frame, 16)
     audio = torch.randn(1, frames, n_audio, 16)
     t_mod = torch.zeros(1, 6, 16)
     t_mod[:, 2] = -block.modulation[0, 2].detach()            # gate1 = 0: no self-attention
     t_mod[:, 5] = -block.modulation[0, 5].detach()            # gate2 = 0: no feed-forward
-    rope = rope_table((frames, per_frame, 1), head_dim=8)
+    rope = layers.rope_table((frames, per_frame, 1), head_dim=8)
     with torch.no_grad():
         base = block(x, audio, t_mod, rope)
         seen = torch.zeros(frames * per_frame, frames * n_audio, dtype=torch.int64)
@@ -173,7 +175,7 @@ def test_batch_elements_are_independent():
 
 def test_cross_attention_is_block_diagonal_per_latent_frame():
     torch.manual_seed(0)
-    block = DiTBlock(dim=16, ffn_dim=32, num_heads=2).eval()
+    block = layers.DiTBlock(dim=16, ffn_dim=32, num_heads=2).eval()
     frames, per_frame, n_audio = 3, 4, 5
     x = torch.randn(1, frames * per_frame, 16)
     audio = torch.randn(1, frames, n_audio, 16)
@@ -187,14 +189,14 @@ def test_cross_attention_is_block_diagonal_per_latent_frame():
         v = ca.v(ctx).view(1, -1, 2, 8).transpose(1, 2)
         mask = torch.arange(frames).repeat_interleave(per_frame)[:, None] == \
             torch.arange(frames).repeat_interleave(n_audio)[None, :]
-        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         ref = ca.o(ref.transpose(1, 2).reshape(1, -1, 16))
     assert torch.allclose(got, ref, atol=1e-5)
 
 
 def test_rope_split_table_and_rotation():
-    assert rope_split(128) == (22, 21, 21)
-    table = rope_table((2, 3, 4), head_dim=128)
+    assert layers.rope_split(128) == (22, 21, 21)
+    table = layers.rope_table((2, 3, 4), head_dim=128)
     assert table.dtype == torch.complex128 and table.shape == (24, 1, 64)
     assert torch.allclose(table[0], torch.ones_like(table[0]))          # positions start at 0
     # token (f=1, h=0, w=0): only the 22 time frequencies rotate; their first one by 1 radian
@@ -202,7 +204,7 @@ def test_rope_split_table_and_rotation():
     assert torch.allclose(t1[:22].angle()[0], torch.tensor(1.0, dtype=torch.float64))
     assert torch.allclose(t1[22:], torch.ones(42, dtype=torch.complex128))
     x = torch.randn(1, 24, 2, 128)
-    rotated = apply_rope(x, table)
+    rotated = layers.apply_rope(x, table)
     assert torch.allclose(rotated.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
 
 
@@ -210,18 +212,18 @@ def test_strict_load_round_trip_and_clear_failure(tmp_path):
     from safetensors.torch import save_file
     model = tiny_model("lite", seed=3)
     model.save_pretrained(tmp_path / "Model_Lite")
-    loaded = load_dit(tmp_path / "Model_Lite", "cpu", torch.float32)
+    loaded = weights.load_dit(tmp_path / "Model_Lite", "cpu", torch.float32)
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
     # diffusers' own loader reads the same folder
-    assert isinstance(FlashHeadDiT.from_pretrained(tmp_path / "Model_Lite"), FlashHeadDiT)
+    assert isinstance(dit.FlashHeadDiT.from_pretrained(tmp_path / "Model_Lite"), dit.FlashHeadDiT)
     state = model.state_dict()
     state.pop("blocks.1.cross_attn.norm_k.weight")
     state["blocks.1.cross_attn.k_img.weight"] = torch.zeros(2)
     state["head.head.weight"] = torch.zeros(3, 32)
     save_file(state, str(tmp_path / "Model_Lite" / "diffusion_pytorch_model.safetensors"))
     with pytest.raises(BackendUnavailable) as err:
-        load_dit(tmp_path / "Model_Lite", "cpu", torch.float32)
+        weights.load_dit(tmp_path / "Model_Lite", "cpu", torch.float32)
     text = str(err.value)
     assert "1 missing key(s): blocks.1.cross_attn.norm_k.weight" in text
     assert "1 unexpected key(s): blocks.1.cross_attn.k_img.weight" in text

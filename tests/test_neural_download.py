@@ -13,13 +13,16 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-import torch
 
-from flashhead.render.neural import weights as weights_mod
-from flashhead.render.neural.dit import FlashHeadDiT, tiny_config
 from flashhead.render.neural.download import FLASHHEAD_REPO, WAV2VEC2_REPO, download, plan
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
+
+from lazy_imports import lazy_import
+
+torch = lazy_import("torch")
+weights_mod = lazy_import("flashhead.render.neural.weights")
+dit = lazy_import("flashhead.render.neural.dit")
 
 
 def _save(module_save, name: str) -> dict[str, bytes]:
@@ -35,7 +38,7 @@ def _flashhead_files() -> dict[str, bytes]:
     torch.manual_seed(0)
     files = {"README.md": b"# SoulX-FlashHead-1_3B\n", "assets/logo.png": b"\x89PNG..."}
     for variant, folder in (("lite", "Model_Lite"), ("pro", "Model_Pro")):
-        files |= _save(FlashHeadDiT(**tiny_config(variant)).save_pretrained, folder)
+        files |= _save(dit.FlashHeadDiT(**dit.tiny_config(variant)).save_pretrained, folder)
     files |= _save(tiny_ltx_vae().model.save_pretrained, "VAE_LTX")
     buf = io.BytesIO()
     torch.save({diffusers_key_to_wan(k, num_res_blocks=1): v for k, v in tiny_wan_vae().model.state_dict().items()},
@@ -168,12 +171,12 @@ def test_download_lite_fetches_what_lite_needs_resumes_and_passes_the_check(hub,
                    "wav2vec2-base-960h/preprocessor_config.json"]
     for rel in got[:4]:
         assert (root / rel).read_bytes() == served[rel]
-    dit = "Model_Lite/diffusion_pytorch_model.safetensors"
-    half = len(served[dit]) // 2
-    first, resumed = hub.gets(dit)                                    # the broken transfer resumed
+    dit_file = "Model_Lite/diffusion_pytorch_model.safetensors"
+    half = len(served[dit_file]) // 2
+    first, resumed = hub.gets(dit_file)                                   # the broken transfer resumed
     start = int(re.fullmatch(r"bytes=(\d+)-", resumed).group(1))
     assert first is None and half - 4096 < start <= half
-    assert weights_mod.check_weights(root, "lite", dit_config=tiny_config("lite")).ok
+    assert weights_mod.check_weights(root, "lite", dit_config=dit.tiny_config("lite")).ok
     # a second run downloads nothing again
     before = len(hub.requests)
     download("lite", root, endpoint=hub.url)
@@ -182,7 +185,7 @@ def test_download_lite_fetches_what_lite_needs_resumes_and_passes_the_check(hub,
 
 def test_cli_download_checks_and_prints_the_weights_dir(hub, tmp_path, capsys, monkeypatch):
     from flashhead.cli import main
-    monkeypatch.setitem(weights_mod.VARIANT_CONFIGS, "lite", tiny_config("lite"))   # served files are tiny
+    monkeypatch.setitem(weights_mod.VARIANT_CONFIGS, "lite", dit.tiny_config("lite"))   # served files are tiny
     monkeypatch.setenv("FLASHHEAD_NATIVE_LOGS", "1")
     target = tmp_path / "weights"
     assert main(["weights", "download", "--variant", "lite", "--dir", str(target), "--endpoint", hub.url]) == 0
@@ -190,7 +193,7 @@ def test_cli_download_checks_and_prints_the_weights_dir(hub, tmp_path, capsys, m
     assert f"flashhead-lite weights in {target}: OK" in out
     assert f"use --weights-dir {target} " in out
     # pro needs the Wan VAE, whose tiny file fails the full-size check: exit 1 and say so
-    monkeypatch.setitem(weights_mod.VARIANT_CONFIGS, "pro", tiny_config("pro"))
+    monkeypatch.setitem(weights_mod.VARIANT_CONFIGS, "pro", dit.tiny_config("pro"))
     assert main(["weights", "download", "--variant", "pro", "--dir", str(target), "--endpoint", hub.url]) == 1
     assert (target / "VAE_Wan/Wan2.1_VAE.pth").read_bytes() == hub.repos[FLASHHEAD_REPO]["VAE_Wan/Wan2.1_VAE.pth"]
     assert "[!!] VAE_Wan/Wan2.1_VAE.pth" in capsys.readouterr().out

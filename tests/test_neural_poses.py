@@ -13,8 +13,11 @@ from PIL import Image
 from flashhead import constants as C
 from flashhead.errors import InputError
 from flashhead.render.base import SpeechSpan
-from flashhead.render.neural.renderer import NeuralRenderer
 from flashhead.visemes.base import FrameFeatures
+
+from lazy_imports import lazy_import
+
+neural_renderer = lazy_import("flashhead.render.neural.renderer")
 
 FACE = np.asarray(Image.open(Path(__file__).resolve().parents[1] / "examples" / "portrait_girl_512.png")
                   .convert("RGB"))
@@ -24,7 +27,7 @@ SPEECH = 2 * CHUNK              # audio frame where speech starts, in every run 
 
 @pytest.fixture(scope="module")
 def renderer():
-    r = NeuralRenderer.tiny("lite", size=32)
+    r = neural_renderer.NeuralRenderer.tiny("lite", size=32)
     r.setup()
     return r, r.prepare(FACE, 0)
 

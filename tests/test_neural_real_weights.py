@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from flashhead import constants as C
 from flashhead.config import Settings
@@ -40,6 +39,8 @@ def Q():
 
 @pytest.fixture(scope="module", params=["lite", "pro"])
 def neural(request, engines):
+    import torch
+
     from flashhead.pipeline import Engines, PortraitCache
     from flashhead.render.neural.renderer import NeuralRenderer
     from flashhead.render.neural.weights import check_weights

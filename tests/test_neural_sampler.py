@@ -2,20 +2,22 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from flashhead.render.neural.sampler import sample, shifted_sigmas
+from lazy_imports import lazy_import
+
+torch = lazy_import("torch")
+sampler = lazy_import("flashhead.render.neural.sampler")
 
 
 def test_exact_sigmas():
-    assert shifted_sigmas(4, 5.0) == pytest.approx([1.0, 0.9375, 0.8333333333333334, 0.625, 0.0], abs=1e-12)
-    assert shifted_sigmas(2, 5.0) == pytest.approx([1.0, 5 / 6, 0.0])
+    assert sampler.shifted_sigmas(4, 5.0) == pytest.approx([1.0, 0.9375, 0.8333333333333334, 0.625, 0.0], abs=1e-12)
+    assert sampler.shifted_sigmas(2, 5.0) == pytest.approx([1.0, 5 / 6, 0.0])
     with pytest.raises(ValueError):
-        shifted_sigmas(0)
+        sampler.shifted_sigmas(0)
 
 
 def test_update_rule_noise_draws_and_motion_overwrite():
-    shape, sig = (1, 2, 3, 2, 2), shifted_sigmas()
+    shape, sig = (1, 2, 3, 2, 2), sampler.shifted_sigmas()
     motion = torch.full((1, 2, 1, 2, 2), 7.0)
     seen = []
 
@@ -23,7 +25,7 @@ def test_update_rule_noise_draws_and_motion_overwrite():
         seen.append((x.clone(), t.clone()))
         return torch.full_like(x, 0.5)
 
-    out = sample(velocity, shape, motion, [torch.Generator().manual_seed(3)], sig)
+    out = sampler.sample(velocity, shape, motion, [torch.Generator().manual_seed(3)], sig)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(shape[1:], generator=g)[None]                 # one initial draw
     sig32 = [torch.tensor(s).item() for s in sig]                 # t_i in the model dtype
@@ -43,16 +45,16 @@ def test_seeded_and_batch_independent():
     def velocity(x, t):
         return x * 0.1 + t[:, None, None, None, None] / 1000
 
-    a = sample(velocity, shape, motion, [torch.Generator().manual_seed(s) for s in (1, 2)], shifted_sigmas())
-    b = sample(velocity, shape, motion, [torch.Generator().manual_seed(s) for s in (1, 2)], shifted_sigmas())
-    one = sample(velocity, (1,) + shape[1:], motion[1:], [torch.Generator().manual_seed(2)], shifted_sigmas())
+    a = sampler.sample(velocity, shape, motion, [torch.Generator().manual_seed(s) for s in (1, 2)], sampler.shifted_sigmas())
+    b = sampler.sample(velocity, shape, motion, [torch.Generator().manual_seed(s) for s in (1, 2)], sampler.shifted_sigmas())
+    one = sampler.sample(velocity, (1,) + shape[1:], motion[1:], [torch.Generator().manual_seed(2)], sampler.shifted_sigmas())
     assert torch.equal(a, b)
     assert torch.allclose(a[1:], one)
     assert not torch.allclose(a[0], a[1])
 
 
 def test_bf16_sampler_casts_sigmas_like_the_original():
-    shape, sig = (1, 2, 3, 2, 2), shifted_sigmas()
+    shape, sig = (1, 2, 3, 2, 2), sampler.shifted_sigmas()
     motion = torch.zeros(1, 2, 1, 2, 2)
     seen = []
 
@@ -60,7 +62,7 @@ def test_bf16_sampler_casts_sigmas_like_the_original():
         seen.append(t.item())
         return torch.full_like(x, 0.5)
 
-    out = sample(velocity, shape, motion, [torch.Generator().manual_seed(3)], sig, torch.bfloat16)
+    out = sampler.sample(velocity, shape, motion, [torch.Generator().manual_seed(3)], sig, torch.bfloat16)
     bf = [torch.tensor(s, dtype=torch.bfloat16).item() for s in sig]
     assert bf[2] == 0.83203125 and seen == pytest.approx([b * 1000 for b in bf[:-1]], abs=1e-9)
     g = torch.Generator().manual_seed(3)

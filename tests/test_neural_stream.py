@@ -6,20 +6,22 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from flashhead import constants as C
 from flashhead.errors import BackendUnavailable, InputError
 from flashhead.render.base import SpeechSpan
-from flashhead.render.neural import sampler as sampler_mod
-from flashhead.render.neural import stream as stream_mod
 from flashhead.render.neural.cli import add_cli
-from flashhead.render.neural.dit import FlashHeadDiT, tiny_config
-from flashhead.render.neural.renderer import NeuralRenderer
-from flashhead.render.neural.stream import VARIANTS
-from flashhead.render.neural.tiny import build_tiny_engine
-from flashhead.render.neural.weights import check_weights
 from flashhead.visemes.base import FrameFeatures
+
+from lazy_imports import lazy_import
+
+torch = lazy_import("torch")
+sampler_mod = lazy_import("flashhead.render.neural.sampler")
+stream_mod = lazy_import("flashhead.render.neural.stream")
+dit = lazy_import("flashhead.render.neural.dit")
+renderer = lazy_import("flashhead.render.neural.renderer")
+tiny = lazy_import("flashhead.render.neural.tiny")
+weights = lazy_import("flashhead.render.neural.weights")
 
 RNG = np.random.default_rng(0)
 PORTRAIT = RNG.integers(0, 255, (80, 96, 3), dtype=np.uint8)
@@ -34,7 +36,7 @@ def span(start: int, n: int, seed: int = 0) -> SpeechSpan:
 
 
 def test_variant_geometry():
-    pro, lite = VARIANTS["pro"], VARIANTS["lite"]
+    pro, lite = stream_mod.VARIANTS["pro"], stream_mod.VARIANTS["lite"]
     assert (pro.motion_frames, pro.new_frames, pro.latent_frames) == (5, 28, 9)
     assert (lite.motion_frames, lite.new_frames, lite.latent_frames) == (9, 24, 5)
 
@@ -42,10 +44,10 @@ def test_variant_geometry():
 @pytest.mark.parametrize("variant", ["pro", "lite"])
 @pytest.mark.slow
 def test_chunk_k_plus_1_starts_from_chunk_k_motion(variant, monkeypatch):
-    engine = build_tiny_engine(variant)
+    engine = tiny.build_tiny_engine(variant)
     portrait = engine.prepare(PORTRAIT)
     state = engine.new_stream(portrait, seed=5)
-    assert state.ref.shape[2] == VARIANTS[variant].latent_frames
+    assert state.ref.shape[2] == stream_mod.VARIANTS[variant].latent_frames
     seen = []
     real = sampler_mod.sample
 
@@ -56,7 +58,7 @@ def test_chunk_k_plus_1_starts_from_chunk_k_motion(variant, monkeypatch):
         return out
 
     monkeypatch.setattr("flashhead.render.neural.stream.sample", spy)
-    v = VARIANTS[variant]
+    v = stream_mod.VARIANTS[variant]
     frames = engine.step([state], [speech(v.new_frames)])
     assert frames.shape == (1, v.new_frames, 64, 64, 3) and frames.dtype == np.uint8
     assert torch.equal(seen[0], state.ref[:, :, :1])           # chunk 0: reference frame 0
@@ -71,7 +73,7 @@ def test_chunk_k_plus_1_starts_from_chunk_k_motion(variant, monkeypatch):
 
 @pytest.mark.slow
 def test_batched_sessions_match_single_sessions():
-    engine = build_tiny_engine("lite")
+    engine = tiny.build_tiny_engine("lite")
     portrait = engine.prepare(PORTRAIT)
     a, b = engine.new_stream(portrait, 1), engine.new_stream(portrait, 2)
     both = engine.step([a, b], [speech(24, 0), speech(24, 1)])
@@ -81,8 +83,8 @@ def test_batched_sessions_match_single_sessions():
     assert not np.array_equal(both[0], both[1])
 
 
-def run_renderer(seed: int, sizes=(8, 8, 8, 8, 20)) -> tuple[np.ndarray, NeuralRenderer]:
-    r = NeuralRenderer.tiny("lite")
+def run_renderer(seed: int, sizes=(8, 8, 8, 8, 20)) -> tuple[np.ndarray, renderer.NeuralRenderer]:
+    r = renderer.NeuralRenderer.tiny("lite")
     r.setup()
     session = r.new_session(r.prepare(PORTRAIT, 0), seed)
     outs, start = [], 0
@@ -113,46 +115,46 @@ def test_renderer_frames_latency_and_determinism():
 def test_setup_fails_clearly_at_start_up(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailable, match="CUDA"):
-            NeuralRenderer("pro", weights_dir=tmp_path, device="cuda").setup()
+            renderer.NeuralRenderer("pro", weights_dir=tmp_path, device="cuda").setup()
     with pytest.raises(BackendUnavailable, match="weights-dir"):
-        NeuralRenderer("lite", device="cpu").setup()
+        renderer.NeuralRenderer("lite", device="cpu").setup()
     with pytest.raises(BackendUnavailable, match="weights download --variant lite`"):
-        NeuralRenderer("lite", device="cpu").setup()
+        renderer.NeuralRenderer("lite", device="cpu").setup()
     with pytest.raises(BackendUnavailable, match="Model_Lite/config.json") as info:
-        NeuralRenderer("lite", weights_dir=tmp_path, device="cpu").setup()
+        renderer.NeuralRenderer("lite", weights_dir=tmp_path, device="cpu").setup()
     hint = info.value.args[0].splitlines()[-1]
     assert hint.startswith("missing or incomplete: Model_Lite/config.json, Model_Lite/diffusion_pytorch_model")
     assert hint.endswith(f"fetch with `flashhead weights download --variant lite --dir {tmp_path}`")
     with pytest.raises(InputError):
-        NeuralRenderer("ultra")
+        renderer.NeuralRenderer("ultra")
 
 
 def test_weights_check_reports_wrong_keys(tmp_path):
     from safetensors.torch import save_file
-    config = tiny_config("lite")
+    config = dit.tiny_config("lite")
     torch.manual_seed(0)
-    model = FlashHeadDiT(**config)
+    model = dit.FlashHeadDiT(**config)
     model.save_pretrained(tmp_path / "Model_Lite")
-    assert check_weights(tmp_path, "lite", dit_config=config).files[1].ok
+    assert weights.check_weights(tmp_path, "lite", dit_config=config).files[1].ok
     state = model.state_dict()
     state.pop("blocks.0.self_attn.q.weight")
     state["blocks.0.self_attn.rope"] = torch.zeros(1)
     state["audio_proj.norm.weight"] = torch.zeros(5)
     save_file(state, str(tmp_path / "Model_Lite" / "diffusion_pytorch_model.safetensors"))
-    report = check_weights(tmp_path, "lite", dit_config=config)
-    dit = report.files[1]
-    assert not report.ok and dit.present
-    assert dit.keys.missing == ["blocks.0.self_attn.q.weight"]
-    assert dit.keys.unexpected == ["blocks.0.self_attn.rope"]
-    assert dit.keys.mismatched == [("audio_proj.norm.weight", (32,), (5,))]
+    report = weights.check_weights(tmp_path, "lite", dit_config=config)
+    dit_check = report.files[1]
+    assert not report.ok and dit_check.present
+    assert dit_check.keys.missing == ["blocks.0.self_attn.q.weight"]
+    assert dit_check.keys.unexpected == ["blocks.0.self_attn.rope"]
+    assert dit_check.keys.mismatched == [("audio_proj.norm.weight", (32,), (5,))]
     text = report.format()
     assert "VAE_LTX/config.json" in text and "wav2vec2" in text and "blocks.0.self_attn.rope" in text
     # truncated file: size disagrees with the header
     path = tmp_path / "Model_Lite" / "diffusion_pytorch_model.safetensors"
     path.write_bytes(path.read_bytes()[:-10])
-    assert any("truncated" in p for p in check_weights(tmp_path, "lite", config).files[1].problems)
+    assert any("truncated" in p for p in weights.check_weights(tmp_path, "lite", config).files[1].problems)
     # against the released model every tiny tensor is wrong, and the config is flagged
-    full = check_weights(tmp_path, "lite")
+    full = weights.check_weights(tmp_path, "lite")
     assert "config differs" in full.format() and len(full.files[1].keys.missing) > 700
 
 
@@ -171,12 +173,12 @@ def test_cli_manifest_and_check(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_reference_and_motion_latents_are_drawn_from_the_session_seed(monkeypatch):
-    engine = build_tiny_engine("lite")
+    engine = tiny.build_tiny_engine("lite")
     portrait = engine.prepare(PORTRAIT)
     a, b, c = (engine.new_stream(portrait, s) for s in (5, 5, 6))
     expected = engine.vae.latent_from(*portrait.posterior, [torch.Generator().manual_seed(5)])
     assert torch.equal(a.ref, expected) and torch.equal(a.ref, b.ref) and not torch.allclose(a.ref, c.ref)
-    mode = build_tiny_engine("lite", sample_posterior=False)
+    mode = tiny.build_tiny_engine("lite", sample_posterior=False)
     assert torch.equal(mode.new_stream(portrait, 5).ref, mode.new_stream(portrait, 6).ref)
     # the colour-corrected chunk is re-encoded with each session's generator, from the raw decode
     seen = {}
@@ -186,7 +188,7 @@ def test_reference_and_motion_latents_are_drawn_from_the_session_seed(monkeypatc
         seen["decoded"] = video.clone()
         return real_match(video, stats, strength)
 
-    monkeypatch.setattr(stream_mod, "match_colors", spy)
+    monkeypatch.setattr("flashhead.render.neural.stream.match_colors", spy)
     latents = torch.randn(1, 4, 5, 2, 2) * 3
     state = engine.new_stream(portrait, 5)
     engine.finish([state], latents)
