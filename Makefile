@@ -40,7 +40,7 @@ test: install sysdeps jsdeps
 # soak, long quality renders: every test over ~2 s on 2 cores). It runs in JOBS pytest-xdist
 # workers, one test file each at a time (module servers start once; the tests/test_neural_* files
 # together, on one worker: see tests/conftest.py), in file order, so the files with servers start
-# first: 79-86 s with 2 on an idle 2-core machine, about 130 s serially (`make test-fast JOBS=`).
+# first: 79-86 s with 2 on an idle 2-core machine, about 135 s serially (`make test-fast JOBS=`).
 JOBS ?= 2
 test-fast: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" $(if $(JOBS),-n $(JOBS) --dist loadfile --no-loadscope-reorder) tests
