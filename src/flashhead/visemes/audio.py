@@ -13,11 +13,11 @@ so StreamingFeatureExtractor reproduces the offline result up to its running sta
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import savgol_filter
+from scipy.ndimage import convolve1d
+from scipy.signal import savgol_coeffs
 
 from flashhead import constants as C
 from flashhead.visemes.base import FrameFeatures
@@ -160,10 +160,14 @@ def _near(on: np.ndarray) -> np.ndarray:
     return out
 
 
+_SAVGOL = savgol_coeffs(SMOOTH, 2)       # computed once: a least-squares solve per call cost more
+
+
 def _smooth(x: np.ndarray) -> np.ndarray:
+    """scipy's savgol_filter(x, SMOOTH, 2, mode="nearest"), with its coefficients computed once."""
     if len(x) < 2:
         return x
-    return savgol_filter(x, SMOOTH, 2, mode="nearest")
+    return convolve1d(np.asarray(x, np.float64), _SAVGOL, mode="nearest")
 
 
 def features_from_audio(audio: np.ndarray) -> FrameFeatures:
@@ -190,7 +194,7 @@ class StreamingFeatureExtractor:
         self._on = np.zeros(0, bool)   # voiced gate for the same frames as _raw (bounded)
         self._total = 0                # frames analysed so far
         self._state = False
-        self._stats_raw = deque(maxlen=STATS_FRAMES)
+        self._stats_raw = np.zeros((0, 3))      # (rms, centroid, hf) of the last STATS_FRAMES frames
         self._emitted = 0
 
     def push(self, chunk: np.ndarray) -> FrameFeatures:
@@ -208,9 +212,8 @@ class StreamingFeatureExtractor:
         return self._emit(self._total, final=True)
 
     def _add(self, raw: Raw) -> None:
-        for r, c, h in zip(raw.rms, raw.centroid, raw.hf):
-            self._stats_raw.append((r, c, h))
-        hist = np.array(self._stats_raw).reshape(-1, 3)
+        hist = np.concatenate([self._stats_raw, np.stack([raw.rms, raw.centroid, raw.hf], 1)])[-STATS_FRAMES:]
+        self._stats_raw = hist
         self.stats = clip_stats(Raw(hist[:, 0], hist[:, 1], hist[:, 2]))
         on, self._state = gate(raw.rms, self.stats, self._state)
         self._raw = Raw(*(np.concatenate([a[-2 * SMOOTH:], b]) for a, b in
