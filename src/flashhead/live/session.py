@@ -174,8 +174,8 @@ class LiveSession:
         Only next_chunk absorbs queued input, so input that can change the next chunk's time
         makes it due at once: an interrupt, an utterance's end, or (unpaced) audio that may
         complete a speech chunk. Other audio waits for the chunk's own time and is absorbed
-        then, in one piece: feature extraction per 40 ms packet costs ten times as much CPU
-        as per chunk (its statistics and smoothing run per call)."""
+        then, in one piece: feature extraction per 40 ms packet costs six times the CPU of
+        one run per chunk (its running statistics are recomputed on every call)."""
         with self._cond:
             urgent = bool(self._ends or self._interrupts != self._seen_interrupts)
             pending = len(self._pending) // C.PCM_BYTES_PER_SAMPLE

@@ -164,10 +164,14 @@ _SAVGOL = savgol_coeffs(SMOOTH, 2)       # computed once: a least-squares solve 
 
 
 def _smooth(x: np.ndarray) -> np.ndarray:
-    """scipy's savgol_filter(x, SMOOTH, 2, mode="nearest"), with its coefficients computed once."""
+    """scipy's savgol_filter(x, SMOOTH, 2, mode="nearest"), with its coefficients computed once
+    (the same dtype rule: float32 stays float32, anything else becomes float64)."""
     if len(x) < 2:
         return x
-    return convolve1d(np.asarray(x, np.float64), _SAVGOL, mode="nearest")
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    return convolve1d(x, _SAVGOL, mode="nearest")
 
 
 def features_from_audio(audio: np.ndarray) -> FrameFeatures:
