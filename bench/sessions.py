@@ -12,7 +12,9 @@
    (API process + engine + render processes): on a loaded machine the real-time count moves with
    the other load, this does much less; cores / it is the capacity of an idle machine.
 The engine's capacity is set to --max-sessions so that admission never refuses here. The
-machine's load average is printed with the figures: on a shared machine they move with it.
+machine's load average is printed with the figures: on a shared machine they move with it. Each
+live run also prints `client_cores`: the cores this script's own clients used meanwhile (on a
+small machine they compete with the server).
 """
 from __future__ import annotations
 
@@ -171,6 +173,7 @@ def cpu_per_media_s(pid: int, base: str, image: str, pcm: bytes, n: int, seconds
 def run_sessions(base: str, image: str, pcm: bytes, n: int, seconds: float, during=None):
     stop = threading.Event()
     sessions = [Live(base, image, pcm, stop) for _ in range(n)]
+    t0, cpu0 = time.monotonic(), time.process_time()
     for s in sessions:
         s.start()
     extra = during(seconds) if during else None
@@ -179,10 +182,12 @@ def run_sessions(base: str, image: str, pcm: bytes, n: int, seconds: float, duri
     stop.set()
     for s in sessions:
         s.join(30)
+    client_cores = (time.process_time() - cpu0) / (time.monotonic() - t0)
     late = [x for s in sessions for x in s.late]
     errors = [s.error for s in sessions if s.error]
     return {"sessions": n, "chunks": len(late), "max_lateness_ms": round(max(late) * 1000, 1) if late else None,
-            "all_ahead": bool(late) and max(late) <= 0 and not errors, "errors": errors}, extra
+            "all_ahead": bool(late) and max(late) <= 0 and not errors, "errors": errors,
+            "client_cores": round(client_cores, 2)}, extra
 
 
 def ttfc_sse(base: str, image: str) -> float:
