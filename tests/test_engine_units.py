@@ -6,7 +6,9 @@ import time
 
 import pytest
 
+from flashhead.config import Settings
 from flashhead.engine.admission import Admission
+from flashhead.engine.process import capacity_of
 from flashhead.engine.scheduler import Scheduler
 from flashhead.errors import CapacityExceeded
 
@@ -171,3 +173,14 @@ def test_a_client_that_does_not_read_loses_its_session_not_the_api_memory():
 
     asyncio.run(run())
     link.shutdown()
+
+
+def test_the_cpu_renderer_admits_four_sessions_per_core_unless_configured(monkeypatch):
+    """bench/sessions.py keeps 8 live sessions real time on 2 cores, not 9: the default follows
+    the cores the render processes run on (a fixed 8 starved sessions on one core and refused
+    most of a big machine's)."""
+    for n in (1, 2, 16):
+        monkeypatch.setattr("flashhead.engine.process.cores", lambda n=n: n)
+        assert capacity_of(Settings(renderer="cpu")) == 4 * n
+    assert capacity_of(Settings(renderer="cpu", engine_capacity=5)) == 5
+    assert capacity_of(Settings(renderer="flashhead-lite")) == 2

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         "request seed) | mode (the posterior mean, the same for every seed)")
     # --- engine (render engine process, admission) ---
     engine_capacity: int | None = Field(None, ge=1, description="real-time sessions (/stream, realtime) one "
-                                        "engine admits at once; default 8 (cpu renderer) or 2 (neural)")
+                                        "engine admits at once; default 4 per CPU core (cpu renderer) or 2 (neural)")
     engine_processes: int | None = Field(None, ge=1, le=256, description="CPU renderer: render processes "
                                          "in the engine (each session pinned to one); default: the CPU cores")
     engine_threads: int | None = Field(None, ge=1, description="render threads per render process; default: "

@@ -49,12 +49,17 @@ RESTART_DELAY_S = 1.0
 PREPARE_THREADS = 4
 READY_TIMEOUT_S = 300.0
 READ_LAST_S = 2.0            # an engine that failed to start: its reason is read for this long at most
-DEFAULT_CAPACITY = {"cpu": 8}            # neural renderers: NEURAL_CAPACITY
+CPU_SESSIONS_PER_CORE = 4   # bench/sessions.py: 8 real-time sessions on 2 cores, 9 not (0.22 CPU s per media s)
 NEURAL_CAPACITY = 2
 
 
 def capacity_of(settings: Settings) -> int:
-    return settings.engine_capacity or DEFAULT_CAPACITY.get(settings.renderer, NEURAL_CAPACITY)
+    """Real-time sessions the engine admits: engine_capacity, else 4 per core (CPU renderer: its
+    render processes use every core) or 2 (neural). Not per render process: a pool's processes
+    each get their part of it (pool.py)."""
+    if settings.engine_capacity:
+        return settings.engine_capacity
+    return CPU_SESSIONS_PER_CORE * cores() if settings.renderer == "cpu" else NEURAL_CAPACITY
 
 
 def cores() -> int:
