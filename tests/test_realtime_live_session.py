@@ -168,7 +168,7 @@ class CountingExtractor(EnergyExtractor):
 def test_audio_packets_wait_for_their_chunk_unless_they_change_when_it_is_due():
     """A scheduler steps a session when due() has passed. Audio that cannot change the next
     chunk's time must not make it due: each early step would run the feature extractor on one
-    40 ms packet, ten times the CPU of one run per chunk."""
+    40 ms packet, several times the CPU of one run per chunk."""
     clock, packet = ManualClock(), pcm16(tone(0.04))
     paced = LiveSession(engines_with(LedgerRenderer()), object(), 7, pace=True, clock=clock,
                         make_extractor=CountingExtractor)
