@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 
 import av
 import numpy as np
@@ -25,12 +27,17 @@ def tone(rate: int, seconds: float, channels: int, silent_right: bool = False) -
     return planes
 
 
-def encode(fmt: str, codec: str, rate: int, seconds: float, channels: int = 2, **kw) -> bytes:
+def encode(fmt: str, codec: str, rate: int, seconds: float, channels: int = 2, *, planes=None,
+           layout: str | None = None, **kw) -> bytes:
+    """A tone in `fmt`; `planes` (channels x samples) and `layout` replace it when given."""
     buf = io.BytesIO()
-    layout = "stereo" if channels == 2 else "mono"
+    layout = layout or ("stereo" if channels == 2 else "mono")
+    planes = tone(rate, seconds, channels, **kw) if planes is None else planes
     with av.open(buf, "w", format=fmt) as out:
         stream = out.add_stream(codec, rate=rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(tone(rate, seconds, channels, **kw), format="fltp", layout=layout)
+        # packed: PyAV 15 cannot make a planar frame of 8 or more channels
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planes.T).reshape(1, -1), format="flt",
+                                           layout=layout)
         frame.sample_rate = rate
         frame.pts = 0
         out.mux(stream.encode(frame))
@@ -71,6 +78,37 @@ def test_wav_is_exact():
 def test_stereo_is_averaged():
     audio = decode_audio(encode("wav", "pcm_s16le", 16_000, 1.0, silent_right=True))
     assert 0.22 < np.abs(audio).max() < 0.28
+
+
+# Decoded in a child process: PyAV 15 crashed the process (SIGSEGV) reading a planar frame of 8
+# or more channels, which took down the render engine and every session on it.
+DECODE_IN_CHILD = """
+import sys, numpy as np
+from flashhead.media.audio import decode_audio
+np.save(sys.stdout.buffer, decode_audio(sys.stdin.buffer.read()))
+"""
+
+
+@pytest.mark.parametrize("fmt, codec, layout, channels", [
+    ("wav", "pcm_s16le", "7.1", 8),
+    ("wav", "pcm_s16le", "12c", 12),
+    ("flac", "flac", "7.1", 8),
+    ("ogg", "libopus", "7.1", 8),
+])
+def test_eight_or_more_channels_are_averaged(fmt, codec, layout, channels):
+    rate = 48_000 if codec == "libopus" else 16_000
+    planes = np.zeros((channels, rate), np.float32)
+    planes[0] = tone(rate, 1.0, 1)[0]                  # the voice in one channel, the rest silent
+    child = subprocess.run([sys.executable, "-c", DECODE_IN_CHILD], capture_output=True, timeout=60,
+                           input=encode(fmt, codec, rate, 1.0, planes=planes, layout=layout))
+    assert child.returncode == 0, f"decoding crashed or failed: rc {child.returncode}, {child.stderr[-500:]!r}"
+    audio = np.load(io.BytesIO(child.stdout))
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert abs(audio.size / C.SAMPLE_RATE - 1.0) < 0.08
+    assert abs(peak_frequency(audio) - FREQ) < 3
+    if codec != "libopus":                          # lossless: exactly the channels' mean
+        expected = tone(C.SAMPLE_RATE, 1.0, 1)[0] / channels
+        assert np.abs(audio - expected).max() < 1e-3
 
 
 @pytest.mark.parametrize("data", [

@@ -69,7 +69,9 @@ def _check_declared_duration(container, stream, max_seconds: float, field: str) 
 def _decode(container, stream, max_samples: int, max_seconds: float, field: str) -> list[np.ndarray]:
     # Keep the channels and average them here: swresample's stereo -> mono downmix adds the
     # channels at -3 dB each, which makes a centred voice 41 % louder than in either channel.
-    resampler = av.AudioResampler(format="fltp", layout=None, rate=C.SAMPLE_RATE)
+    # Packed (interleaved) samples: one plane whatever the channel count. PyAV 15 crashes the
+    # process reading a planar frame of 8 or more channels (to_ndarray past its 8 data pointers).
+    resampler = av.AudioResampler(format="flt", layout=None, rate=C.SAMPLE_RATE)
     pieces: list[np.ndarray] = []
     total = 0
     for frame in container.decode(stream):
@@ -88,8 +90,8 @@ def _decode(container, stream, max_samples: int, max_seconds: float, field: str)
 
 
 def _mono(frame: av.AudioFrame) -> np.ndarray:
-    planes = frame.to_ndarray()  # channels x samples
-    return planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0].astype(np.float32)
+    samples = frame.to_ndarray().reshape(-1, frame.layout.nb_channels)   # packed: samples x channels
+    return samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0].astype(np.float32)
 
 
 def _too_long(seconds: float | None, max_seconds: float) -> str:
