@@ -99,6 +99,14 @@ def test_errors_arrive_as_x_fal_error_frames(server, client):
         with pytest.raises(RealtimeError) as e:
             conn.recv()
         assert e.value.error == "INVALID_INPUT" and "text" in e.value.reason
+        for bad in ({"image_url": image(), "text": "hi", "seed": 2 ** 64 - 1},    # a uint64: msgpack
+                    {"type": "start", "image_url": image(), "seed": 2 ** 64 - 1},  # packs it, not int64
+                    {"type": "start", "image_url": "http://[::1/face.png"}):
+            conn.send(bad)                                      # each refused before any work
+            with pytest.raises(RealtimeError) as e:
+                conn.recv()
+            field = "image_url" if "[" in bad["image_url"] else "seed"
+            assert e.value.error == "INVALID_INPUT" and field in e.value.reason, e.value.reason
         conn.send({"type": "start", "image_url": image(), "idle_timeout": 0.5})
         with pytest.raises(RealtimeError) as e:
             recv_until(conn, lambda m: False)

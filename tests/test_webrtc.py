@@ -193,6 +193,10 @@ def test_whep_refuses_bad_requests_with_clear_errors(server):
         r = http.post(url, content=offer("video", "audio"), params={"image_url": image_url, "seed": "x"},
                       headers={**auth, "Content-Type": SDP})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "seed"], r.text
+        for params, field in (({"image_url": image_url, "seed": str(2 ** 63)}, "seed"),
+                              ({"image_url": "http://[::1/face.png"}, "image_url")):
+            r = http.post(url, content=offer("video", "audio"), params=params, headers={**auth, "Content-Type": SDP})
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.text
         r = http.post(url, content="v=0\r\n" + "a=x\r\n" * 20_000, params={"image_url": image_url},
                       headers={**auth, "Content-Type": SDP})
         assert r.status_code == 413, r.text

@@ -6,6 +6,7 @@ from enum import Enum
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flashhead import constants as C
+from flashhead.errors import InputError
 
 VoiceEnum = Enum("VoiceEnum", {v: v for v in C.VOICES}, type=str)
 
@@ -19,7 +20,7 @@ class FlashHeadRequest(BaseModel):
     text: str = Field(..., description="Text to speak. Converted to speech via ElevenLabs.")
     voice: VoiceEnum = Field(C.DEFAULT_VOICE, description="ElevenLabs voice name.")
     stability: float = Field(C.DEFAULT_STABILITY, ge=0.0, le=1.0, description="Voice stability (0-1).")
-    seed: int | None = Field(None, description="Random seed for reproducibility.")
+    seed: int | None = Field(None, ge=C.SEED_MIN, le=C.SEED_MAX, description="Random seed for reproducibility.")
 
     @field_validator("text")
     @classmethod
@@ -38,7 +39,19 @@ class FlashHeadAudioRequest(BaseModel):
 
     image_url: str = Field(..., description="URL of the face reference image. Portrait recommended.")
     audio_url: str = Field(..., description="URL of the speech audio file (WAV, MP3, etc).")
-    seed: int | None = Field(None, description="Random seed for reproducibility.")
+    seed: int | None = Field(None, ge=C.SEED_MIN, le=C.SEED_MAX, description="Random seed for reproducibility.")
+
+
+def check_seed(value) -> int | None:
+    """A live session's seed (the realtime `start` message, the WHEP query): None, or an integer
+    within the request models' bounds."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError("must be an integer", field="seed")
+    if not C.SEED_MIN <= value <= C.SEED_MAX:
+        raise InputError(f"must be between {C.SEED_MIN} and {C.SEED_MAX} (a 64-bit integer)", field="seed")
+    return value
 
 
 class File(BaseModel):

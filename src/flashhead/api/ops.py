@@ -1,6 +1,8 @@
 """Operations and REST extras: /health, /metrics, /.well-known/jwks.json, POST /rest/tokens/."""
 from __future__ import annotations
 
+import math
+
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -48,6 +50,6 @@ def realtime_token(request: Request, body: dict = Body(default_factory=dict),
     if not isinstance(apps, list) or not apps or not all(isinstance(a, str) for a in apps):
         raise InputError("must be a non-empty list of app names", field="allowed_apps")
     ttl = body.get("token_expiration", TOKEN_TTL_DEFAULT_S)
-    if not isinstance(ttl, (int, float)) or ttl <= 0:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl <= 0:
         raise InputError("must be a positive number of seconds", field="token_expiration")
     return get_ctx(request).auth.issue_realtime_token(key_id, apps, ttl)

@@ -68,6 +68,7 @@ from flashhead.api.stream import ENDPOINTS, open_stream, stream_messages
 from flashhead.engine.service import Session
 from flashhead.errors import CapacityExceeded, FlashheadError, InputError, RateLimited, Timeout, Unauthorized
 from flashhead.pipeline import request_from_input
+from flashhead.schemas import check_seed
 
 log = logging.getLogger("flashhead.realtime")
 CLOSING = (Timeout, CapacityExceeded)     # sent as a frame, then the socket closes
@@ -167,9 +168,7 @@ class Connection:
         image_url = msg.get("image_url")
         if not isinstance(image_url, str) or not image_url:
             raise InputError("required: the portrait URL or data URI", field="image_url")
-        seed = msg.get("seed")
-        if seed is not None:
-            seed = _int(seed, "seed")
+        seed = check_seed(msg.get("seed"))
         self.idle_timeout = _idle_timeout(self.ctx.settings, msg.get("idle_timeout"), self.idle_timeout)
         base_url = http_base_url(self.ctx, self.ws)
         await run_in_threadpool(check_inputs, self.ctx, {"image_url": image_url}, base_url)
@@ -290,12 +289,6 @@ def http_base_url(ctx, ws: WebSocket) -> str:
     if ctx.settings.public_url:
         return ctx.settings.public_url.rstrip("/")
     return str(ws.base_url).replace("ws", "http", 1).rstrip("/")
-
-
-def _int(value, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError("must be an integer", field=field)
-    return value
 
 
 

@@ -49,6 +49,7 @@ from flashhead.api.realtime import decode_message, error_message, live_message
 from flashhead.api.stream import ENDPOINTS
 from flashhead.errors import (FlashheadError, InputError, NotFound, PayloadTooLarge,
                               UnsupportedMediaType)
+from flashhead.schemas import check_seed
 
 log = logging.getLogger("flashhead.webrtc")
 SDP = "application/sdp"
@@ -277,9 +278,10 @@ def _seed(raw: str | None) -> int | None:
     if raw is None:
         return None
     try:
-        return int(raw)
+        seed = int(raw)
     except ValueError:
         raise InputError("must be an integer", field="seed") from None
+    return check_seed(seed)
 
 
 def whep_routes(app: FastAPI, ctx, endpoint: str) -> None:

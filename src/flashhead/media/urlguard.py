@@ -10,9 +10,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
-from flashhead.errors import FetchError, UnsafeURLError
+from flashhead.errors import FetchError, InputError, UnsafeURLError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -100,6 +100,14 @@ def resolve(host: str, port: int, *, field: str | None = None) -> list[IPAddress
     return ips
 
 
+def split_url(url: str, field: str | None = None) -> SplitResult:
+    """urlsplit, with a malformed URL (e.g. an unclosed IPv6 bracket) refused as bad input."""
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        raise InputError(f"the URL is malformed: {exc}", field=field) from None
+
+
 def guard_url(url: str, allow: str | Allow = "", *, field: str | None = None) -> list[IPAddress]:
     """Check `url` and return the addresses it may be fetched from (connect to these only).
 
@@ -107,7 +115,7 @@ def guard_url(url: str, allow: str | Allow = "", *, field: str | None = None) ->
     address it resolves to is non-public and not opened by `allow`.
     """
     allow = parse_allow(allow) if isinstance(allow, str) else allow
-    parts = urlsplit(url)
+    parts = split_url(url, field)
     if parts.scheme.lower() not in SCHEMES:
         raise UnsafeURLError(f"only http and https URLs can be fetched, not {parts.scheme!r}", field=field)
     host = (parts.hostname or "").rstrip(".")

@@ -13,7 +13,10 @@ def own_file_key(value, hosts: set[str]) -> str | None:
     """The storage key when `value` is a URL of a file stored here (host in `hosts`), else None."""
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:                  # malformed: not ours (the SSRF guard refuses it)
+        return None
     prefix = FILES_PREFIX + "/"
     if parts.netloc not in hosts or not parts.path.startswith(prefix):
         return None
