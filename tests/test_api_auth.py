@@ -250,19 +250,36 @@ def test_open_mode_needs_no_key_and_says_so(tmp_path):
             assert c.get("/health").json()["auth"] == "open"
             r = c.post(f"/queue/{TEXT_ENDPOINT}", json=INPUT)
             assert r.status_code == 200, r.text
+            own = f"https://127.0.0.1:{s.port}"
+            for origin in (own, f"https://localhost:{s.port}", "http://[::1]:3000"):   # pages of this machine
+                r = c.post("/cdn/files/upload", content=b"x", headers={"Origin": origin, "Content-Type": "text/plain"})
+                assert r.status_code == 200, (origin, r.text)
+            # a page of another site (CORS would let it read the answer), or a rebinding name
+            for headers, field in (({"Origin": "https://evil.example"}, "Origin"), ({"Origin": "null"}, "Origin"),
+                                   ({"Host": f"rebind.example:{s.port}", "Origin": f"https://rebind.example:{s.port}"},
+                                    "Host"),
+                                   ({"Host": f"rebind.example:{s.port}"}, "Host")):
+                for method, path, body in (("POST", "/cdn/files/upload", b"x"), ("POST", f"/queue/{TEXT_ENDPOINT}", None)):
+                    r = c.request(method, path, content=body, json=None if body else INPUT,
+                                  headers={"Content-Type": "text/plain" if body else "application/json", **headers})
+                    assert r.status_code == 403 and r.json()["error_type"] == "forbidden", (headers, path, r.text)
+                    assert f"{field} " in r.json()["detail"], r.text
+            frame, code = _ws_first_frame(s, "", origin="https://evil.example")
+            assert code == 1008 and json.loads(frame)["error"] == "FORBIDDEN", (frame, code)
+            assert _ws_first_frame(s, "", origin=own) == (None, None)          # connected, waiting
     finally:
         s.stop()
 
 
 # ---- tokens die with their key; the last revocation closes the server ------------------------
 
-def _ws_first_frame(server: Server, token: str) -> tuple[str | None, int | None]:
+def _ws_first_frame(server: Server, token: str, origin: str | None = None) -> tuple[str | None, int | None]:
     """(first text frame or None if none within 1.5 s, close code) of a realtime connection."""
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
     url = f"wss://127.0.0.1:{server.port}/{TEXT_ENDPOINT}/realtime?fal_jwt_token={token}"
-    with connect(url, ssl=ssl.create_default_context(cafile=str(server.tls.ca_pem))) as ws:
+    with connect(url, ssl=ssl.create_default_context(cafile=str(server.tls.ca_pem)), origin=origin) as ws:
         try:
             frame = ws.recv(timeout=1.5)
         except TimeoutError:

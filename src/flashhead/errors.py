@@ -76,6 +76,13 @@ class Unauthorized(FlashheadError):
     error_type = "unauthorized"
 
 
+class Forbidden(FlashheadError):
+    """No key would help: the request may not be made at all (an open server refusing a page of
+    another site)."""
+
+    error_type = "forbidden"
+
+
 class QueueFull(FlashheadError):
     error_type = "queue_full"
 

@@ -7,8 +7,10 @@ request cheap; the comparison is constant-time.
 
 The server runs in one of two modes, chosen at start-up (`flashhead serve`, see api/server.py):
 KEYS (the default): every protected route needs a valid key or a live token; with no key yet,
-or after the last one is revoked, everything protected answers 401. OPEN (`--no-auth`): nothing
-is checked but the signature of signed upload URLs. The mode never changes while running.
+or after the last one is revoked, everything protected answers 401. OPEN (`--no-auth`): no key is
+checked (signed upload URLs still are), and a request that came in on a loopback address must
+name a loopback Host and come from no web page of another site (check_page). The mode never
+changes while running.
 
 Tokens are HS256 JWTs signed with FLASHHEAD_JWT_SECRET when set (give every server the same
 one), else with a secret kept in the keys' redis (shared by the servers using it), else with
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import secrets
@@ -27,10 +30,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jwt
 
-from flashhead.errors import InputError, Unauthorized
+from flashhead.errors import Forbidden, InputError, Unauthorized
 
 TOKEN_TTL_DEFAULT_S = 120      # a realtime token, when the client names no token_expiration
 _ALG = "HS256"
@@ -173,6 +177,33 @@ class RedisKeyStore:
         return bytes.fromhex(self.r.get(key))
 
 
+def _hostname(value: str, url: bool = False) -> str:
+    """The host of a Host header ("name:port", "[::1]:port") or of an Origin URL; "" if malformed."""
+    try:
+        return urlsplit(value if url else f"//{value}").hostname or ""
+    except ValueError:
+        return ""
+
+
+def _netloc(url: str) -> str:
+    try:
+        return urlsplit(url).netloc.lower()
+    except ValueError:
+        return ""
+
+
+def _loopback(host: str) -> bool:
+    """A loopback IP literal, `localhost` or a name under `.localhost` (RFC 6761: never resolved
+    elsewhere). Names are never looked up: a rebinding name resolves to 127.0.0.1 by design."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def make_key_store(settings) -> SqliteKeyStore | RedisKeyStore:
     """FLASHHEAD_KEYS_STORE: sqlite | redis (the job store's) | a redis URL; unset: redis when the
     job store is redis (several servers must agree on the keys), else sqlite."""
@@ -260,6 +291,22 @@ class Auth:
         if token_type and token:
             return self._decode(token, token_type)["sub"]
         return self._check_key_header(header)
+
+    def check_page(self, *, host: str | None, origin: str | None, local_ip: str | None) -> None:
+        """OPEN mode has no key, so a browser on this machine is the gate: any site's page could
+        send it requests (CORS lets them read the answers), and a site whose name re-resolves to
+        127.0.0.1 (DNS rebinding) would even be same-origin. So a request with an `Origin` must
+        come from a page of this server or of a loopback host, and one that came in on a loopback
+        address must name a loopback `Host`. Raises Forbidden. Nothing in KEYS mode."""
+        if self.mode != OPEN:
+            return
+        host = host or ""
+        if local_ip is not None and _loopback(local_ip) and not _loopback(_hostname(host)):
+            raise Forbidden(f"this server has no keys (--no-auth), so it answers only requests whose Host "
+                            f"is a loopback name or address such as 127.0.0.1, not {host!r}", field="Host")
+        if origin is not None and not (_loopback(_hostname(origin, url=True)) or _netloc(origin) == host.lower()):
+            raise Forbidden(f"this server has no keys (--no-auth), so it takes no requests from pages of "
+                            f"other sites (Origin {origin!r}); serve with keys to allow them", field="Origin")
 
     def _check_key_header(self, header: str | None) -> str:
         scheme, _, value = (header or "").strip().partition(" ")

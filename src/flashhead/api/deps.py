@@ -67,10 +67,14 @@ def get_ctx(request: Request) -> AppContext:
 async def authenticate(conn: HTTPConnection, *, token_type: str | None = None,
                        token_param: str | None = None, app: str | None = None) -> str | None:
     """THE auth check of every route, WebSocket and SSE stream: the caller's key id (None in
-    OPEN mode), counted against its rate limit. Raises Unauthorized or RateLimited.
+    OPEN mode), counted against its rate limit. Raises Unauthorized, Forbidden (OPEN mode: a page
+    of another site, see Auth.check_page) or RateLimited.
     token_type: also accept a token of that type, from the query parameter `token_param`, else
     from `Authorization: Bearer` (see Auth.check); app: the app a realtime token must name."""
     ctx = conn.app.state.ctx
+    server = conn.scope.get("server")
+    ctx.auth.check_page(host=conn.headers.get("host"), origin=conn.headers.get("origin"),
+                        local_ip=server[0] if server else None)
     header = conn.headers.get("authorization")
     token = conn.query_params.get(token_param) if token_param else None
 

@@ -66,7 +66,8 @@ from flashhead.api.deps import authenticate
 from flashhead.api.queue import check_inputs
 from flashhead.api.stream import ENDPOINTS, open_stream, stream_messages
 from flashhead.engine.service import Session
-from flashhead.errors import CapacityExceeded, FlashheadError, InputError, RateLimited, Timeout, Unauthorized
+from flashhead.errors import (CapacityExceeded, FlashheadError, Forbidden, InputError, RateLimited, Timeout,
+                              Unauthorized)
 from flashhead.pipeline import request_from_input
 from flashhead.schemas import check_seed
 
@@ -300,7 +301,7 @@ def realtime_route(ctx, endpoint: str):
             key_id = await authenticate(ws, token_type="realtime", token_param="fal_jwt_token", app=endpoint)
         except FlashheadError as exc:
             await ws.send_text(error_frame(exc))
-            await ws.close(1008 if isinstance(exc, (Unauthorized, RateLimited)) else 1011)
+            await ws.close(1008 if isinstance(exc, (Unauthorized, Forbidden, RateLimited)) else 1011)
             return
         await Connection(ws, ctx, endpoint, key_id).serve()
     return handler
