@@ -69,7 +69,7 @@ def test_ranges_head_and_errors(server):
         assert c.get(base + "/..%2Fjobs.db").status_code == 404
 
 
-def test_js_style_signed_put_cannot_be_reused_for_another_file(server):
+def test_js_style_signed_put_cannot_be_reused_for_another_file_or_twice(server):
     with server.client() as c:
         init = c.post("/rest/storage/upload/initiate", json={"content_type": "text/plain", "file_name": "a.txt"}).json()
         assert c.put(init["upload_url"], content=b"hello").status_code == 200
@@ -80,6 +80,9 @@ def test_js_style_signed_put_cannot_be_reused_for_another_file(server):
         forged = other["upload_url"].split("?")[0] + "?token=" + token
         assert c.put(forged, content=b"evil").status_code == 401
         assert c.put(other["upload_url"].split("?")[0], content=b"evil").status_code == 401
+        again = c.put(init["upload_url"], content=b"swapped")       # nor twice for its own file:
+        assert again.status_code == 401 and "already used" in again.text, again.text
+        assert c.get(init["file_url"]).text == "hello"              # a URL's bytes never change
 
 
 # ---- stored content never runs in a browser ------------------------------------------------

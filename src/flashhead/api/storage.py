@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from flashhead.api.deps import AppContext, get_ctx, off_loop, require_key, require_key_or_cdn_token
-from flashhead.errors import InputError, Unauthorized
+from flashhead.errors import InputError, NotFound, Unauthorized
 from flashhead.media.sniff import OCTET, served_type
 from flashhead.storage.base import FILES_PREFIX, UPLOAD, StoredFile, check_key, declared_ext, disk_errors, new_key
 
@@ -160,6 +160,8 @@ async def signed_put(key: str, request: Request, token: str = ""):
     claims = await off_loop(ctx.auth.verify_upload_token, token, check_key(key))
     if "mp" in claims:
         raise Unauthorized("this token is for a multipart upload", field="token")
+    if await off_loop(_stored, ctx, key):     # one file per URL: what a job or a cache
+        raise Unauthorized("this upload URL was already used", field="token")   # read stays put
     f = await _store(ctx, request, claims["ct"], claims["name"], key=key)
     return {"file_url": ctx.storage.url(f.key, ctx.base_url(request)), "file_size": f.size}
 
@@ -176,6 +178,14 @@ def signed_complete(key: str, upload_id: str, body: CompleteBody, request: Reque
     ctx = get_ctx(request)
     _check_mp_token(ctx, token, key, upload_id)
     return _complete(ctx, request, key, upload_id, body)
+
+
+def _stored(ctx: AppContext, key: str) -> bool:
+    try:
+        ctx.storage.stat(key)
+    except NotFound:
+        return False
+    return True
 
 
 def _check_mp_token(ctx: AppContext, token: str, key: str, upload_id: str) -> None:
