@@ -18,6 +18,8 @@ from api_helpers import AUDIO_ENDPOINT, PORTRAIT, TEXT_ENDPOINT, Server, make_tl
 from flashhead.api.auth import Auth, SqliteKeyStore
 from flashhead.api.server import auth_mode
 from flashhead.errors import Unauthorized
+from flashhead.jobs.sqlite import SqliteJobStore
+from flashhead.jobs.store import NewJob
 
 INPUT = {"image_url": "data:image/png;base64,AAAA", "text": "hi"}
 
@@ -185,6 +187,12 @@ def test_jobs_are_visible_to_their_own_key_only(setup, tmp_path):
                      headers={"Authorization": f"Key {other}"}).status_code == 404
         assert c.get(f"/queue/{TEXT_ENDPOINT}/requests/{rid}/status",
                      headers={"Authorization": f"Key {key}"}).status_code in (200, 202)
+        # a job of the same data dir served in open mode (--no-auth) before: no key's
+        ownerless = SqliteJobStore(server.data_dir / "jobs.db").submit(NewJob(TEXT_ENDPOINT, INPUT)).id
+        for path in ("/status", "", "/cancel"):
+            r = c.request("PUT" if path == "/cancel" else "GET", f"/queue/{TEXT_ENDPOINT}/requests/{ownerless}{path}",
+                          headers={"Authorization": f"Key {key}"})
+            assert r.status_code == 404, (path, r.text)
 
 
 def test_realtime_tokens_are_short_lived_and_scoped(setup):

@@ -120,7 +120,7 @@ def job_response(job: Job) -> JSONResponse:
 
 def _own_job(ctx: AppContext, job_id: str, key_id: str | None) -> Job:
     job = ctx.jobs.store.get(job_id, with_input=False)
-    if job is None or (key_id is not None and job.key_id not in (None, key_id)):
+    if job is None or job.key_id != key_id:     # a key's jobs; open mode's (no key) only in open mode
         raise NotFound(f"request {job_id} not found: it never existed, or it expired (finished requests "
                        f"are kept for {ctx.settings.job_retention_s / 86400:g} days)", field="request_id")
     return job
