@@ -431,8 +431,9 @@ class EngineHost:
         while not self._stop.is_set():
             await asyncio.sleep(0.2)
         sids, tasks = list(self.pumps), [beat, *self.pumps.values()]
-        for t in tasks:
-            t.cancel()
+        beat.cancel()
+        for sid in sids:
+            self._drop(sid)                 # a pump whose cancel redis-py swallows sees it was dropped
         await asyncio.gather(reader, *tasks, return_exceptions=True)
         try:
             if sids:                            # the cancelled pumps' slots
@@ -521,8 +522,12 @@ class EngineHost:
     async def _pump(self, sid: str, channel) -> None:
         """The engine's messages for `sid` to its stream. A pump that ends by itself frees the
         session's slot; a cancelled one (_drop, shutdown) leaves that to its canceller: a Redis
-        call made by a cancelled task can hang in redis-py, holding its connection."""
+        call made by a cancelled task can hang in redis-py, holding its connection. redis-py can
+        also swallow the cancel (one landing as a command starts), so after each publish a pump
+        checks that it was not dropped meanwhile: otherwise it would wait on its closed channel
+        with nothing left to wake it or hold it, until the garbage collector closed it."""
         cancelled = False
+        me = asyncio.current_task()
         try:
             while True:
                 try:
@@ -533,6 +538,9 @@ class EngineHost:
                 if kind == "error":
                     payload = error_payload(payload, fatal=False)
                 await self._publish(sid, kind, payload)
+                if self.pumps.get(sid) is not me:           # dropped while it published
+                    cancelled = True
+                    return
                 if kind in FINAL:
                     return
         except asyncio.CancelledError:
