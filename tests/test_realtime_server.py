@@ -113,6 +113,40 @@ def test_errors_arrive_as_x_fal_error_frames(server, client):
         assert e.value.error == "TIMEOUT"
 
 
+def test_a_live_session_ends_at_its_lifetime_however_busy_and_frees_its_slot(server, client, monkeypatch):
+    """realtime_max_session_s bounds a live session that keeps sending (its idle timeout never
+    fires): TIMEOUT naming the limit, the socket closes, the engine slot is free again."""
+    app = server[2]
+    monkeypatch.setattr(app.state.ctx.settings, "realtime_max_session_s", 1.5)
+    engine = app.state.ctx.engine
+    with client.realtime(C.TEXT_ENDPOINT) as conn:
+        conn.send({"type": "start", "image_url": image(), "idle_timeout": 1.0})
+        recv_until(conn, lambda m: m.get("type") == "started")
+        t0 = time.monotonic()
+        with pytest.raises(RealtimeError) as e:
+            while time.monotonic() - t0 < 10:          # a message every 0.3 s: never idle
+                conn.send({"type": "listening"})
+                conn.recv()
+        assert e.value.error == "TIMEOUT" and "1.5 s" in e.value.reason, e.value.reason
+        assert time.monotonic() - t0 < 4
+    deadline = time.monotonic() + 5
+    while engine.health()["sessions"] != 0:
+        assert time.monotonic() < deadline, f"the slot was not freed: {engine.health()}"
+        time.sleep(0.05)
+
+
+def test_a_deeply_nested_json_message_is_an_input_error_and_the_socket_stays(server, client):
+    with client.realtime(C.TEXT_ENDPOINT) as conn:
+        conn._ws.send("[" * 100_000 + "]" * 100_000)
+        with pytest.raises(RealtimeError) as e:
+            conn.recv()
+        assert e.value.error == "INVALID_INPUT", e.value.reason
+        conn.send({"image_url": image()})                   # still open: the next message is read
+        with pytest.raises(RealtimeError) as e:
+            conn.recv()
+        assert e.value.error == "INVALID_INPUT" and "text" in e.value.reason
+
+
 def test_bad_token_is_refused(server):
     configure_fal_client(server[0])
     import fal_client.client as fc

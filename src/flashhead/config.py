@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     engine_retry_after_s: int = Field(5, ge=1, description="Retry-After of a 429 at capacity")
     realtime_max_idle_timeout_s: float = Field(600.0, gt=0, description="the largest idle_timeout a "
                                                "realtime client may ask for")
+    realtime_max_session_s: float = Field(3600.0, gt=0, description="the longest a realtime live session "
+                                          "(start to stop) lives; then it ends with a TIMEOUT frame and "
+                                          "the socket closes, freeing its engine slot")
     engine_max_pending_chunks: int = Field(100, ge=2, description="chunks the API holds for a live client that "
                                            "does not read them; beyond, its session ends (limit_exceeded)")
     # --- neural batching (the engine steps several sessions together) ---

@@ -40,7 +40,8 @@ the same span of the audio track, so audio and video never drift. With pace=true
 at most one chunk (0.32 s) before its media time; pace=false sends speech as fast as it renders.
 A socket with no client message for `idle_timeout` seconds (FLASHHEAD_REALTIME_IDLE_TIMEOUT_S,
 default 60; a client may ask for up to FLASHHEAD_REALTIME_MAX_IDLE_TIMEOUT_S) gets x-fal-error
-TIMEOUT and is closed.
+TIMEOUT and is closed; so does a live session older than FLASHHEAD_REALTIME_MAX_SESSION_S
+(default 3600), however busy, so that no client holds an engine slot for ever.
 
 Capacity: a unary request or a live session takes one of the render engine's real-time slots
 (and one of its key's) while it runs. Beyond them: x-fal-error CAPACITY_EXCEEDED, and the socket
@@ -102,6 +103,7 @@ class Connection:
         self.send_lock = asyncio.Lock()
         self.idle_timeout = min(ctx.settings.realtime_idle_timeout_s, ctx.settings.realtime_max_idle_timeout_s)
         self.session: Session | None = None
+        self.session_ends: float | None = None    # loop time when the live session's life is over
         self.attached = None            # a flashhead.api.webrtc.WhepSession this socket drives
         self.pump: asyncio.Task | None = None
 
@@ -116,9 +118,9 @@ class Connection:
         try:
             while True:
                 try:
-                    raw = await asyncio.wait_for(self.ws.receive(), self.idle_timeout)
+                    raw = await asyncio.wait_for(self.ws.receive(), self._wait_s())
                 except asyncio.TimeoutError:
-                    raise Timeout(f"no message for {self.idle_timeout:g} s") from None
+                    raise self._timeout() from None
                 if raw["type"] == "websocket.disconnect":
                     return
                 await self.dispatch(self.decode(raw))
@@ -129,6 +131,19 @@ class Connection:
             pass
         finally:
             await self.stop_session()
+
+    def _wait_s(self) -> float:
+        """How long the next message may take: the idle timeout, or less when the live session's
+        life ends sooner."""
+        if self.session_ends is None:
+            return self.idle_timeout
+        return max(0.0, min(self.idle_timeout, self.session_ends - asyncio.get_running_loop().time()))
+
+    def _timeout(self) -> Timeout:
+        if self.session_ends is not None and asyncio.get_running_loop().time() >= self.session_ends:
+            limit = self.ctx.settings.realtime_max_session_s
+            return Timeout(f"the live session reached its limit of {limit:g} s (realtime_max_session_s)")
+        return Timeout(f"no message for {self.idle_timeout:g} s")
 
     def decode(self, raw: dict) -> dict | None:
         data = raw.get("bytes")
@@ -181,6 +196,7 @@ class Connection:
             session.close()
             raise
         self.session = session
+        self.session_ends = asyncio.get_running_loop().time() + self.ctx.settings.realtime_max_session_s
         await self.send(started)
         self.pump = asyncio.create_task(self.pump_chunks(session))
 
@@ -236,6 +252,7 @@ class Connection:
         if self.session is not None:
             self.session.close()
             self.session = None
+        self.session_ends = None
         if self.pump is not None:
             self.pump.cancel()
             await asyncio.gather(self.pump, return_exceptions=True)
@@ -246,8 +263,8 @@ def decode_message(raw: bytes | str) -> dict:
     """A client message: a msgpack map (binary) or a JSON object (text)."""
     try:
         msg = msgpack.unpackb(raw, raw=False) if isinstance(raw, (bytes, bytearray)) else json.loads(raw)
-    except (ValueError, msgpack.UnpackException):
-        msg = None
+    except (ValueError, RecursionError, msgpack.UnpackException):     # RecursionError: JSON nested
+        msg = None                                                      # thousands deep
     if not isinstance(msg, dict):
         raise InputError("expected a msgpack map", field="message")
     return msg
