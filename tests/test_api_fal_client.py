@@ -133,7 +133,8 @@ def test_metadata_address_is_refused_before_any_connection(server, fal):
     import fal_client
 
     for url, words in (("http://169.254.169.254/latest/meta-data", "metadata"),
-                       ("http://10.1.2.3/face.png", "private")):
+                       ("http://10.1.2.3/face.png", "private"),
+                       ("HTTPS://10.1.2.3/face.png", "private")):      # schemes are case-insensitive
         with pytest.raises(fal_client.FalClientHTTPError) as err:
             fal.run(TEXT_ENDPOINT, {"image_url": url, "text": TEXT})
         assert err.value.status_code == 422 and err.value.error_type == "unsafe_url"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from functools import partial
 
@@ -31,15 +32,16 @@ router = APIRouter()
 
 def check_inputs(ctx: AppContext, payload: dict, base_url: str) -> None:
     """Refuse bad `*_url` values before queueing: scheme, SSRF guard, own files that exist."""
-    from flashhead.media.urlguard import guard_url
+    from flashhead.media.urlguard import SCHEMES, guard_url, split_url
 
     hosts = ctx.storage.own_hosts(base_url)
     for name, value in payload.items():
         if not name.endswith("_url") or not isinstance(value, str):
             continue
-        if value.startswith("data:"):
+        scheme = split_url(value.strip(), name).scheme.lower()      # schemes are case-insensitive
+        if scheme == "data":
             continue
-        if not value.startswith(("http://", "https://")):
+        if scheme not in SCHEMES:
             raise InputError("must be an http(s) URL or a data: URI", field=name)
         key = own_file_key(value, hosts)
         if key is not None:
@@ -59,8 +61,8 @@ def _deadline(request: Request) -> float | None:
         seconds = float(raw)
     except ValueError:
         raise InputError(f"must be a number of seconds, got {raw!r}", field="X-Fal-Request-Timeout") from None
-    if seconds <= 0:
-        raise InputError("must be positive", field="X-Fal-Request-Timeout")
+    if not math.isfinite(seconds) or seconds <= 0:      # NaN compares false with everything
+        raise InputError("must be a positive, finite number of seconds", field="X-Fal-Request-Timeout")
     return time.time() + seconds
 
 

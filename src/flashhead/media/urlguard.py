@@ -60,14 +60,13 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
-def check_address(ip: IPAddress | str) -> str | None:
-    """Why `ip` must not be fetched from, or None when it is a public unicast address."""
+def address_kind(ip: IPAddress | str) -> str | None:
+    """What kind of non-public address `ip` is ("a loopback address", ...; of the IPv4 address
+    inside an IPv6 form), or None when it is a public unicast address."""
     ip = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
-    if ip.version == 6:
-        inner = _embedded_ipv4(ip)
-        if inner is not None:
-            reason = check_address(inner)
-            return f"{reason} (inside {ip})" if reason else None
+    inner = _embedded_ipv4(ip) if ip.version == 6 else None
+    if inner is not None:
+        return address_kind(inner)
     checks = (
         (ip in METADATA_IPS, "a cloud metadata address"),
         (ip.is_unspecified, "the unspecified address"),
@@ -79,7 +78,25 @@ def check_address(ip: IPAddress | str) -> str | None:
         (ip.is_private, "a private address"),
         (not ip.is_global, "not a public address"),
     )
-    return next((f"{ip} is {why}" for bad, why in checks if bad), None)
+    return next((why for bad, why in checks if bad), None)
+
+
+def check_address(ip: IPAddress | str) -> str | None:
+    """Why `ip` must not be fetched from, or None when it is a public unicast address."""
+    ip = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+    kind = address_kind(ip)
+    inner = _embedded_ipv4(ip) if ip.version == 6 else None
+    if kind is None or inner is None:
+        return kind and f"{ip} is {kind}"
+    return f"{inner} is {kind} (inside {ip})"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def resolve(host: str, port: int, *, field: str | None = None) -> list[IPAddress]:
@@ -130,8 +147,11 @@ def guard_url(url: str, allow: str | Allow = "", *, field: str | None = None) ->
     ips = resolve(host, port, field=field)
     if allow.permits_host(host):
         return ips
+    literal = _is_ip(host)
     for ip in ips:
-        reason = None if allow.permits_ip(ip) else check_address(ip)
-        if reason:
-            raise UnsafeURLError(f"refusing to fetch {host}: {reason}", field=field)
+        if allow.permits_ip(ip) or address_kind(ip) is None:
+            continue
+        # a name: what it resolves to, not the address (no map of internal names for key holders)
+        reason = check_address(ip) if literal else f"it resolves to {address_kind(ip)}"
+        raise UnsafeURLError(f"refusing to fetch {host}: {reason}", field=field)
     return ips

@@ -11,11 +11,13 @@ from flashhead.storage.base import FILES_PREFIX, Storage
 
 def own_file_key(value, hosts: set[str]) -> str | None:
     """The storage key when `value` is a URL of a file stored here (host in `hosts`), else None."""
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+    if not isinstance(value, str):
         return None
     try:
-        parts = urlsplit(value)
+        parts = urlsplit(value.strip())
     except ValueError:                  # malformed: not ours (the SSRF guard refuses it)
+        return None
+    if parts.scheme.lower() not in ("http", "https"):
         return None
     prefix = FILES_PREFIX + "/"
     if parts.netloc not in hosts or not parts.path.startswith(prefix):
