@@ -117,6 +117,13 @@ redis.call('SREM', KEYS[3], ARGV[1])
 return 1
 """
 
+# KEYS: job hashes. A finished job's input, replaced by {} in those that still exist.
+_DROP_INPUT = """
+for _, k in ipairs(KEYS) do
+  if redis.call('EXISTS', k) == 1 then redis.call('HSET', k, 'input', '{}') end
+end
+"""
+
 # KEYS: job hash, queue, running, deadlines, terminal. ARGV: id, now. A queued job is cancelled
 # (terminal), a running one gets the flag its worker polls; one script, so an orphan sweep that
 # re-queues the job cannot slip between reading the state and setting the flag.
@@ -172,6 +179,7 @@ class RedisJobStore:
         self._take = self.r.register_script(_TAKE)
         self._return_taken = self.r.register_script(_RETURN_TAKEN)
         self._cancel = self.r.register_script(_CANCEL)
+        self._drop_input = self.r.register_script(_DROP_INPUT)
 
     def _k(self, *parts: str) -> str:
         return self.p + ":".join(parts)
@@ -251,10 +259,13 @@ class RedisJobStore:
         return [j for _, j in jobs if j is not None]
 
     def mark_hooked(self, job_ids: list[str]) -> None:
+        """Their hooks ran: nothing reads a finished job's input again (megabytes of data: URIs,
+        kept for job_retention_s otherwise), so it goes now (from hashes that still exist)."""
         if job_ids:
             pipe = self.r.pipeline(transaction=True)
             for job_id in job_ids:
                 pipe.lrem(self._processing(self.instance), 0, job_id)
+            self._drop_input(keys=[self._k("job", j) for j in job_ids], client=pipe)
             pipe.execute()
 
     def request_cancel(self, job_id: str) -> tuple[str, Job | None]:

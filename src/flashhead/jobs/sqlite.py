@@ -158,10 +158,12 @@ class SqliteJobStore:
         return [_row_to_job(r) for r in rows]
 
     def mark_hooked(self, job_ids: list[str]) -> None:
+        """Their hooks ran: nothing reads a finished job's input again (megabytes of data: URIs,
+        kept for job_retention_s otherwise), so it goes now."""
         if job_ids:
             with self._tx() as db:
-                db.execute(f"UPDATE jobs SET hooked = 1 WHERE id IN ({','.join('?' * len(job_ids))})",
-                           tuple(job_ids))
+                db.execute(f"UPDATE jobs SET hooked = 1, input = '{{}}' WHERE id IN "
+                           f"({','.join('?' * len(job_ids))})", tuple(job_ids))
 
     def request_cancel(self, job_id: str) -> tuple[str, Job | None]:
         with self._tx() as db:
