@@ -175,6 +175,36 @@ def test_a_client_that_does_not_read_loses_its_session_not_the_api_memory():
     link.shutdown()
 
 
+def test_input_for_an_engine_that_just_died_is_dropped_and_the_session_fails_with_engine_failed():
+    """An audio message that reached a broken pipe before the supervisor had failed the sessions
+    gave the client INTERNAL_ERROR, then ENGINE_FAILED (seen killing the engine mid-session)."""
+    import asyncio
+    import socket
+    from multiprocessing.connection import Connection
+
+    from flashhead.engine.admission import Ticket
+    from flashhead.engine.relay import EngineLink
+    from flashhead.engine.service import Session
+    from flashhead.errors import EngineFailed
+
+    ours, theirs = socket.socketpair()
+    engine_end = Connection(theirs.detach())
+    link = EngineLink(Connection(ours.detach()))
+
+    async def run():
+        session = Session(Ticket(Admission(1, 1, 5), "k"), link.open("live", {}))
+        assert engine_end.recv()[0] == "live"
+        engine_end.close()                                  # the engine dies ...
+        for _ in range(50):                                 # ... the pipe breaks under the sends
+            await session.send("audio", b"\0" * 1280)
+        link.fail_all(EngineFailed("the render engine stopped while this session ran"))  # its supervisor
+        with pytest.raises(EngineFailed):
+            await asyncio.wait_for(session.get(), 5)
+
+    asyncio.run(run())
+    link.shutdown()
+
+
 def test_the_cpu_renderer_admits_four_sessions_per_core_unless_configured(monkeypatch):
     """bench/sessions.py keeps 8 live sessions real time on 2 cores, not 9: the default follows
     the cores the render processes run on (a fixed 8 starved sessions on one core and refused

@@ -23,8 +23,13 @@ class Session:
         return await self.channel.get()
 
     async def send(self, kind: str, payload=None) -> None:
-        """Async as a RemoteSession's, whose send awaits Redis."""
-        self.channel.send(kind, payload)
+        """Async as a RemoteSession's, whose send awaits Redis. An engine that just died (its
+        pipe broken) drops the input: its supervisor fails every session (ENGINE_FAILED, from
+        get()) a moment later, and the client must not see an internal error first."""
+        try:
+            self.channel.send(kind, payload)
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Idempotent: frees the slot at once and tells the engine to drop the session."""
