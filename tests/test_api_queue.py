@@ -75,7 +75,7 @@ def test_fal_max_queue_length_gives_429(c):
     time.sleep(0.3)
     r = c.post(Q, json=INPUT, params={"fal_max_queue_length": 2})
     assert r.status_code == 429 and r.json()["error_type"] == "queue_full"
-    assert r.headers["x-fal-error-type"] == "queue_full"
+    assert r.headers["x-fal-error-type"] == "queue_full" and int(r.headers["retry-after"]) > 0
     assert c.post(Q, json=INPUT, params={"fal_max_queue_length": 50}).status_code == 200
     for rid in ids:
         c.put(f"{Q}/requests/{rid}/cancel")

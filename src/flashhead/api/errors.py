@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from flashhead import errors as E
 
 TIMEOUT_TYPE_HEADER = "X-Fal-Request-Timeout-Type"
-RETRY_AFTER_S = 30          # rate-limited upstream, full disk: worth another try later
+RETRY_AFTER_S = 30          # rate-limited upstream, full disk or queue: worth another try later
 
 _STATUS: list[tuple[type[E.FlashheadError], int]] = [   # most specific first
     (E.PayloadTooLarge, 413), (E.BodyTimeout, 408), (E.StorageFull, 507), (E.UnsupportedMediaType, 415),
@@ -60,7 +60,7 @@ def error_headers(error_type: str, status: int) -> dict:
         headers[TIMEOUT_TYPE_HEADER] = "user"   # a user deadline: fal clients do not retry it
     if status == 401:
         headers["WWW-Authenticate"] = "Key"
-    if error_type in (E.RateLimited.error_type, E.StorageFull.error_type):
+    if error_type in (E.RateLimited.error_type, E.StorageFull.error_type, E.QueueFull.error_type):
         headers["Retry-After"] = str(RETRY_AFTER_S)
     return headers
 
