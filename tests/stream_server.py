@@ -66,6 +66,35 @@ def speech_pcm(seconds: float | None = None) -> bytes:
         return w.readframes(n)
 
 
+def long_speech_wav(repeats: int = 6) -> bytes:
+    """The speech excerpt `repeats` times over, as WAV bytes (60 s by default): a stream long
+    enough that its chunks overflow every socket buffer of a client that reads nothing."""
+    out = io.BytesIO()
+    with wave.open(str(SPEECH)) as w, wave.open(out, "wb") as o:
+        o.setparams(w.getparams())
+        o.writeframes(w.readframes(w.getnframes()) * repeats)
+    return out.getvalue()
+
+
+def reading_nothing(base: str) -> socket.socket:
+    """A TCP connection to the server with a 4 KB receive buffer, for a client that then stops
+    reading: the server's sends block once its own buffers are full."""
+    host, port = base.split("//")[1].rsplit(":", 1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    return sock
+
+
+def wait_for_no_sessions(app, timeout: float) -> float:
+    """Seconds until the app's render engine has no session in flight (fails after `timeout`)."""
+    t0 = time.monotonic()
+    while (health := app.state.ctx.engine.health())["sessions"]:
+        assert time.monotonic() - t0 < timeout, f"the session still holds its slot: {health}"
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
 def decode_frames(data: bytes) -> tuple[int, float]:
     """(video frames, audio seconds) decoded from MP4 / fMP4 bytes."""
     with av.open(io.BytesIO(data)) as f:

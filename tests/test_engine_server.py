@@ -216,12 +216,21 @@ def _sse_until_error(server, out: dict) -> None:
                 out["at"] = time.monotonic()
 
 
+def _check_health(r) -> bool:
+    """/health while the engine may be down: 200 ok exactly when it is up, else 503
+    engine_restarting (a load balancer sends streams elsewhere). Returns whether it is up."""
+    body = r.json()
+    up = body["engine"]["up"]
+    assert (r.status_code, body["status"]) == ((200, "ok") if up else (503, "engine_restarting")), body
+    return up
+
+
 def _wait_new_engine(server, old: int, timeout: float = 120) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pids = [p for p in worker_processes(server.proc.pid, ENGINE) if p != old]
         with server.client() as c:
-            if pids and c.get("/health").json()["engine"]["up"]:
+            if _check_health(c.get("/health")) and pids:
                 return pids[0]
         time.sleep(0.2)
     raise AssertionError("the engine was not restarted")
@@ -256,7 +265,7 @@ def test_engine_killed_mid_session_every_client_hears_and_it_restarts(server, cl
     streamer.join(10)
     assert sse["events"][-1]["error_type"] == "engine_failed" and sse["at"] - killed_at < 2.0
     with server.client() as c:
-        assert c.get("/health").status_code in (200, 503)     # the API itself stayed up
+        _check_health(c.get("/health"))                        # the API itself stayed up
     _wait_new_engine(server, old)
     _new_session_works(client)
 

@@ -12,7 +12,8 @@ from fal_client.client import RealtimeError
 
 from flashhead import constants as C
 from flashhead.api.client_helper import configure_fal_client
-from stream_server import PORTRAIT, fal_pointed_server, SPEECH, data_uri, decode_frames, fetch, speech_pcm
+from stream_server import (PORTRAIT, SPEECH, data_uri, decode_frames, fal_pointed_server, fetch, long_speech_wav,
+                           reading_nothing, speech_pcm, wait_for_no_sessions)
 
 JS_DIR = Path(__file__).parent / "js"
 PACKET = 1280  # 40 ms of PCM16 at 16 kHz
@@ -133,6 +134,29 @@ def test_a_live_session_ends_at_its_lifetime_however_busy_and_frees_its_slot(ser
     while engine.health()["sessions"] != 0:
         assert time.monotonic() < deadline, f"the slot was not freed: {engine.health()}"
         time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_client_that_stops_reading_loses_its_live_session_and_its_engine_slot(server, monkeypatch):
+    """A live client that keeps its socket open but reads nothing (its TCP window full) held its
+    session and engine slot for as long as the socket lived: the chunk pump waited in a send
+    while holding the send lock, so even the idle timeout's error frame never went out."""
+    import msgpack
+    from websockets.sync.client import connect
+
+    base, key, app = server
+    monkeypatch.setattr(app.state.ctx.settings, "client_send_timeout_s", 2.0)
+    sock = reading_nothing(base)
+    url = base.replace("http", "ws", 1) + f"/{C.TEXT_ENDPOINT}/realtime"
+    with connect(url, sock=sock, max_queue=1, additional_headers={"Authorization": f"Key {key}"}) as ws:
+        ws.send(msgpack.packb({"type": "start", "image_url": image(), "pace": False}))
+        assert msgpack.unpackb(ws.recv())["type"] == "started"
+        pcm = long_speech_wav()[44:]                                  # 60 s of PCM16 after the header
+        for i in range(0, len(pcm), 32_000):
+            ws.send(msgpack.packb({"type": "audio", "pcm": pcm[i:i + 32_000]}))
+        ws.send(msgpack.packb({"type": "end_of_speech"}))             # ... and reads nothing more
+        assert app.state.ctx.engine.health()["sessions"] == 1
+        wait_for_no_sessions(app, timeout=30)
 
 
 def test_a_deeply_nested_json_message_is_an_input_error_and_the_socket_stays(server, client):

@@ -14,8 +14,8 @@ import pytest
 
 from flashhead import constants as C
 from flashhead.errors import RenderFailed
-from stream_server import (PORTRAIT, SPEECH, data_uri, decode_frames, fal_pointed_server, fetch, segment_bytes,
-                           speech_pcm)
+from stream_server import (PORTRAIT, SPEECH, data_uri, decode_frames, fal_pointed_server, fetch, long_speech_wav,
+                           reading_nothing, segment_bytes, speech_pcm, wait_for_no_sessions)
 
 JS_DIR = Path(__file__).parent / "js"
 TEXT = "Hello there, this is a short streamed sentence from the local server."
@@ -125,3 +125,23 @@ def test_js_client_stream_done_resolves_to_the_final_output(server, tmp_path, js
     assert report["final"]["video"]["content_type"] == "video/mp4"
     assert report["final"] == report["last_event"]
     assert np.isclose(report["final"]["duration"], report["chunks"] * C.CHUNK_FRAMES / C.FPS, atol=0.33)
+
+
+@pytest.mark.slow
+def test_a_client_that_stops_reading_loses_its_stream_and_its_engine_slot(server, monkeypatch):
+    """A client that keeps its connection open but reads nothing (its TCP window full) held the
+    server's send, its session, its engine slot and every chunk rendered since for as long as
+    the connection lived (90 s and more when probed). client_send_timeout_s bounds that."""
+    import json
+
+    base, key, app = server
+    monkeypatch.setattr(app.state.ctx.settings, "client_send_timeout_s", 2.0)
+    body = json.dumps({"image_url": data_uri(PORTRAIT, "image/png"), "audio_url": "data:audio/wav;base64,"
+                       + base64.b64encode(long_speech_wav()).decode()}).encode()
+    with reading_nothing(base) as sock:
+        sock.sendall(f"POST /{C.AUDIO_ENDPOINT}/stream HTTP/1.1\r\nHost: {base.split('//')[1]}\r\n"
+                     f"Authorization: Key {key}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert sock.recv(15) == b"HTTP/1.1 200 OK"
+        assert app.state.ctx.engine.health()["sessions"] == 1          # rendering 60 s of speech
+        wait_for_no_sessions(app, timeout=30)                          # ... and no longer, unread

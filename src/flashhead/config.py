@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     engine_retry_after_s: int = Field(5, ge=1, description="Retry-After of a 429 at capacity")
     realtime_max_idle_timeout_s: float = Field(600.0, gt=0, description="the largest idle_timeout a "
                                                "realtime client may ask for")
+    client_send_timeout_s: float = Field(15.0, gt=0, description="a client that takes nothing sent to it "
+                                         "for this long (it stopped reading: SSE /stream, realtime "
+                                         "WebSocket) loses its stream or live session and its engine slot")
     realtime_max_session_s: float = Field(3600.0, gt=0, description="the longest a realtime live session "
                                           "(start to stop) lives; then it ends with a TIMEOUT frame and "
                                           "the socket closes, freeing its engine slot")

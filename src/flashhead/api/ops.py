@@ -18,16 +18,26 @@ router = APIRouter()
 @router.get("/health", tags=["ops"])
 def health(request: Request):
     ctx = get_ctx(request)
-    body = {"status": "ok" if ctx.ready.is_set() else "starting", "version": __version__,
+    engine = ctx.engine.health()                 # the render engine of /stream and /realtime
+    body = {"status": _status(ctx, engine), "version": __version__,
             "renderer": ctx.settings.renderer, "queue_depth": ctx.jobs.store.queue_depth(),
             "running": ctx.jobs.store.running_count(), "auth": ctx.auth.mode,
             "workers": {"mode": ctx.worker_mode, "count": ctx.n_workers},
             "instance": ctx.jobs.store.instance,       # this server's id: owner of the jobs it claims
-            "engine": ctx.engine.health()}             # the render engine of /stream and /realtime
+            "engine": engine}
     error = ctx.startup_error or getattr(ctx.workers, "error", None) or (ctx.engine and ctx.engine.error)
     if error:
         body.update(status="error", error=error)
     return JSONResponse(body, 200 if body["status"] == "ok" else 503)
+
+
+def _status(ctx, engine: dict) -> str:
+    """ok | starting | engine_restarting (this node's own engine died and is coming back: streams
+    and live sessions are refused meanwhile, so a load balancer should send them elsewhere)."""
+    if not ctx.ready.is_set():
+        return "starting"
+    local = ctx.engine.runner is not None and ctx.engine.remote is None
+    return "engine_restarting" if local and not engine["up"] else "ok"
 
 
 @router.get("/metrics", tags=["ops"])

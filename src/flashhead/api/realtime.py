@@ -101,6 +101,7 @@ class Connection:
     def __init__(self, ws: WebSocket, ctx, endpoint: str, key_id: str | None):
         self.ws, self.ctx, self.endpoint, self.key_id = ws, ctx, endpoint, key_id
         self.send_lock = asyncio.Lock()
+        self.stalled = False            # a send timed out: the client stopped reading
         self.idle_timeout = min(ctx.settings.realtime_idle_timeout_s, ctx.settings.realtime_max_idle_timeout_s)
         self.session: Session | None = None
         self.session_ends: float | None = None    # loop time when the live session's life is over
@@ -108,6 +109,20 @@ class Connection:
         self.pump: asyncio.Task | None = None
 
     async def send(self, message: dict | str) -> None:
+        """One frame, within client_send_timeout_s: a client that takes nothing for that long (it
+        stopped reading, its TCP window full) is gone, as if it had hung up (WebSocketDisconnect),
+        which ends its live session and frees the engine slot; later sends fail at once."""
+        if self.stalled:
+            raise WebSocketDisconnect(1008)
+        try:
+            await asyncio.wait_for(self._send(message), self.ctx.settings.client_send_timeout_s)
+        except asyncio.TimeoutError:
+            self.stalled = True
+            log.info("realtime client read nothing for %g s: its session ends",
+                     self.ctx.settings.client_send_timeout_s)
+            raise WebSocketDisconnect(1008) from None
+
+    async def _send(self, message: dict | str) -> None:
         async with self.send_lock:
             if isinstance(message, str):
                 await self.ws.send_text(message)
@@ -125,12 +140,21 @@ class Connection:
                     return
                 await self.dispatch(self.decode(raw))
         except CLOSING as exc:
-            await self.send(error_frame(exc))
-            await self.ws.close(1013 if isinstance(exc, CapacityExceeded) else 1000)
+            await self.close_with(exc)
         except WebSocketDisconnect:
             pass
         finally:
             await self.stop_session()
+
+    async def close_with(self, exc: FlashheadError) -> None:
+        """The error frame, then the close (1013: try again later), unless the client is gone or
+        takes nothing (bounded like every send)."""
+        try:
+            await self.send(error_frame(exc))
+            await asyncio.wait_for(self.ws.close(1013 if isinstance(exc, CapacityExceeded) else 1000),
+                                   self.ctx.settings.client_send_timeout_s)
+        except (WebSocketDisconnect, asyncio.TimeoutError, RuntimeError):
+            pass
 
     def _wait_s(self) -> float:
         """How long the next message may take: the idle timeout, or less when the live session's

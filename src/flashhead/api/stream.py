@@ -17,8 +17,10 @@ The API process only admits and relays: the render engine (flashhead.engine) pre
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from contextlib import aclosing
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -78,13 +80,43 @@ async def stream_messages(session: Session):
 async def sse_body(session: Session):
     """A client that hangs up frees the session's slot at once; the engine drops it."""
     try:
-        async for event in stream_messages(session):
-            yield sse(event)
+        async with aclosing(stream_messages(session)) as events:     # closed with this generator
+            async for event in events:
+                yield sse(event)
     except FlashheadError as exc:
         yield sse(error_event(exc))
 
 
 router = APIRouter()
+
+
+class _Stalled(Exception):
+    pass
+
+
+class StalledClientSafeResponse(StreamingResponse):
+    """A StreamingResponse whose every send must complete within `send_timeout_s`: a client that
+    stops reading (its TCP window full) would otherwise hold the send, the stream's session
+    with its engine slot, and every chunk rendered since, for as long as its connection lives.
+    On a stall the stream ends there (uvicorn then closes the connection) and its session is
+    closed at once."""
+
+    def __init__(self, content, *, send_timeout_s: float, **kw):
+        super().__init__(content, **kw)
+        self.send_timeout_s = send_timeout_s
+
+    async def stream_response(self, send) -> None:
+        async def bounded(message) -> None:
+            try:
+                await asyncio.wait_for(send(message), self.send_timeout_s)
+            except asyncio.TimeoutError:
+                raise _Stalled from None
+        try:
+            await super().stream_response(bounded)
+        except _Stalled:
+            log.info("stream client read nothing for %g s: stream ended", self.send_timeout_s)
+        finally:
+            await self.body_iterator.aclose()
 
 
 def _stream_route(endpoint: str, model):
@@ -93,8 +125,9 @@ def _stream_route(endpoint: str, model):
         segments = "url" if request.query_params.get("segments") == "url" else "data_uri"
         session = await open_stream(ctx, endpoint, body.model_dump(mode="json"), ctx.base_url(request),
                                     key_id, segments)
-        return StreamingResponse(sse_body(session), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StalledClientSafeResponse(sse_body(session), media_type="text/event-stream",
+                                         send_timeout_s=ctx.settings.client_send_timeout_s,
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     return stream
 
 
