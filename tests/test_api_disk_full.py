@@ -78,3 +78,18 @@ def test_full_disk_fails_jobs_by_name_refuses_uploads_and_recovers(tmp_path, dis
         disk.full = False
         assert _upload(c).status_code == 200
         assert "error" not in _run(c)
+
+
+def test_uploads_stop_at_the_disk_reserve_and_results_still_go_past_it(tmp_path):
+    """upload_reserve_bytes: one key's uploads (1 GiB each, retained a day) could fill the disk
+    that every job's result needs. Measured against the real free space of the data dir."""
+    beyond = shutil.disk_usage(tmp_path).free + 10 * 1024 ** 3          # more than this disk has
+    with inproc_server(tmp_path, upload_reserve_bytes=beyond) as (base, app), \
+            httpx.Client(base_url=base, timeout=30) as c:
+        r = _upload(c)
+        assert r.status_code == 507 and r.json()["error_type"] == "storage_full", r.text
+        assert "uploads are refused" in r.json()["detail"] and "retry-after" in r.headers
+        assert not list((tmp_path / "files" / ".staging").glob("body-*"))   # nothing half-stored
+        assert "error" not in _run(c)                                    # a result still is stored
+        app.state.ctx.storage.upload_reserve_bytes = 1                   # room again
+        assert _upload(c).status_code == 200

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     retention_sweep_s: float = Field(600.0, gt=0, description="the API process sweeps expired items every")
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="JSON and other non-upload bodies")
     max_upload_bytes: int = Field(1024 ** 3, gt=0, description="one upload, or one multipart file in total")
+    upload_reserve_bytes: int = Field(1024 ** 3, ge=0, description="uploads are refused (507 storage_full) "
+                                      "while the disk holding the data dir has less than this free: space "
+                                      "kept for results, so uploads cannot fill the disk every job needs")
     body_read_timeout_s: float = Field(60.0, gt=0, description="a request body must arrive within")
     elevenlabs_deadline_s: float = Field(120.0, gt=0, description="one ElevenLabs synthesis, retries included")
     elevenlabs_max_tries: int = Field(4, ge=1, description="ElevenLabs tries on 429 / 5xx")

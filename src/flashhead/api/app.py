@@ -64,6 +64,7 @@ def build_context(settings: Settings, engines=None, auth_mode: str = KEYS) -> Ap
                      auth=auth, jobs=JobQueue(store), metrics=metrics, webhooks=outbox,
                      signer=signer, limits=AbuseLimits.from_settings(settings))
     ctx.storage.max_upload_bytes = settings.max_upload_bytes
+    ctx.storage.upload_reserve_bytes = settings.upload_reserve_bytes
     ctx.engine = EngineService(settings, metrics.registry)
     ctx.jobs.on_terminal(lambda job: _record_metrics(ctx, job))
     ctx.jobs.on_terminal(lambda job: _enqueue_webhook(ctx, job))

@@ -176,12 +176,18 @@ class Storage(ABC):
 
     # --- bounds and retention ---
     max_upload_bytes: int = 1024 ** 3       # the server sets Settings.max_upload_bytes
+    upload_reserve_bytes: int = 0           # ... and Settings.upload_reserve_bytes
 
     def check_total(self, size: int) -> None:
-        """One upload, multipart parts all together included, is at most max_upload_bytes."""
+        """One upload, multipart parts all together included, is at most max_upload_bytes, and
+        it grows only while the disk it is staged on keeps upload_reserve_bytes free (for results:
+        a job writes its video past the reserve, an upload never)."""
         if size > self.max_upload_bytes:
             raise PayloadTooLarge(f"uploads are limited to {self.max_upload_bytes} bytes in total",
                                   field="body")
+        if self.upload_reserve_bytes and shutil.disk_usage(self.staging).free < self.upload_reserve_bytes:
+            raise StorageFull("the server's disk is nearly full: uploads are refused until space is freed "
+                              "(the rest is kept for results); try again later", field="storage")
 
     def list_expired(self, before: dict[str, float]) -> list[str]:
         """Keys of the files of each kind stored before `before[kind]` (unix time)."""
