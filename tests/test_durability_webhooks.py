@@ -122,6 +122,30 @@ def test_poisoned_webhooks_are_followed_by_a_good_one_that_arrives_signed(signer
         hanging.close()
 
 
+@pytest.mark.slow
+def test_receivers_that_hang_hold_their_share_of_the_senders_not_all_of_them(signer, tmp_path):
+    """Probed: four deliveries to a receiver that never answers held all four senders for the
+    whole timeout, so another receiver's webhook waited behind them (and again at each retry)."""
+    policy = RetryPolicy(max_tries=3, window_s=600.0, timeout_s=6.0)
+    outbox = WebhookOutbox(tmp_path / "wh.db", signer, policy, check_url=_loopback_guard, concurrency=3,
+                           per_receiver=2)
+    hanging = HangingReceiver()
+    try:
+        with WebhookReceiver() as good:
+            for i in range(5):
+                outbox.enqueue(hanging.url, f"slow{i}", "u", webhook_payload(f"slow{i}", {"seed": i}))
+            outbox.start()
+            assert _wait(lambda: len(hanging.conns) == 2, 5)           # its two senders hang there
+            outbox.enqueue(good.url, "good", "u", webhook_payload("good", {"seed": 9}))
+            started = time.monotonic()
+            assert good.event.wait(policy.timeout_s / 2), outbox.deliveries("good")
+            assert time.monotonic() - started < policy.timeout_s / 2
+            assert len(hanging.conns) == 2                              # never a third at once
+    finally:
+        outbox.stop()
+        hanging.close()
+
+
 def test_the_answer_is_read_only_up_to_the_cap(signer, tmp_path):
     """Before: the whole answer was read (here: endless), until the read timeout failed it."""
     endless = EndlessReceiver()

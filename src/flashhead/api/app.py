@@ -59,6 +59,7 @@ def build_context(settings: Settings, engines=None, auth_mode: str = KEYS) -> Ap
                            on_result=lambda ok: metrics.webhooks.labels("ok" if ok else "error").inc(),
                            check_url=lambda url: _guard(settings, url),
                            concurrency=settings.webhook_concurrency,
+                           per_receiver=settings.webhook_concurrency_per_receiver,
                            max_response_bytes=settings.webhook_max_response_bytes)
     ctx = AppContext(settings=settings, engines=engines, storage=make_storage(settings),
                      auth=auth, jobs=JobQueue(store), metrics=metrics, webhooks=outbox,

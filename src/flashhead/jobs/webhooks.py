@@ -19,7 +19,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -35,6 +37,7 @@ log = logging.getLogger("flashhead.webhooks")
 TIMESTAMP_TOLERANCE_S = 300
 H_REQUEST_ID, H_USER_ID = "X-Fal-Webhook-Request-Id", "X-Fal-Webhook-User-Id"
 H_TIMESTAMP, H_SIGNATURE = "X-Fal-Webhook-Timestamp", "X-Fal-Webhook-Signature"
+DUE_SCAN = 256      # due deliveries looked at per hand-out, past those of receivers at their cap
 
 
 def _b64url(raw: bytes) -> str:
@@ -144,8 +147,8 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at);
 
 class WebhookOutbox:
     """Persisted deliveries; one thread hands the due ones to a pool of `concurrency` sender
-    threads, so a receiver that hangs holds one sender for at most policy.timeout_s and never
-    delays the others. A delivery in flight is leased in the table (its next_at moved past its
+    threads, at most `per_receiver` of them to one receiver at a time, so a receiver that hangs
+    holds that many senders for at most policy.timeout_s and never delays the other receivers. A delivery in flight is leased in the table (its next_at moved past its
     timeout), so after a crash it is sent again once the lease ran out.
 
     check_url(url) is the SSRF guard: it returns the addresses that may be connected to (the
@@ -155,17 +158,18 @@ class WebhookOutbox:
     the attempt failed and retries it with backoff; nothing stops the deliverer."""
 
     def __init__(self, db_path: str | Path, signer: WebhookSigner, policy: RetryPolicy = RetryPolicy(),
-                 on_result=None, check_url=None, *, concurrency: int = 4,
+                 on_result=None, check_url=None, *, concurrency: int = 4, per_receiver: int = 1,
                  max_response_bytes: int = 64 * 1024):
         self.path, self.signer, self.policy = Path(db_path), signer, policy
         self.concurrency, self.max_response_bytes = concurrency, max_response_bytes
+        self.per_receiver = per_receiver
         self._on_result = on_result or (lambda ok: None)
         self._check_url = check_url or (lambda url: None)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._in_flight: set[int] = set()
+        self._in_flight: dict[int, str] = {}      # delivery id -> its receiver
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_OUTBOX)
@@ -212,19 +216,29 @@ class WebhookOutbox:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _take_due(self) -> list[tuple]:
-        """Due deliveries for the free senders, leased for the length of one attempt."""
+        """Due deliveries for the free senders, leased for the length of one attempt; at most
+        per_receiver of them in flight to one receiver (scheme, host and port), so receivers
+        that hang hold that many senders, not all of them, while other receivers wait."""
         with self._lock:
             free = self.concurrency - len(self._in_flight)
             if free <= 0:
                 return []
-            rows = self._db.execute(
-                "SELECT id, request_id, user_id, url, body, attempts FROM deliveries"
-                " WHERE state = 'pending' AND next_at <= ? ORDER BY next_at LIMIT ?",
-                (time.time(), free + len(self._in_flight))).fetchall()
-            rows = [r for r in rows if r[0] not in self._in_flight][:free]
+            busy = Counter(self._in_flight.values())
+            rows = []
+            for r in self._db.execute(
+                    "SELECT id, request_id, user_id, url, body, attempts FROM deliveries"
+                    " WHERE state = 'pending' AND next_at <= ? ORDER BY next_at LIMIT ?",
+                    (time.time(), DUE_SCAN)):
+                receiver = _receiver(r[3])
+                if r[0] in self._in_flight or busy[receiver] >= self.per_receiver:
+                    continue
+                busy[receiver] += 1
+                self._in_flight[r[0]] = receiver
+                rows.append(r)
+                if len(rows) == free:
+                    break
             lease = time.time() + self.policy.timeout_s + 1.0
             for r in rows:
-                self._in_flight.add(r[0])
                 self._db.execute("UPDATE deliveries SET next_at = ? WHERE id = ?", (lease, r[0]))
             return rows
 
@@ -252,7 +266,7 @@ class WebhookOutbox:
             self._done(row_id, request_id, attempts + 1, "internal error", False)
         finally:
             with self._lock:
-                self._in_flight.discard(row_id)
+                self._in_flight.pop(row_id, None)
             self._wake.set()
 
     def _post(self, client: httpx.Client, url: str, ips, body: bytes, headers: dict) -> str | None:
@@ -311,6 +325,15 @@ class WebhookOutbox:
 
 
 USER_AGENT = "flashhead-webhook/1.0"
+
+
+def _receiver(url: str) -> str:
+    """Who answers a delivery: scheme, host and port of its URL (the URL itself if unparsable)."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}".lower()
+    except ValueError:
+        return url
 
 
 def pinned_post(client: httpx.Client, url: str, ip, body: bytes, headers: dict,
