@@ -364,5 +364,5 @@ def check_webhook_url(url: str, *, field: str = "fal_webhook") -> None:
         pinned_post(_SUBMIT_CHECK_CLIENT, url, ipaddress.ip_address("192.0.2.1"), b"{}", {}, 1.0)
     except InputError:
         raise
-    except Exception as exc:    # httpx.InvalidURL, idna errors (UnicodeError), ValueError ...
-        raise InputError(f"is not a valid URL: {exc}", field=field) from None
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol, UnicodeError, ValueError) as exc:   # not a fault
+        raise InputError(f"is not a valid URL: {exc}", field=field) from None              # of ours
