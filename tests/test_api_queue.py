@@ -102,9 +102,12 @@ def test_unknown_ids_and_bad_headers(c):
     r = c.put(f"{Q}/requests/nope/cancel")
     assert r.status_code == 404 and r.json() == {"status": "NOT_FOUND"}
     r = c.post(Q, json=INPUT, headers={"X-Fal-Queue-Priority": "urgent"})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "X-Fal-Queue-Priority"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["header", "X-Fal-Queue-Priority"]
     r = c.post(Q, json=INPUT, params={"fal_webhook": "http://169.254.169.254/hook"})
     assert r.status_code == 422 and r.json()["error_type"] == "unsafe_url"
+    assert r.json()["detail"][0]["loc"] == ["query", "fal_webhook"]
+    r = c.post(Q, json=INPUT, headers={"X-Fal-Request-Timeout": "soon"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["header", "X-Fal-Request-Timeout"]
 
 
 @pytest.mark.slow        # waits for its job: ~3 s

@@ -179,24 +179,24 @@ def test_whep_refuses_bad_requests_with_clear_errors(server):
     url = f"{base}/{EP}/whep"
     with httpx.Client(timeout=30) as http:
         r = http.post(url, content="v=0", params={"image_url": image_url}, headers={**auth, "Content-Type": "text/plain"})
-        assert r.status_code == 415 and r.json()["detail"][0]["loc"] == ["body", "Content-Type"], r.text
+        assert r.status_code == 415 and r.json()["detail"][0]["loc"] == ["header", "Content-Type"], r.text
         r = http.post(url, content="not sdp at all", params={"image_url": image_url}, headers={**auth, "Content-Type": SDP})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "body"], r.text
         r = http.post(url, content=offer("audio"), params={"image_url": image_url},
                       headers={**auth, "Content-Type": SDP})
         assert r.status_code == 422 and "video" in r.json()["detail"][0]["msg"], r.text
         r = http.post(url, content=offer("audio"), headers={**auth, "Content-Type": SDP})
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "image_url"], r.text
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "image_url"], r.text
         r = http.post(url, content=offer("video", "audio"), params={"image_url": "file:///etc/passwd"},
                       headers={**auth, "Content-Type": SDP})
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "image_url"], r.text
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "image_url"], r.text
         r = http.post(url, content=offer("video", "audio"), params={"image_url": image_url, "seed": "x"},
                       headers={**auth, "Content-Type": SDP})
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "seed"], r.text
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "seed"], r.text
         for params, field in (({"image_url": image_url, "seed": str(2 ** 63)}, "seed"),
                               ({"image_url": "http://[::1/face.png"}, "image_url")):
             r = http.post(url, content=offer("video", "audio"), params=params, headers={**auth, "Content-Type": SDP})
-            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.text
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", field], r.text
         r = http.post(url, content="v=0\r\n" + "a=x\r\n" * 20_000, params={"image_url": image_url},
                       headers={**auth, "Content-Type": SDP})
         assert r.status_code == 413, r.text

@@ -7,10 +7,11 @@ class FlashheadError(Exception):
 
     error_type = "internal_error"
 
-    def __init__(self, message: str, *, field: str | None = None):
+    def __init__(self, message: str, *, field: str | None = None, location: str = "body"):
         super().__init__(message)
         self.message = message
         self.field = field
+        self.location = location         # where `field` was sent: body | query | header
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message

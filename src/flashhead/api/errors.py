@@ -6,6 +6,7 @@ Bodies follow fal: validation errors are a `detail` list (422); every other erro
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -46,10 +47,11 @@ def status_for_type(error_type: str | None) -> int:
 
 
 def error_body(message: str, error_type: str, field: str | None = None, *,
-               input_error: bool = False) -> dict:
-    """Input errors use the validation list, so fal clients show them like a 422 from pydantic."""
+               input_error: bool = False, location: str = "body") -> dict:
+    """Input errors use the validation list, so fal clients show them like a 422 from pydantic
+    (loc: where the field was sent, body | query | header, then its name)."""
     if input_error:
-        loc = ["body", field] if field else ["body"]
+        loc = [location, field] if field else [location]
         return {"detail": [{"loc": loc, "msg": message, "type": error_type}], "error_type": error_type}
     return {"detail": message, "error_type": error_type}
 
@@ -65,6 +67,18 @@ def error_headers(error_type: str, status: int) -> dict:
     return headers
 
 
+@contextmanager
+def sent_in(location: str, *fields: str):
+    """Input errors about `fields` raised inside name `location` (query, header) as where those
+    fields were sent, instead of the JSON body (the checks they share do not know)."""
+    try:
+        yield
+    except E.InputError as exc:
+        if exc.field in fields:
+            exc.location = location
+        raise
+
+
 def _retry_after(exc: E.FlashheadError) -> dict:
     """RateLimited and CapacityExceeded say when to come back (whole seconds, at least 1)."""
     seconds = getattr(exc, "retry_after_s", None)
@@ -73,7 +87,8 @@ def _retry_after(exc: E.FlashheadError) -> dict:
 
 def error_response(exc: E.FlashheadError, extra_headers: dict | None = None) -> JSONResponse:
     status = status_for(type(exc))
-    body = error_body(exc.message, exc.error_type, exc.field, input_error=isinstance(exc, E.InputError))
+    body = error_body(exc.message, exc.error_type, exc.field, input_error=isinstance(exc, E.InputError),
+                      location=exc.location)
     return JSONResponse(body, status, headers={**error_headers(exc.error_type, status),
                                                **_retry_after(exc), **(extra_headers or {})})
 

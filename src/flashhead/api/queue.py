@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from flashhead import constants as C
 from flashhead.api.deps import AppContext, add_endpoint_routes, get_ctx, require_key
-from flashhead.api.errors import error_body, error_headers, status_for_type
+from flashhead.api.errors import error_body, error_headers, sent_in, status_for_type
 from flashhead.errors import InputError, NotFound
 from flashhead.jobs.state import JobState, Priority
 from flashhead.jobs.store import CancelOutcome, Job, NewJob
@@ -60,9 +60,11 @@ def _deadline(request: Request) -> float | None:
     try:
         seconds = float(raw)
     except ValueError:
-        raise InputError(f"must be a number of seconds, got {raw!r}", field="X-Fal-Request-Timeout") from None
+        raise InputError(f"must be a number of seconds, got {raw!r}", field="X-Fal-Request-Timeout",
+                         location="header") from None
     if not math.isfinite(seconds) or seconds <= 0:      # NaN compares false with everything
-        raise InputError("must be a positive, finite number of seconds", field="X-Fal-Request-Timeout")
+        raise InputError("must be a positive, finite number of seconds", field="X-Fal-Request-Timeout",
+                         location="header")
     return time.time() + seconds
 
 
@@ -70,7 +72,7 @@ def _priority(request: Request) -> Priority:
     try:
         return Priority.parse(request.headers.get("x-fal-queue-priority"))
     except ValueError as exc:
-        raise InputError(str(exc), field="X-Fal-Queue-Priority") from None
+        raise InputError(str(exc), field="X-Fal-Queue-Priority", location="header") from None
 
 
 def submit_job(ctx: AppContext, request: Request, endpoint: str, payload: dict, key_id: str | None,
@@ -81,8 +83,9 @@ def submit_job(ctx: AppContext, request: Request, endpoint: str, payload: dict, 
     if webhook_url is not None:
         from flashhead.jobs.webhooks import check_webhook_url
         from flashhead.media.urlguard import guard_url
-        check_webhook_url(webhook_url, field="fal_webhook")    # as the deliverer will parse it
-        guard_url(webhook_url, ctx.settings.fetch_allow, field="fal_webhook")
+        with sent_in("query", "fal_webhook"):
+            check_webhook_url(webhook_url, field="fal_webhook")    # as the deliverer will parse it
+            guard_url(webhook_url, ctx.settings.fetch_allow, field="fal_webhook")
     new = NewJob(endpoint=endpoint, input=payload, priority=_priority(request),
                  deadline=_deadline(request), webhook_url=webhook_url, base_url=base, key_id=key_id)
     return ctx.jobs.submit(new, max_queue_length=max_queue_length)

@@ -43,6 +43,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from flashhead import constants as C
 from flashhead.api.deps import authenticate
+from flashhead.api.errors import sent_in
 from flashhead.api.media_clock import BLOCK_SAMPLES, MediaTimeline, i420_array
 from flashhead.api.queue import check_inputs
 from flashhead.api.realtime import decode_message, error_message, live_message
@@ -264,7 +265,7 @@ async def _answer(pc: RTCPeerConnection, offer: RTCSessionDescription, whep: Whe
 
 async def _sdp_body(request: Request, limit: int) -> str:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != SDP:
-        raise UnsupportedMediaType(f"must be {SDP} (an SDP offer)", field="Content-Type")
+        raise UnsupportedMediaType(f"must be {SDP} (an SDP offer)", field="Content-Type", location="header")
     body = await request.body()
     if len(body) > limit:
         raise PayloadTooLarge(f"the SDP offer is larger than {limit} bytes", field="body")
@@ -291,11 +292,12 @@ def whep_routes(app: FastAPI, ctx, endpoint: str) -> None:
     async def whep_post(request: Request) -> Response:
         key_id = await authenticate(request, token_type="realtime", token_param="fal_jwt_token", app=endpoint)
         sdp = await _sdp_body(request, ctx.settings.webrtc_max_sdp_bytes)
-        image_url = request.query_params.get("image_url")
-        if not image_url:
-            raise InputError("required (query parameter): the portrait URL", field="image_url")
-        whep = await service.create(sdp, image_url, _seed(request.query_params.get("seed")),
-                                    ctx.base_url(request), key_id)
+        with sent_in("query", "image_url", "seed"):
+            image_url = request.query_params.get("image_url")
+            if not image_url:
+                raise InputError("required (query parameter): the portrait URL", field="image_url")
+            whep = await service.create(sdp, image_url, _seed(request.query_params.get("seed")),
+                                        ctx.base_url(request), key_id)
         return Response(whep.pc.localDescription.sdp, 201, media_type=SDP,
                         headers={"Location": f"{path}/{whep.id}"})
 
