@@ -80,6 +80,7 @@ def test_full_disk_fails_jobs_by_name_refuses_uploads_and_recovers(tmp_path, dis
         assert "error" not in _run(c)
 
 
+@pytest.mark.slow       # a whole server: ~3 s
 def test_uploads_stop_at_the_disk_reserve_and_results_still_go_past_it(tmp_path):
     """upload_reserve_bytes: one key's uploads (1 GiB each, retained a day) could fill the disk
     that every job's result needs. Measured against the real free space of the data dir."""
