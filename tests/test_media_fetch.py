@@ -405,3 +405,36 @@ def test_https_checks_the_certificate_against_the_name_not_the_pinned_ip(monkeyp
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_data_uris_never_go_through_urlsplit_whose_cache_would_keep_them(tmp_path, portrait_path, monkeypatch):
+    """Python's urlsplit keeps its last 128 answers (an lru_cache), each holding the URL twice:
+    every data: URI an input check, a fetch or localize split stayed in the API's and the
+    engine's memory (20 portraits of 4 MB: 163 MB). Long http(s) URLs are refused first."""
+    import urllib.parse
+    from types import SimpleNamespace
+
+    from flashhead.api import queue
+    from flashhead.config import Settings
+    from flashhead.media import fetch as fetch_module
+    from flashhead.media import urlguard
+    from flashhead.storage import localize as localize_module
+    from flashhead.storage.local import LocalStorage
+
+    split = []
+
+    def recording(url, *a, **kw):
+        split.append(url)
+        return urllib.parse.urlsplit(url, *a, **kw)
+
+    for module in (urlguard, fetch_module, localize_module):
+        monkeypatch.setattr(module, "urlsplit", recording)
+    uri = "data:image/png;base64," + base64.b64encode(portrait_path.read_bytes()).decode()
+    storage = LocalStorage(tmp_path / "files")
+    ctx = SimpleNamespace(storage=storage, settings=Settings(data_dir=tmp_path))
+    queue.check_inputs(ctx, {"image_url": uri, "audio_url": "DATA:audio/wav;base64,UklGRg=="}, "http://127.0.0.1:9")
+    assert fetch_module.fetch(uri, field="image_url", max_bytes=10 ** 7, timeout=5)[0] == portrait_path.read_bytes()
+    assert localize_module.localize({"image_url": uri}, storage, {"127.0.0.1:9"}, tmp_path) == ({"image_url": uri}, False)
+    assert not [u for u in split if "base64" in u], "a data: URI went through urlsplit"
+    with pytest.raises(LimitExceeded, match="8192"):
+        queue.check_inputs(ctx, {"image_url": "https://example.com/" + "a" * 9000}, "http://127.0.0.1:9")

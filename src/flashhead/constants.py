@@ -11,6 +11,7 @@ CHUNK_FRAMES = 8              # frames per streamed chunk (320 ms): small first 
 CHUNK_SAMPLES = CHUNK_FRAMES * SAMPLES_PER_FRAME
 
 MAX_TEXT_CHARS = 5_000
+MAX_URL_CHARS = 8_192         # an http(s) input or webhook URL (data: URIs are bounded by their bytes)
 SEED_MIN, SEED_MAX = -(2 ** 63), 2 ** 63 - 1   # int64: what msgpack, SQLite and Redis carry
 MAX_AUDIO_SECONDS = 600.0     # default upper bound for uploaded audio (configurable)
 MAX_IMAGE_BYTES = 25 * 1024 * 1024

@@ -32,13 +32,13 @@ router = APIRouter()
 
 def check_inputs(ctx: AppContext, payload: dict, base_url: str) -> None:
     """Refuse bad `*_url` values before queueing: scheme, SSRF guard, own files that exist."""
-    from flashhead.media.urlguard import SCHEMES, guard_url, split_url
+    from flashhead.media.urlguard import SCHEMES, guard_url, url_scheme
 
     hosts = ctx.storage.own_hosts(base_url)
     for name, value in payload.items():
         if not name.endswith("_url") or not isinstance(value, str):
             continue
-        scheme = split_url(value.strip(), name).scheme.lower()      # schemes are case-insensitive
+        scheme = url_scheme(value)                                   # schemes are case-insensitive
         if scheme == "data":
             continue
         if scheme not in SCHEMES:

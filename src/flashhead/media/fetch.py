@@ -16,7 +16,7 @@ from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 import httpx
 
 from flashhead.errors import FetchError, InputError, LimitExceeded
-from flashhead.media.urlguard import Allow, IPAddress, guard_url, parse_allow, split_url
+from flashhead.media.urlguard import Allow, IPAddress, guard_url, parse_allow, url_scheme
 
 MAX_REDIRECTS = 5
 USER_AGENT = "flashhead-fetch/1.0"
@@ -38,7 +38,7 @@ def fetch(
     allow_paths: accept local file paths (the CLI does, the server must not).
     """
     ref = ref.strip()
-    scheme = split_url(ref, field).scheme.lower()
+    scheme = url_scheme(ref)
     if scheme == "data":
         data, ctype = decode_data_uri(ref, field=field, max_bytes=max_bytes)
     elif scheme in ("http", "https"):

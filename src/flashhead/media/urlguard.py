@@ -8,11 +8,13 @@ the IPv4 addresses hidden inside IPv6 forms (::ffff:a.b.c.d, 6to4, NAT64). The `
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
-from flashhead.errors import FetchError, InputError, UnsafeURLError
+from flashhead import constants as C
+from flashhead.errors import FetchError, InputError, LimitExceeded, UnsafeURLError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -21,6 +23,7 @@ METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "instance-da
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 SCHEMES = ("http", "https")
+_SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]*):")
 
 
 @dataclass(frozen=True)
@@ -117,8 +120,19 @@ def resolve(host: str, port: int, *, field: str | None = None) -> list[IPAddress
     return ips
 
 
+def url_scheme(value: str) -> str:
+    """The scheme of a URL or URI, lower case ("" if none), without urlsplit: urllib caches
+    urlsplit's last 128 answers, each holding the URL twice, so a data: URI of megabytes must
+    never go through it (20 portraits of 4 MB stayed as 163 MB)."""
+    m = _SCHEME.match(value)
+    return m[1].lower() if m else ""
+
+
 def split_url(url: str, field: str | None = None) -> SplitResult:
-    """urlsplit, with a malformed URL (e.g. an unclosed IPv6 bracket) refused as bad input."""
+    """urlsplit of an http(s) URL at most MAX_URL_CHARS long, with a malformed URL (e.g. an
+    unclosed IPv6 bracket) refused as bad input."""
+    if len(url) > C.MAX_URL_CHARS:
+        raise LimitExceeded(f"the URL is {len(url)} characters; the limit is {C.MAX_URL_CHARS}", field=field)
     try:
         return urlsplit(url)
     except ValueError as exc:

@@ -6,18 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from flashhead import constants as C
+from flashhead.media.urlguard import SCHEMES, url_scheme
 from flashhead.storage.base import FILES_PREFIX, Storage
 
 
 def own_file_key(value, hosts: set[str]) -> str | None:
     """The storage key when `value` is a URL of a file stored here (host in `hosts`), else None."""
-    if not isinstance(value, str):
-        return None
+    if not isinstance(value, str) or url_scheme(value) not in SCHEMES or len(value) > C.MAX_URL_CHARS:
+        return None                     # (a data: URI must not reach urlsplit's cache)
     try:
         parts = urlsplit(value.strip())
     except ValueError:                  # malformed: not ours (the SSRF guard refuses it)
-        return None
-    if parts.scheme.lower() not in ("http", "https"):
         return None
     prefix = FILES_PREFIX + "/"
     if parts.netloc not in hosts or not parts.path.startswith(prefix):
