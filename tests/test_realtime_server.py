@@ -159,6 +159,21 @@ def test_a_client_that_stops_reading_loses_its_live_session_and_its_engine_slot(
         wait_for_no_sessions(app, timeout=30)
 
 
+def test_a_stopped_sessions_lifetime_does_not_end_the_socket(server, client, monkeypatch):
+    app = server[2]
+    monkeypatch.setattr(app.state.ctx.settings, "realtime_max_session_s", 1.0)
+    with client.realtime(C.TEXT_ENDPOINT) as conn:
+        conn.send({"type": "start", "image_url": image()})
+        recv_until(conn, lambda m: m.get("type") == "started")
+        conn.send({"type": "stop"})
+        recv_until(conn, lambda m: m.get("type") == "stopped")
+        time.sleep(1.5)                                     # past the stopped session's lifetime
+        conn.send({"type": "audio", "pcm": b"\0\0"})         # no session: an input error, and
+        with pytest.raises(RealtimeError) as e:             # the socket is still there to say so
+            conn.recv()
+        assert e.value.error == "INVALID_INPUT" and "start" in e.value.reason, e.value.reason
+
+
 def test_a_deeply_nested_json_message_is_an_input_error_and_the_socket_stays(server, client):
     with client.realtime(C.TEXT_ENDPOINT) as conn:
         conn._ws.send("[" * 100_000 + "]" * 100_000)

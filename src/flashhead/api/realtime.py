@@ -242,7 +242,7 @@ class Connection:
         finally:
             session.close()
             if self.session is session:
-                self.session = None
+                self.session, self.session_ends = None, None
 
     def live(self):
         """What live inputs go to: this socket's session, or the WebRTC session it attached to."""
