@@ -123,6 +123,30 @@ def test_tokens_name_their_key_and_die_with_it(tmp_path):
     assert open_auth.check(None) is None
 
 
+@pytest.mark.parametrize("host, local_ip, origin, allowed", [
+    ("127.0.0.1:8000", "127.0.0.1", None, True),
+    ("[::1]:8000", "::1", "http://[::1]:8000", True),
+    ("0.0.0.0:8000", "127.0.0.1", "http://0.0.0.0:8000", True),      # the URL uvicorn prints
+    ("myhost:8000", "127.0.1.1", "http://myhost:8000", True),        # the name serve --host was given
+    ("rebind.example:8000", "127.0.0.1", None, False),               # DNS rebinding
+    ("rebind.example:8000", "::ffff:127.0.0.1", None, False),        # ... on a dual-stack socket
+    ("192.168.1.5:8000", "192.168.1.5", "http://192.168.1.5:8000", True),   # --i-know-this-is-open
+    ("192.168.1.5:8000", "192.168.1.5", "https://evil.example", False),
+    ("127.0.0.1:8000", "127.0.0.1", "null", False),
+])
+def test_open_mode_serves_pages_of_this_machine_only(tmp_path, host, local_ip, origin, allowed):
+    from flashhead.errors import Forbidden
+
+    auth = Auth(tmp_path, mode="open")
+    auth.served_names.add("myhost")
+    if allowed:
+        auth.check_page(host=host, origin=origin, local_ip=local_ip)
+    else:
+        with pytest.raises(Forbidden):
+            auth.check_page(host=host, origin=origin, local_ip=local_ip)
+    Auth(tmp_path).check_page(host="rebind.example", origin="https://evil.example", local_ip="127.0.0.1")  # keys
+
+
 def test_token_life_is_a_setting_of_minutes(tmp_path):
     auth = Auth.from_settings(_settings(tmp_path, token_ttl_s=120))
     key_id = auth.keys.create().split(":")[0]

@@ -193,15 +193,20 @@ def _netloc(url: str) -> str:
 
 
 def _loopback(host: str) -> bool:
-    """A loopback IP literal, `localhost` or a name under `.localhost` (RFC 6761: never resolved
-    elsewhere). Names are never looked up: a rebinding name resolves to 127.0.0.1 by design."""
+    """This machine, as no other site can name it: a loopback address (IPv4-mapped too), the
+    unspecified one (a browser sent to 0.0.0.0 reaches this machine), `localhost` or a name under
+    `.localhost` (RFC 6761: never resolved elsewhere). Names are never looked up: a rebinding
+    name resolves to 127.0.0.1 by design."""
     host = host.lower().rstrip(".")
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+        ip = ipaddress.ip_address(host.split("%")[0])
     except ValueError:
         return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_unspecified
 
 
 def make_key_store(settings) -> SqliteKeyStore | RedisKeyStore:
@@ -265,6 +270,7 @@ class Auth:
         if mode not in (KEYS, OPEN):
             raise ValueError(f"auth mode must be {KEYS!r} or {OPEN!r}, got {mode!r}")
         self.mode = mode
+        self.served_names: set[str] = set()    # the name `serve --host` was given (see check_page)
         self.token_ttl_s = token_ttl_s
         self.data_dir = Path(data_dir)
         self.keys = keys or SqliteKeyStore(self.data_dir)
@@ -297,11 +303,13 @@ class Auth:
         send it requests (CORS lets them read the answers), and a site whose name re-resolves to
         127.0.0.1 (DNS rebinding) would even be same-origin. So a request with an `Origin` must
         come from a page of this server or of a loopback host, and one that came in on a loopback
-        address must name a loopback `Host`. Raises Forbidden. Nothing in KEYS mode."""
+        address must name a loopback `Host` (or the name the server was told to serve on, which
+        the operator chose). Raises Forbidden. Nothing in KEYS mode."""
         if self.mode != OPEN:
             return
         host = host or ""
-        if local_ip is not None and _loopback(local_ip) and not _loopback(_hostname(host)):
+        name = _hostname(host)
+        if local_ip is not None and _loopback(local_ip) and not (_loopback(name) or name in self.served_names):
             raise Forbidden(f"this server has no keys (--no-auth), so it answers only requests whose Host "
                             f"is a loopback name or address such as 127.0.0.1, not {host!r}", field="Host")
         if origin is not None and not (_loopback(_hostname(origin, url=True)) or _netloc(origin) == host.lower()):

@@ -87,6 +87,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = DEFA
     from flashhead.config import Settings
 
     app = create_app(Settings(data_dir=data_dir), workers=workers, auth_mode=mode)
+    app.state.ctx.auth.served_names.add(host.lower().strip("[]"))     # e.g. a hostname mapped to 127.0.1.1
     dump_stacks_on_sigusr1()
     # No permessage-deflate: realtime frames carry H.264/AAC segments, which do not compress;
     # deflating them cost the API process about a sixth of its CPU per live session.
