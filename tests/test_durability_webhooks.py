@@ -125,25 +125,30 @@ def test_poisoned_webhooks_are_followed_by_a_good_one_that_arrives_signed(signer
 @pytest.mark.slow
 def test_receivers_that_hang_hold_their_share_of_the_senders_not_all_of_them(signer, tmp_path):
     """Probed: four deliveries to a receiver that never answers held all four senders for the
-    whole timeout, so another receiver's webhook waited behind them (and again at each retry)."""
+    whole timeout, so every other receiver's webhook waited behind them (and again at each
+    retry). Now at most per_receiver are in flight to one receiver, and for one key's jobs."""
     policy = RetryPolicy(max_tries=3, window_s=600.0, timeout_s=6.0)
-    outbox = WebhookOutbox(tmp_path / "wh.db", signer, policy, check_url=_loopback_guard, concurrency=3,
+    outbox = WebhookOutbox(tmp_path / "wh.db", signer, policy, check_url=_loopback_guard, concurrency=4,
                            per_receiver=2)
-    hanging = HangingReceiver()
+    a, b = HangingReceiver(), HangingReceiver()
     try:
         with WebhookReceiver() as good:
-            for i in range(5):
-                outbox.enqueue(hanging.url, f"slow{i}", "u", webhook_payload(f"slow{i}", {"seed": i}))
+            for i in range(6):                                  # key u: 3 to each hanging host
+                outbox.enqueue((a, b)[i % 2].url, f"u{i}", "u", webhook_payload(f"u{i}", {"seed": i}))
+            for i in range(3):                                  # key w: 3 more to host a
+                outbox.enqueue(a.url, f"w{i}", "w", webhook_payload(f"w{i}", {"seed": i}))
             outbox.start()
-            assert _wait(lambda: len(hanging.conns) == 2, 5)           # its two senders hang there
-            outbox.enqueue(good.url, "good", "u", webhook_payload("good", {"seed": 9}))
+            # u is at its cap (2, one per host), a at its own (u's and w's one): 3 of the 4 senders
+            assert _wait(lambda: (len(a.conns), len(b.conns)) == (2, 1), 5), (len(a.conns), len(b.conns))
+            outbox.enqueue(good.url, "good", "v", webhook_payload("good", {"seed": 9}))
             started = time.monotonic()
             assert good.event.wait(policy.timeout_s / 2), outbox.deliveries("good")
             assert time.monotonic() - started < policy.timeout_s / 2
-            assert len(hanging.conns) == 2                              # never a third at once
+            assert (len(a.conns), len(b.conns)) == (2, 1)          # never more at once
     finally:
         outbox.stop()
-        hanging.close()
+        a.close()
+        b.close()
 
 
 def test_the_answer_is_read_only_up_to_the_cap(signer, tmp_path):

@@ -61,9 +61,9 @@ class Settings(BaseSettings):
     # --- webhook delivery and the redis job store ---
     webhook_timeout_s: float = Field(10.0, gt=0, description="one webhook delivery, connect to last byte")
     webhook_concurrency: int = Field(8, ge=1, le=64, description="webhook deliveries in flight at once")
-    webhook_concurrency_per_receiver: int = Field(2, ge=1, le=64, description="webhook deliveries in flight "
-                                                  "to one receiver (scheme, host, port): receivers that hang "
-                                                  "hold this many senders each, never all of them")
+    webhook_concurrency_per_receiver: int = Field(4, ge=1, le=64, description="webhook deliveries in flight "
+                                                  "to one receiver (scheme, host, port), and for one API key's "
+                                                  "jobs: receivers that hang hold this many senders each")
     webhook_max_response_bytes: int = Field(64 * 1024, ge=0, description="read at most this much of a "
                                             "webhook receiver's answer")
     redis_socket_timeout_s: float = Field(5.0, gt=0, description="redis job store: connect and "

@@ -38,7 +38,6 @@ log = logging.getLogger("flashhead.webhooks")
 TIMESTAMP_TOLERANCE_S = 300
 H_REQUEST_ID, H_USER_ID = "X-Fal-Webhook-Request-Id", "X-Fal-Webhook-User-Id"
 H_TIMESTAMP, H_SIGNATURE = "X-Fal-Webhook-Timestamp", "X-Fal-Webhook-Signature"
-DUE_SCAN = 256      # due deliveries looked at per hand-out, past those of receivers at their cap
 
 
 def _b64url(raw: bytes) -> str:
@@ -148,8 +147,9 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at);
 
 class WebhookOutbox:
     """Persisted deliveries; one thread hands the due ones to a pool of `concurrency` sender
-    threads, at most `per_receiver` of them to one receiver at a time, so a receiver that hangs
-    holds that many senders for at most policy.timeout_s and never delays the other receivers. A delivery in flight is leased in the table (its next_at moved past its
+    threads, at most `per_receiver` of them to one receiver, and for one API key's jobs, at a
+    time: receivers that hang hold their share of the senders for at most policy.timeout_s each,
+    and never all of them. A delivery in flight is leased in the table (its next_at moved past its
     timeout), so after a crash it is sent again once the lease ran out.
 
     check_url(url) is the SSRF guard: it returns the addresses that may be connected to (the
@@ -159,7 +159,7 @@ class WebhookOutbox:
     the attempt failed and retries it with backoff; nothing stops the deliverer."""
 
     def __init__(self, db_path: str | Path, signer: WebhookSigner, policy: RetryPolicy = RetryPolicy(),
-                 on_result=None, check_url=None, *, concurrency: int = 4, per_receiver: int = 1,
+                 on_result=None, check_url=None, *, concurrency: int = 8, per_receiver: int = 4,
                  max_response_bytes: int = 64 * 1024):
         self.path, self.signer, self.policy = Path(db_path), signer, policy
         self.concurrency, self.max_response_bytes = concurrency, max_response_bytes
@@ -170,7 +170,7 @@ class WebhookOutbox:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._in_flight: dict[int, str] = {}      # delivery id -> its receiver
+        self._in_flight: dict[int, tuple[str, str]] = {}      # delivery id -> (its receiver, user id)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_OUTBOX)
@@ -206,9 +206,10 @@ class WebhookOutbox:
                 ThreadPoolExecutor(self.concurrency, thread_name_prefix="webhook-send") as pool:
             while not self._stop.is_set():
                 try:
-                    for row in self._take_due():
+                    rows, blocked = self._take_due()
+                    for row in rows:
                         pool.submit(self._attempt, client, *row)
-                    sleep_s = self._sleep_s()
+                    sleep_s = self._sleep_s(blocked)
                 except Exception:   # the outbox file is busy or broken: try again in a moment
                     log.exception("webhook outbox failed; retrying")
                     sleep_s = 1.0
@@ -216,37 +217,52 @@ class WebhookOutbox:
                 self._wake.clear()
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _take_due(self) -> list[tuple]:
-        """Due deliveries for the free senders, leased for the length of one attempt; at most
-        per_receiver of them in flight to one receiver (scheme, host and port), so receivers
-        that hang hold that many senders, not all of them, while other receivers wait."""
+    def _take_due(self) -> tuple[list[tuple], bool]:
+        """(due deliveries for the free senders, leased for the length of one attempt; whether
+        due ones were left: no sender free, or their receiver or API key at its cap). At most
+        per_receiver deliveries are in flight to one receiver (scheme, host and port) and for one
+        key's jobs, so receivers that hang hold their share of the senders, never all of them.
+        The due rows are read lazily, oldest first, without their bodies, until the free senders
+        are filled: capped ones cost a row each, however many there are."""
         with self._lock:
             free = self.concurrency - len(self._in_flight)
-            if free <= 0:
-                return []
-            busy = Counter(self._in_flight.values())
-            rows = []
-            for r in self._db.execute(
-                    "SELECT id, request_id, user_id, url, body, attempts FROM deliveries"
-                    " WHERE state = 'pending' AND next_at <= ? ORDER BY next_at LIMIT ?",
-                    (time.time(), DUE_SCAN)):
-                receiver = _receiver(r[3])
-                if r[0] in self._in_flight or busy[receiver] >= self.per_receiver:
+            receivers = Counter(receiver for receiver, _ in self._in_flight.values())
+            users = Counter(user for _, user in self._in_flight.values())
+            chosen, blocked = {}, False
+            due = self._db.execute("SELECT id, user_id, url FROM deliveries WHERE state = 'pending'"
+                                   " AND next_at <= ? ORDER BY next_at", (time.time(),))
+            for row_id, user, url in due:
+                if row_id in self._in_flight:        # its lease ran out while it is still being sent
                     continue
-                busy[receiver] += 1
-                self._in_flight[r[0]] = receiver
-                rows.append(r)
-                if len(rows) == free:
-                    break
-            lease = time.time() + self.policy.timeout_s + 1.0
-            for r in rows:
-                self._db.execute("UPDATE deliveries SET next_at = ? WHERE id = ?", (lease, r[0]))
-            return rows
+                receiver = _receiver(url)
+                if len(chosen) == free or receivers[receiver] >= self.per_receiver \
+                        or users[user] >= self.per_receiver:
+                    blocked = True
+                    if len(chosen) == free:
+                        break
+                    continue
+                receivers[receiver] += 1
+                users[user] += 1
+                chosen[row_id] = (receiver, user)
+            due.close()
+            if not chosen:
+                return [], blocked
+            marks = ",".join("?" * len(chosen))
+            rows = self._db.execute(f"SELECT id, request_id, user_id, url, body, attempts FROM deliveries"
+                                    f" WHERE id IN ({marks})", tuple(chosen)).fetchall()
+            self._db.execute(f"UPDATE deliveries SET next_at = ? WHERE id IN ({marks})",
+                             (time.time() + self.policy.timeout_s + 1.0, *chosen))
+            self._in_flight.update(chosen)          # only once leased: a failed read leaks nothing
+            return sorted(rows, key=lambda r: list(chosen).index(r[0])), blocked
 
-    def _sleep_s(self) -> float:
+    def _sleep_s(self, blocked: bool) -> float:
+        """Until the next delivery falls due; when due ones wait for a sender or a cap (blocked),
+        only the not yet due count: a sender that finishes wakes the loop (_attempt)."""
+        now = time.time()
         with self._lock:
-            r = self._db.execute("SELECT MIN(next_at) FROM deliveries WHERE state = 'pending'").fetchone()
-        return 5.0 if r[0] is None else min(5.0, max(0.05, r[0] - time.time()))
+            r = self._db.execute("SELECT MIN(next_at) FROM deliveries WHERE state = 'pending'"
+                                 + (" AND next_at > ?" if blocked else ""), (now,) if blocked else ()).fetchone()
+        return 5.0 if r[0] is None else min(5.0, max(0.05, r[0] - now))
 
     def _attempt(self, client: httpx.Client, row_id, request_id, user_id, url, body, attempts) -> None:
         """One try of one delivery, on a sender thread. Never raises."""
