@@ -94,3 +94,9 @@ def test_uploads_stop_at_the_disk_reserve_and_results_still_go_past_it(tmp_path)
         assert "error" not in _run(c)                                    # a result still is stored
         app.state.ctx.storage.upload_reserve_bytes = 1                   # room again
         assert _upload(c).status_code == 200
+        # room for the upload's staged body, not for its stored copy as well (32 MB margins)
+        big = 64 * 1024 ** 2
+        app.state.ctx.storage.upload_reserve_bytes = shutil.disk_usage(tmp_path).free - big - big // 2
+        r = c.post("/cdn/files/upload", content=b"\0" * big, headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 507 and "uploads are refused" in r.json()["detail"], r.text
+        assert not list((tmp_path / "files" / ".staging").glob("body-*"))

@@ -65,6 +65,7 @@ async def _store(ctx: AppContext, request: Request, content_type: str | None, fi
                  key: str | None = None) -> StoredFile:
     path = await _body_to_file(request, ctx)
     try:
+        ctx.storage.check_room(path.stat().st_size)         # its stored copy
         return await run_in_threadpool(ctx.storage.put_file, path, content_type, file_name, key, UPLOAD)
     finally:
         path.unlink(missing_ok=True)

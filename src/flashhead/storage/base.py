@@ -158,7 +158,9 @@ class Storage(ABC):
             raise InputError("no parts were uploaded", field="parts")
         if parts is not None and sorted(parts) != [int(f.name[5:]) for f in files]:
             raise InputError("the part list does not match the uploaded parts", field="parts")
-        self.check_total(sum(f.stat().st_size for f in files))
+        total = sum(f.stat().st_size for f in files)
+        self.check_total(total)
+        self.check_room(2 * total)                  # the joined file, then its stored copy
         joined = self.staging / f"join-{upload_id}"
         try:
             with disk_errors(), open(joined, "wb") as out:
@@ -185,7 +187,13 @@ class Storage(ABC):
         if size > self.max_upload_bytes:
             raise PayloadTooLarge(f"uploads are limited to {self.max_upload_bytes} bytes in total",
                                   field="body")
-        if self.upload_reserve_bytes and shutil.disk_usage(self.staging).free < self.upload_reserve_bytes:
+        self.check_room(0)
+
+    def check_room(self, more: int) -> None:
+        """An upload may write `more` bytes (its copies: staged, joined, stored) only while that
+        leaves upload_reserve_bytes free on the disk it is staged on."""
+        if self.upload_reserve_bytes and \
+                shutil.disk_usage(self.staging).free - more < self.upload_reserve_bytes:
             raise StorageFull("the server's disk is nearly full: uploads are refused until space is freed "
                               "(the rest is kept for results); try again later", field="storage")
 
