@@ -83,6 +83,8 @@ def test_js_style_signed_put_cannot_be_reused_for_another_file_or_twice(server):
         again = c.put(init["upload_url"], content=b"swapped")       # nor twice for its own file:
         assert again.status_code == 401 and "already used" in again.text, again.text
         assert c.get(init["file_url"]).text == "hello"              # a URL's bytes never change
+        retry = c.put(init["upload_url"], content=b"hello")         # a retry whose answer was lost
+        assert retry.status_code == 200 and retry.json()["file_size"] == 5, retry.text
 
 
 # ---- stored content never runs in a browser ------------------------------------------------

@@ -14,6 +14,7 @@ another origin (Storage.url).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from datetime import datetime, timedelta, timezone
@@ -161,10 +162,36 @@ async def signed_put(key: str, request: Request, token: str = ""):
     claims = await off_loop(ctx.auth.verify_upload_token, token, check_key(key))
     if "mp" in claims:
         raise Unauthorized("this token is for a multipart upload", field="token")
-    if await off_loop(_stored, ctx, key):     # one file per URL: what a job or a cache
-        raise Unauthorized("this upload URL was already used", field="token")   # read stays put
-    f = await _store(ctx, request, claims["ct"], claims["name"], key=key)
-    return {"file_url": ctx.storage.url(f.key, ctx.base_url(request)), "file_size": f.size}
+    if await off_loop(_stored, ctx, key):
+        size = await _repeat_put(ctx, request, key)
+    else:
+        size = (await _store(ctx, request, claims["ct"], claims["name"], key=key)).size
+    return {"file_url": ctx.storage.url(key, ctx.base_url(request)), "file_size": size}
+
+
+async def _repeat_put(ctx: AppContext, request: Request, key: str) -> int:
+    """A signed URL stores one file: what a job or a cache read there never changes. A client
+    that retries a PUT whose answer it lost sends the same bytes: answered as the first time."""
+    path = await _body_to_file(request, ctx)
+    try:
+        if not await run_in_threadpool(_same_bytes, ctx.storage, key, path):
+            raise Unauthorized("this upload URL was already used (for other bytes)", field="token")
+        return path.stat().st_size
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _same_bytes(storage, key: str, path: Path) -> bool:
+    size = storage.stat(key).size
+    if path.stat().st_size != size:
+        return False
+    stored, staged = hashlib.sha256(), hashlib.sha256()
+    for block in storage.open_range(key, 0, size - 1) if size else ():
+        stored.update(block)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            staged.update(block)
+    return stored.digest() == staged.digest()
 
 
 @router.put(f"{CDN_PREFIX}/uploads/{{key}}/multipart/{{upload_id}}/{{number}}", tags=["storage"])
