@@ -193,6 +193,7 @@ def test_a_session_dropped_while_its_pump_publishes_ends_its_pump_even_if_redis_
 
     asyncio.run(run())
     _wait(lambda: all(p.done() for p in pumps), "the dropped session's pump to end", timeout=3)
+    assert not r.keys(keys.out("*")), "its late publish left the session's stream behind"
     host.stop()
     engine.close()
     r.close()

@@ -538,8 +538,9 @@ class EngineHost:
                 if kind == "error":
                     payload = error_payload(payload, fatal=False)
                 await self._publish(sid, kind, payload)
-                if self.pumps.get(sid) is not me:           # dropped while it published
+                if self.pumps.get(sid) is not me:           # dropped while it published:
                     cancelled = True
+                    await self.aio.delete(self.keys.out(sid))  # what it published after the drop
                     return
                 if kind in FINAL:
                     return
