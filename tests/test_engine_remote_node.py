@@ -160,6 +160,7 @@ def test_remote_sessions_close_their_connection_when_they_end_and_all_close_at_s
     r.close()
 
 
+@pytest.mark.slow       # ~1.4 s: a node's beats and a swallowed cancel
 def test_a_session_dropped_while_its_pump_publishes_ends_its_pump_even_if_redis_py_swallows_the_cancel(
         node, redis_url):
     """redis-py can swallow a task's cancellation that lands as a command starts (seen here: a

@@ -114,6 +114,7 @@ def test_errors_arrive_as_x_fal_error_frames(server, client):
         assert e.value.error == "TIMEOUT"
 
 
+@pytest.mark.slow       # waits out a 1.5 s lifetime
 def test_a_live_session_ends_at_its_lifetime_however_busy_and_frees_its_slot(server, client, monkeypatch):
     """realtime_max_session_s bounds a live session that keeps sending (its idle timeout never
     fires): TIMEOUT naming the limit, the socket closes, the engine slot is free again."""
@@ -159,6 +160,7 @@ def test_a_client_that_stops_reading_loses_its_live_session_and_its_engine_slot(
         wait_for_no_sessions(app, timeout=30)
 
 
+@pytest.mark.slow       # waits out a 1 s lifetime
 def test_a_stopped_sessions_lifetime_does_not_end_the_socket(server, client, monkeypatch):
     app = server[2]
     monkeypatch.setattr(app.state.ctx.settings, "realtime_max_session_s", 1.0)
