@@ -41,7 +41,9 @@ at most one chunk (0.32 s) before its media time; pace=false sends speech as fas
 A socket with no client message for `idle_timeout` seconds (FLASHHEAD_REALTIME_IDLE_TIMEOUT_S,
 default 60; a client may ask for up to FLASHHEAD_REALTIME_MAX_IDLE_TIMEOUT_S) gets x-fal-error
 TIMEOUT and is closed; so does a live session older than FLASHHEAD_REALTIME_MAX_SESSION_S
-(default 3600), however busy, so that no client holds an engine slot for ever.
+(default 3600), however busy, so that no client holds an engine slot for ever. A client that
+takes nothing sent to it for FLASHHEAD_CLIENT_SEND_TIMEOUT_S (15 s: it stopped reading) is
+treated as gone: its session ends and its slot is free.
 
 Capacity: a unary request or a live session takes one of the render engine's real-time slots
 (and one of its key's) while it runs. Beyond them: x-fal-error CAPACITY_EXCEEDED, and the socket
