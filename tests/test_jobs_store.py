@@ -94,6 +94,21 @@ def test_logs_keep_order_and_timestamps(make_store):
     assert all(a.timestamp <= b.timestamp for a, b in zip(logs, logs[1:]))
 
 
+def test_a_lapsed_attempt_cannot_finish_the_job_its_next_attempt_holds(make_store):
+    """Probed on two worker nodes: one paused past its lease; its job was re-queued and claimed
+    by the other; both rendered it, and the paused node's (stale) result was the one stored."""
+    first = make_store()
+    job = first.submit(_new())
+    assert first.claim().attempts == 1
+    second = make_store()                                  # the first node's claim lapsed ...
+    assert [j.id for j in second.recover()[0]] == [job.id]
+    assert second.claim().attempts == 2                    # ... and the job runs again here
+    assert first.finish(job.id, JobState.COMPLETED, result={"seed": 1}, attempt=1) is None
+    assert second.get(job.id).state is JobState.IN_PROGRESS
+    done = second.finish(job.id, JobState.COMPLETED, result={"seed": 2}, attempt=2)
+    assert done is not None and second.get(job.id).result == {"seed": 2}
+
+
 def test_recover_requeues_once_then_fails_with_worker_crashed(make_store):
     s = make_store()
     job = s.submit(_new(deadline=time.time() + 0.5))

@@ -49,11 +49,13 @@ return false
 """
 
 # KEYS: job hash, queue, running, deadlines, terminal. ARGV: id, allowed from-states
-# (comma list), then field/value pairs to set (every transition here is to a terminal state).
+# (comma list), the attempt that must hold the job ('' for any), then field/value pairs to set
+# (every transition here is to a terminal state).
 _TRANSITION = """
 local s = redis.call('HGET', KEYS[1], 'state')
 if not s or not string.find(',' .. ARGV[2] .. ',', ',' .. s .. ',', 1, true) then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
@@ -232,8 +234,9 @@ class RedisJobStore:
                                    "" if self.worker is None else self.worker])
         return self.get(job_id) if job_id else None
 
-    def _move(self, job_id: str, from_states: tuple[JobState, ...], **fields) -> Job | None:
-        args: list = [job_id, ",".join(s.value for s in from_states)]
+    def _move(self, job_id: str, from_states: tuple[JobState, ...], attempt: int | None = None,
+              **fields) -> Job | None:
+        args: list = [job_id, ",".join(s.value for s in from_states), "" if attempt is None else str(attempt)]
         for k, v in fields.items():
             if v is not None:
                 args += [k, json.dumps(v) if k in _FIELDS_JSON else v]
@@ -241,9 +244,10 @@ class RedisJobStore:
         return self.get(job_id) if ok else None
 
     def finish(self, job_id: str, state: JobState, *, result: dict | None = None,
-               error: str | None = None, error_type: str | None = None) -> Job | None:
+               error: str | None = None, error_type: str | None = None,
+               attempt: int | None = None) -> Job | None:
         assert state.is_terminal(), state
-        return self._move(job_id, (JobState.IN_QUEUE, JobState.IN_PROGRESS), state=state.value,
+        return self._move(job_id, (JobState.IN_QUEUE, JobState.IN_PROGRESS), attempt, state=state.value,
                           finished_at=now(), result=result, error=error, error_type=error_type)
 
     def _processing(self, instance: str) -> str:

@@ -140,14 +140,16 @@ class SqliteJobStore:
         return _row_to_job(r) if r else None
 
     def finish(self, job_id: str, state: JobState, *, result: dict | None = None,
-               error: str | None = None, error_type: str | None = None) -> Job | None:
+               error: str | None = None, error_type: str | None = None,
+               attempt: int | None = None) -> Job | None:
         assert state.is_terminal(), state
         with self._tx() as db:
             r = db.execute(
                 f"UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ?, error_type = ?"
-                f" WHERE id = ? AND state NOT IN ({','.join('?' * len(_TERMINAL))}) RETURNING *",
+                f" WHERE id = ? AND state NOT IN ({','.join('?' * len(_TERMINAL))})"
+                f" AND (? IS NULL OR attempts = ?) RETURNING *",
                 (state.value, now(), json.dumps(result) if result is not None else None, error,
-                 error_type, job_id, *_TERMINAL)).fetchone()
+                 error_type, job_id, *_TERMINAL, attempt, attempt)).fetchone()
         return _row_to_job(r) if r else None
 
     def take_terminal(self, limit: int = 64) -> list[Job]:

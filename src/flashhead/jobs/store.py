@@ -117,8 +117,11 @@ class JobStore(Protocol):
         """Atomically move the next runnable job (priority, then submit order) to IN_PROGRESS,
         owned by this instance."""
     def finish(self, job_id: str, state: JobState, *, result: dict | None = None,
-               error: str | None = None, error_type: str | None = None) -> Job | None:
-        """Move a job to a terminal state; returns None if it was already terminal."""
+               error: str | None = None, error_type: str | None = None,
+               attempt: int | None = None) -> Job | None:
+        """Move a job to a terminal state; returns None if it was already terminal, or when
+        `attempt` is given and the job is no longer that attempt's (it was re-queued after its
+        claim lapsed, maybe claimed again: the stale attempt's outcome must not win)."""
     def take_terminal(self, limit: int = 64) -> list[Job]:
         """Jobs that became terminal and whose hooks (webhook, metrics) have not run yet,
         whichever process made them terminal (input left empty). Not marked: a job is handed

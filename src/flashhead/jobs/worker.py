@@ -120,15 +120,20 @@ class WorkerPool:
             shutil.rmtree(job_dir, ignore_errors=True)
         if state is not JobState.COMPLETED:
             say(f"{state.value.lower()}: {fields.get('error')}", "ERROR")
-        self._finish(job.id, state, fields)
+        self._finish(job.id, state, fields, job.attempts)
 
-    def _finish(self, job_id: str, state: JobState, fields: dict) -> None:
+    def _finish(self, job_id: str, state: JobState, fields: dict, attempt: int) -> None:
         """Store the outcome, retrying a failing store until it takes it or the worker stops
-        (then the job stays IN_PROGRESS, and recovery re-queues it)."""
+        (then the job stays IN_PROGRESS, and recovery re-queues it). Only while the job is
+        still this attempt's: one whose claim lapsed (a paused node) and that was re-queued
+        belongs to its new attempt, whose outcome is the one stored."""
         delay = STORE_RETRY_S
         while True:
             try:
-                self.queue.finish(job_id, state, **fields)
+                if self.queue.finish(job_id, state, attempt=attempt, **fields) is None:
+                    log.warning("the job was finished or re-queued while this attempt ran (its claim "
+                                "lapsed?): this attempt's outcome is dropped",
+                                extra={"job": job_id, "attempt": attempt})
                 return
             except Exception:
                 log.exception("storing a job's outcome failed; retrying", extra={"job": job_id})
