@@ -197,6 +197,12 @@ def test_whep_refuses_bad_requests_with_clear_errors(server):
                               ({"image_url": "http://[::1/face.png"}, "image_url")):
             r = http.post(url, content=offer("video", "audio"), params=params, headers={**auth, "Content-Type": SDP})
             assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", field], r.text
+        good = offer("video", "audio")                          # offers no media can flow on:
+        for bad in (good.replace("a=recvonly", "a=sendonly"), good.replace("a=recvonly", "a=inactive"),
+                    "\r\n".join(line for line in good.split("\r\n") if not line.startswith("a=fingerprint")),
+                    good + good):                               # (twice over: a 500 before)
+            r = http.post(url, content=bad, params={"image_url": image_url}, headers={**auth, "Content-Type": SDP})
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "body"], r.text
         r = http.post(url, content="v=0\r\n" + "a=x\r\n" * 20_000, params={"image_url": image_url},
                       headers={**auth, "Content-Type": SDP})
         assert r.status_code == 413, r.text

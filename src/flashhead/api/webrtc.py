@@ -234,9 +234,11 @@ def _offer(sdp: str) -> RTCSessionDescription:
         parsed = SessionDescription.parse(sdp)
     except Exception:  # noqa: BLE001 - aiortc's parser raises assorted errors on junk
         raise InputError("is not a valid SDP offer", field="body") from None
-    kinds = {m.kind for m in parsed.media}
-    if not {"audio", "video"} <= kinds:
+    receiving = {m.kind for m in parsed.media if (m.direction or "sendrecv") in ("sendrecv", "recvonly")}
+    if not {"audio", "video"} <= receiving:     # sendonly / inactive would hold a slot, show nothing
         raise InputError("the offer must receive a video and an audio track", field="body")
+    if not all(m.dtls and m.dtls.fingerprints for m in parsed.media):
+        raise InputError("the offer has no DTLS fingerprint (a=fingerprint)", field="body")
     return RTCSessionDescription(sdp=sdp, type="offer")
 
 
@@ -252,13 +254,14 @@ async def _answer(pc: RTCPeerConnection, offer: RTCSessionDescription, whep: Whe
         if pc.connectionState in ("failed", "closed"):
             await whep.close()
 
-    try:
-        await pc.setRemoteDescription(offer)
-    except Exception:  # noqa: BLE001 - aiortc refuses offers it cannot negotiate with assorted errors
+    try:   # aiortc refuses offers it cannot answer with assorted errors, at any of these steps
+        await pc.setRemoteDescription(offer)   # (e.g. createAnswer on an offer given twice over)
+        pc.addTrack(VideoTrack(whep.timeline))
+        pc.addTrack(AudioTrack(whep.timeline))
+        await pc.setLocalDescription(await pc.createAnswer())
+    except Exception:  # noqa: BLE001
+        log.info("WHEP offer not negotiated", exc_info=True)
         raise InputError("the offer cannot be negotiated (no common codec or transport)", field="body") from None
-    pc.addTrack(VideoTrack(whep.timeline))
-    pc.addTrack(AudioTrack(whep.timeline))
-    await pc.setLocalDescription(await pc.createAnswer())
 
 
 # ---- routes -------------------------------------------------------------------------------------
