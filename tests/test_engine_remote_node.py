@@ -153,9 +153,11 @@ def test_remote_sessions_close_their_connection_when_they_end_and_all_close_at_s
         assert r.zcard(keys.sessions(host.eid)) == 0          # and their slots released
 
     asyncio.run(run())
+    assert 0 < r.ttl(keys.inbox(host.eid)) <= settings.engine_remote_stream_ttl_s   # if it died now
     assert _connections(r, HOST_CLIENT) >= 1
     host.stop()                                               # the engine node stops: its own too
     _wait(lambda: _connections(r, HOST_CLIENT) == 0, "the engine node's connections closed", timeout=5)
+    assert not r.exists(keys.inbox(host.eid))                 # and its inbox goes with it
     engine.close()
     r.close()
 

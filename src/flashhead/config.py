@@ -145,7 +145,8 @@ class Settings(BaseSettings):
     engine_remote_stream_maxlen: int = Field(1000, ge=10, description="several machines: messages a "
                                              "session's Redis stream keeps (MAXLEN)")
     engine_remote_stream_ttl_s: float = Field(120.0, ge=1, description="several machines: lifetime of a "
-                                              "session's Redis stream after its last message")
+                                              "session's Redis stream, and of an engine's inbox, after "
+                                              "its last message")
     engine_remote_redis_connections: int = Field(16, ge=1, le=1024, description="several machines: an API "
                                                  "node's pooled Redis connections for its sessions' short calls "
                                                  "(more wait for a free one); each session also reads its "

@@ -16,7 +16,8 @@ Keys (under the redis prefix):
                             (engine_key_sessions caps them in RESERVE; expired entries do not count,
                             so a dead API node's sessions stop counting within engine_remote_ttl_s)
   engine:{id}:in            stream API -> engine: {sid, kind, data}: stream | live | audio | eos |
-                            interrupt | pose | stop | close (capped by MAXLEN)
+                            interrupt | pose | stop | close (capped by MAXLEN, with a TTL, deleted
+                            when the engine node stops)
   session:{sid}:out         stream engine -> API: {kind, data} as relay.EngineLink's messages
                             (capped by MAXLEN, with a TTL, deleted when the API closes the session)
 Payloads are msgpack. Admission is immediate: no engine with a free slot, or the key at its cap
@@ -258,6 +259,7 @@ class RemoteEngines:
         self.ttl_s = settings.engine_remote_ttl_s
         self.maxlen = settings.engine_remote_stream_maxlen
         self.max_pending = settings.engine_max_pending_chunks
+        self.inbox_ttl_s = int(settings.engine_remote_stream_ttl_s)
         self.per_key = settings.engine_key_sessions
         self.retry_after_s = settings.engine_retry_after_s
         self.timeout_s = settings.redis_socket_timeout_s
@@ -310,18 +312,27 @@ class RemoteEngines:
 
     async def post(self, eid: str, sid: str, kind: str, payload=None) -> None:
         try:
-            await self.aio.xadd(self.keys.inbox(eid), {"sid": sid, "kind": kind, "data": pack(payload)},
-                                maxlen=self.maxlen * 10, approximate=True)
+            async with self.aio.pipeline(transaction=False) as p:
+                self._to_inbox(p, eid, sid, kind, payload)
+                await p.execute()
         except redis_lib.RedisError as exc:
             raise BackendUnavailable("the shared Redis is unreachable; try again shortly") from exc
+
+    def _to_inbox(self, pipe, eid: str, sid: str, kind: str, payload=None) -> None:
+        """A message for engine `eid`, in `pipe`. The inbox expires engine_remote_stream_ttl_s
+        after its last message: the inbox of an engine node that died (a new id at each start)
+        would otherwise keep what was sent to it, data: URIs of megabytes included, for ever."""
+        inbox = self.keys.inbox(eid)
+        pipe.xadd(inbox, {"sid": sid, "kind": kind, "data": pack(payload)}, maxlen=self.maxlen * 10,
+                  approximate=True)
+        pipe.expire(inbox, self.inbox_ttl_s)
 
     async def release(self, eid: str, sid: str, key: str, *, tell_engine: bool) -> None:
         """A session's slots free, its stream gone; the engine told to drop it if it still runs."""
         try:
             async with self.aio.pipeline(transaction=False) as p:
                 if tell_engine:
-                    p.xadd(self.keys.inbox(eid), {"sid": sid, "kind": "close", "data": pack(None)},
-                           maxlen=self.maxlen * 10, approximate=True)
+                    self._to_inbox(p, eid, sid, "close")
                 p.zrem(self.keys.sessions(eid), sid)
                 p.zrem(self.keys.key_sessions(key), sid)
                 p.delete(self.keys.out(sid))
@@ -438,7 +449,7 @@ class EngineHost:
         try:
             if sids:                            # the cancelled pumps' slots
                 await self.aio.zrem(self.keys.sessions(self.eid), *sids)
-            await self.aio.delete(self.keys.engine(self.eid), self.keys.stats(self.eid))
+            await self.aio.delete(self.keys.engine(self.eid), self.keys.stats(self.eid), self.keys.inbox(self.eid))
             await self.aio.srem(self.keys.engines, self.eid)
         finally:
             await self.aio.aclose()
