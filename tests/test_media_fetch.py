@@ -438,3 +438,6 @@ def test_data_uris_never_go_through_urlsplit_whose_cache_would_keep_them(tmp_pat
     assert not [u for u in split if "base64" in u], "a data: URI went through urlsplit"
     with pytest.raises(LimitExceeded, match="8192"):
         queue.check_inputs(ctx, {"image_url": "https://example.com/" + "a" * 9000}, "http://127.0.0.1:9")
+    urlguard.check_url_length("h" * urlguard.C.MAX_URL_CHARS)             # the limit itself passes
+    with pytest.raises(LimitExceeded):
+        urlguard.check_url_length("h" * (urlguard.C.MAX_URL_CHARS + 1))

@@ -30,8 +30,8 @@ import httpx
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from flashhead import constants as C
-from flashhead.errors import FetchError, InputError, LimitExceeded
+from flashhead.errors import FetchError, InputError
+from flashhead.media.urlguard import check_url_length
 
 log = logging.getLogger("flashhead.webhooks")
 
@@ -372,8 +372,7 @@ def check_webhook_url(url: str, *, field: str = "fal_webhook") -> None:
     """Refuse at submit a URL the deliverer could not send to: parsed and built exactly as a
     delivery is (httpx, pinned to a stand-in address). Raises InputError naming `field`."""
     global _SUBMIT_CHECK_CLIENT
-    if len(url) > C.MAX_URL_CHARS:
-        raise LimitExceeded(f"the URL is {len(url)} characters; the limit is {C.MAX_URL_CHARS}", field=field)
+    check_url_length(url, field)
     try:
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:

@@ -128,11 +128,16 @@ def url_scheme(value: str) -> str:
     return m[1].lower() if m else ""
 
 
+def check_url_length(url: str, field: str | None = None) -> None:
+    """An http(s) input or webhook URL is at most MAX_URL_CHARS long."""
+    if len(url) > C.MAX_URL_CHARS:
+        raise LimitExceeded(f"the URL is {len(url)} characters; the limit is {C.MAX_URL_CHARS}", field=field)
+
+
 def split_url(url: str, field: str | None = None) -> SplitResult:
     """urlsplit of an http(s) URL at most MAX_URL_CHARS long, with a malformed URL (e.g. an
     unclosed IPv6 bracket) refused as bad input."""
-    if len(url) > C.MAX_URL_CHARS:
-        raise LimitExceeded(f"the URL is {len(url)} characters; the limit is {C.MAX_URL_CHARS}", field=field)
+    check_url_length(url, field)
     try:
         return urlsplit(url)
     except ValueError as exc:
