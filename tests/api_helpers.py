@@ -310,8 +310,6 @@ def fake_generate(request, engines, output_path, *, allow_paths=False, should_ca
 
 
 def _serve_fake(argv: list[str]) -> None:
-    import uvicorn
-
     from flashhead.api import server
     from flashhead.api.app import create_app
     from flashhead.config import Settings
@@ -320,12 +318,13 @@ def _serve_fake(argv: list[str]) -> None:
     argv = [x for x in argv if x != "--no-auth"]
     a = dict(zip(argv[1::2], argv[2::2]))
     mode = server.auth_mode(a["--host"], Path(a["--data-dir"]), no_auth)
-    app = create_app(Settings(data_dir=Path(a["--data-dir"])), engines=object(),
-                     workers=int(a["--workers"]), generate=fake_generate, auth_mode=mode)
+    settings = Settings(data_dir=Path(a["--data-dir"]))
+    app = create_app(settings, engines=object(), workers=int(a["--workers"]), generate=fake_generate,
+                     auth_mode=mode)
     server.dump_stacks_on_sigusr1()
-    server.run_uvicorn(uvicorn.Config(app, host=a["--host"], port=int(a["--port"]), ssl_certfile=a["--ssl-certfile"],
-                                      ssl_keyfile=a["--ssl-keyfile"], log_level="warning",
-                                      timeout_graceful_shutdown=3))
+    server.run_uvicorn(server.uvicorn_config(app, settings, host=a["--host"], port=int(a["--port"]),
+                                             ssl_certfile=a["--ssl-certfile"], ssl_keyfile=a["--ssl-keyfile"],
+                                             timeout_graceful_shutdown=3))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ def inproc_server(data_dir: Path, *, generate=fake_generate, **settings):
 
     from flashhead.api.app import create_app
     from flashhead.api.auth import OPEN
+    from flashhead.api.server import uvicorn_config
     from flashhead.config import Settings
 
-    app = create_app(Settings(data_dir=data_dir, **settings), engines=object(), workers=1,
-                     generate=generate, auth_mode=OPEN)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning",
-                                           lifespan="on"))
+    settings = Settings(data_dir=data_dir, **settings)
+    app = create_app(settings, engines=object(), workers=1, generate=generate, auth_mode=OPEN)
+    server = uvicorn.Server(uvicorn_config(app, settings, host="127.0.0.1", port=free_port(), lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

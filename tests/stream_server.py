@@ -32,14 +32,15 @@ def running_server(data_dir: Path, engines, *, with_key: bool = True, **override
     import uvicorn
 
     from flashhead.api.app import create_app
+    from flashhead.api.server import uvicorn_config
     from flashhead.config import Settings
 
     settings = Settings(data_dir=data_dir, renderer="cpu", tts="espeak", **overrides)
     app = create_app(settings, engines, auth_mode="keys" if with_key else "open")
     key = app.state.ctx.auth.keys.create("tests") if with_key else None
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           ws="websockets-sansio", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, settings, host="127.0.0.1", port=port, ws="websockets-sansio",
+                                           lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

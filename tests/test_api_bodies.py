@@ -113,3 +113,25 @@ def test_multipart_total_is_capped(server):
         done = c.post(f"{mp['access_url']}/multipart/{mp['uploadId']}/complete", json={"parts": [
             {"partNumber": 1}, {"partNumber": 2}]})
         assert done.status_code == 200 and done.json()["file_size"] == 250_000
+
+
+@pytest.mark.slow
+def test_an_idle_connection_outlives_the_clients_keep_alive(server):
+    """A pooled connection is closed by the client, never first by the server (http_keep_alive_s).
+    When both sides used 5 s (uvicorn's default, httpx's and so fal-client's), a client's next
+    request sometimes met the server's close and failed (a reset: the soak's one ReadError)."""
+    from flashhead.config import Settings
+
+    assert Settings.model_fields["http_keep_alive_s"].default > httpx.Limits().keepalive_expiry
+    host, port = server.split("//")[1].split(":")
+    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        for pause in (0.0, httpx.Limits().keepalive_expiry + 1.0):   # the second: past uvicorn's 5 s
+            time.sleep(pause)
+            s.sendall(request)
+            answer = b""
+            while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
+                block = s.recv(65536)
+                assert block, f"the server closed the connection after {pause} s idle"
+                answer += block
+            assert answer.startswith(b"HTTP/1.1 200"), (pause, answer[:80])

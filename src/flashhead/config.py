@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     engine_retry_after_s: int = Field(5, ge=1, description="Retry-After of a 429 at capacity")
     realtime_max_idle_timeout_s: float = Field(600.0, gt=0, description="the largest idle_timeout a "
                                                "realtime client may ask for")
+    http_keep_alive_s: float = Field(30.0, gt=5, le=600, description="an idle HTTP connection is closed "
+                                     "after this. Longer than clients keep one (httpx, so fal-client: 5 s; "
+                                     "aiohttp: 15 s), so the client closes it first: a server that closes "
+                                     "first races the client's next request, which then fails (a reset)")
     client_send_timeout_s: float = Field(15.0, gt=0, description="a client that takes nothing sent to it "
                                          "for this long (it stopped reading: SSE /stream, realtime "
                                          "WebSocket) loses its stream or live session and its engine slot")

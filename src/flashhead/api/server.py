@@ -81,19 +81,29 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = DEFA
     mode = auth_mode(host, data_dir, no_auth, i_know_this_is_open)
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise SystemExit("--ssl-certfile and --ssl-keyfile go together")
-    import uvicorn          # after the checks: a refused start answers at once, not after seconds
-
-    from flashhead.api.app import create_app
+    from flashhead.api.app import create_app   # after the checks: a refused start answers at once
     from flashhead.config import Settings
 
-    app = create_app(Settings(data_dir=data_dir), workers=workers, auth_mode=mode)
+    settings = Settings(data_dir=data_dir)
+    app = create_app(settings, workers=workers, auth_mode=mode)
     app.state.ctx.auth.served_names.add(host.lower().strip("[]"))     # e.g. a hostname mapped to 127.0.1.1
     dump_stacks_on_sigusr1()
-    # No permessage-deflate: realtime frames carry H.264/AAC segments, which do not compress;
-    # deflating them cost the API process about a sixth of its CPU per live session.
-    run_uvicorn(uvicorn.Config(app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                               log_level="warning", access_log=False, timeout_graceful_shutdown=5,
-                               ws_per_message_deflate=False))
+    run_uvicorn(uvicorn_config(app, settings, host=host, port=port, ssl_certfile=ssl_certfile,
+                               ssl_keyfile=ssl_keyfile))
+
+
+def uvicorn_config(app, settings, **kw):
+    """The uvicorn.Config of `flashhead serve` (kw: host, port, TLS files, or overrides).
+
+    No permessage-deflate: realtime frames carry H.264/AAC segments, which do not compress;
+    deflating them cost the API process about a sixth of its CPU per live session. Idle
+    connections live settings.http_keep_alive_s, past the clients' own keep-alive: at uvicorn's
+    default (5 s, httpx's too) a pooled request sometimes met the server's close and failed."""
+    import uvicorn
+
+    options = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 5,
+               "ws_per_message_deflate": False, "timeout_keep_alive": settings.http_keep_alive_s, **kw}
+    return uvicorn.Config(app, **options)
 
 
 def run_uvicorn(config) -> None:
