@@ -38,10 +38,12 @@ def start_server(engines, data_dir: Path) -> str:
     import uvicorn
 
     from flashhead.api.app import create_app
+    from flashhead.api.server import uvicorn_config
 
-    app = create_app(engines.settings.model_copy(update={"data_dir": data_dir}), engines, auth_mode="open")
+    settings = engines.settings.model_copy(update={"data_dir": data_dir})
+    app = create_app(settings, engines, auth_mode="open")
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
+    server = uvicorn.Server(uvicorn_config(app, settings, host="127.0.0.1", port=port, log_level="error",
                                            ws="websockets-sansio"))
     threading.Thread(target=server.run, daemon=True).start()
     while not (server.started and app.state.ctx.ready.is_set()):

@@ -50,6 +50,7 @@ def serve(port: int, data_dir: str) -> None:
     import uvicorn
 
     from flashhead.api.app import create_app
+    from flashhead.api.server import uvicorn_config
     from flashhead.config import Settings
     from flashhead.pipeline import Engines
 
@@ -59,7 +60,7 @@ def serve(port: int, data_dir: str) -> None:
     app = create_app(settings, marked, worker_mode="thread", auth_mode="open")
     stored = app.state.ctx.storage.put_bytes(PORTRAIT.read_bytes(), "image/png", PORTRAIT.name)
     Path(data_dir, "portrait_url").write_text(app.state.ctx.storage.url(stored.key, f"http://127.0.0.1:{port}"))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio")
+    uvicorn.Server(uvicorn_config(app, settings, host="127.0.0.1", port=port, ws="websockets-sansio")).run()
 
 
 def utterances(n: int) -> list[bytes]:
