@@ -87,6 +87,24 @@ def test_js_style_signed_put_cannot_be_reused_for_another_file_or_twice(server):
         assert retry.status_code == 200 and retry.json()["file_size"] == 5, retry.text
 
 
+
+def test_racing_puts_to_one_signed_url_store_one_file(server):
+    """Of PUTs of different bytes racing to one signed URL, exactly one stores (an exclusive put,
+    not check-then-write) and the others get 401 "already used"; the URL serves the winner."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [bytes([i]) * 3_000_000 for i in range(6)]
+    with server.client() as c:
+        init = c.post("/rest/storage/upload/initiate", json={"content_type": "video/mp4", "file_name": "a.mp4"}).json()
+    def put(body: bytes) -> int:
+        with server.client() as c:
+            return c.put(init["upload_url"], content=body).status_code
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        codes = list(pool.map(put, bodies))
+    assert sorted(codes) == [200] + [401] * (len(bodies) - 1), codes
+    with server.client() as c:
+        assert c.get(init["file_url"]).content == bodies[codes.index(200)]
+
 # ---- stored content never runs in a browser ------------------------------------------------
 
 def _raw_upload(c, data: bytes, ctype: str, name: str) -> str:

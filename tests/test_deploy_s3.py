@@ -10,8 +10,8 @@ import pytest
 
 from api_helpers import PORTRAIT, TEXT_ENDPOINT, Server, fal_sync_client, free_port, make_tls, probe_video
 from deploy_helpers import AWS_ENV, S3Server
-from flashhead.errors import BackendUnavailable, NotFound
-from flashhead.storage.base import READ_BLOCK
+from flashhead.errors import AlreadyStored, BackendUnavailable, NotFound
+from flashhead.storage.base import READ_BLOCK, new_key
 from flashhead.storage.s3 import S3Storage
 
 TEXT = "Hello there."          # about one second of speech
@@ -49,6 +49,29 @@ def test_put_then_stat_and_the_object_layout(s3, storage, tmp_path):
     raw = s3.client().get_object(Bucket="media", Key=f"run-a/{f.key}")      # prefix got its '/'
     assert raw["Body"].read() == data and raw["ContentType"] == "image/png"
     assert raw["Metadata"] == {"file-name": "My_Face_1_.png", "kind": "result"}
+
+
+def test_an_exclusive_put_stores_once_even_when_racing(s3, storage, tmp_path):
+    """exclusive=True (a signed upload URL) is S3's conditional write: of racing puts to one key,
+    exactly one stores and the others get AlreadyStored; a plain put still replaces."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = new_key()
+    files = [_file(tmp_path, bytes([i]) * 100_000, f"in{i}.bin") for i in range(6)]
+
+    def put(path):
+        try:
+            storage.put_file(path, None, None, key, exclusive=True)
+            return "stored"
+        except AlreadyStored:
+            return "taken"
+    with ThreadPoolExecutor(len(files)) as pool:
+        outcomes = list(pool.map(put, files))
+    assert sorted(outcomes) == ["stored"] + ["taken"] * (len(files) - 1), outcomes
+    winner = files[outcomes.index("stored")].read_bytes()
+    assert b"".join(storage.open_range(key, 0, len(winner) - 1)) == winner
+    storage.put_file(files[0], None, None, key)
+    assert b"".join(storage.open_range(key, 0, 0)) == b"\x00"
 
 
 def test_content_type_is_sniffed_not_declared(storage, tmp_path):

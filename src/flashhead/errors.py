@@ -73,6 +73,12 @@ class RenderFailed(FlashheadError):
     error_type = "render_failed"
 
 
+class AlreadyStored(FlashheadError):
+    """A file was put, not to be replaced, under a key that holds one already."""
+
+    error_type = "already_stored"
+
+
 class Unauthorized(FlashheadError):
     error_type = "unauthorized"
 

@@ -19,7 +19,7 @@ RETRY_AFTER_S = 30          # rate-limited upstream, full disk or queue: worth a
 
 _STATUS: list[tuple[type[E.FlashheadError], int]] = [   # most specific first
     (E.PayloadTooLarge, 413), (E.BodyTimeout, 408), (E.StorageFull, 507), (E.UnsupportedMediaType, 415),
-    (E.InputError, 422), (E.NotFound, 404), (E.Unauthorized, 401), (E.Forbidden, 403),
+    (E.InputError, 422), (E.NotFound, 404), (E.AlreadyStored, 409), (E.Unauthorized, 401), (E.Forbidden, 403),
     (E.QueueFull, 429),
     (E.RateLimited, 429), (E.CapacityExceeded, 429),
     (E.Timeout, 504), (E.Cancelled, 400), (E.BackendUnavailable, 503), (E.RenderFailed, 500),

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from flashhead.api.deps import AppContext, get_ctx, off_loop, require_key, require_key_or_cdn_token
-from flashhead.errors import InputError, NotFound, Unauthorized
+from flashhead.errors import AlreadyStored, InputError, NotFound, Unauthorized
 from flashhead.media.sniff import OCTET, served_type
 from flashhead.storage.base import FILES_PREFIX, UPLOAD, StoredFile, check_key, declared_ext, disk_errors, new_key
 
@@ -66,10 +66,15 @@ async def _store(ctx: AppContext, request: Request, content_type: str | None, fi
                  key: str | None = None) -> StoredFile:
     path = await _body_to_file(request, ctx)
     try:
-        ctx.storage.check_room(path.stat().st_size)         # its stored copy
-        return await run_in_threadpool(ctx.storage.put_file, path, content_type, file_name, key, UPLOAD)
+        return await _put_staged(ctx, path, content_type, file_name, key)
     finally:
         path.unlink(missing_ok=True)
+
+
+async def _put_staged(ctx: AppContext, path: Path, content_type: str | None, file_name: str | None,
+                      key: str | None, exclusive: bool = False) -> StoredFile:
+    ctx.storage.check_room(path.stat().st_size)         # its stored copy
+    return await run_in_threadpool(ctx.storage.put_file, path, content_type, file_name, key, UPLOAD, exclusive)
 
 
 # ---- Python client: token + CDN ----------------------------------------------------------
@@ -162,27 +167,32 @@ async def signed_put(key: str, request: Request, token: str = ""):
     claims = await off_loop(ctx.auth.verify_upload_token, token, check_key(key))
     if "mp" in claims:
         raise Unauthorized("this token is for a multipart upload", field="token")
-    if await off_loop(_stored, ctx, key):
-        size = await _repeat_put(ctx, request, key)
-    else:
-        size = (await _store(ctx, request, claims["ct"], claims["name"], key=key)).size
+    size = await _store_once(ctx, request, key, claims["ct"], claims["name"])
     return {"file_url": ctx.storage.url(key, ctx.base_url(request)), "file_size": size}
 
 
-async def _repeat_put(ctx: AppContext, request: Request, key: str) -> int:
-    """A signed URL stores one file: what a job or a cache read there never changes. A client
-    that retries a PUT whose answer it lost sends the same bytes: answered as the first time."""
+async def _store_once(ctx: AppContext, request: Request, key: str, content_type: str | None,
+                      file_name: str | None) -> int:
+    """A signed URL stores one file: what a job or a cache read there never changes (an
+    exclusive put, so of two racing PUTs one stores). A client that retries a PUT whose answer
+    it lost sends the same bytes: answered as the first time."""
     path = await _body_to_file(request, ctx)
     try:
-        if not await run_in_threadpool(_same_bytes, ctx.storage, key, path):
-            raise Unauthorized("this upload URL was already used (for other bytes)", field="token")
+        try:
+            await _put_staged(ctx, path, content_type, file_name, key, exclusive=True)
+        except AlreadyStored:
+            if not await run_in_threadpool(_same_bytes, ctx.storage, key, path):
+                raise Unauthorized("this upload URL was already used (for other bytes)", field="token") from None
         return path.stat().st_size
     finally:
         path.unlink(missing_ok=True)
 
 
 def _same_bytes(storage, key: str, path: Path) -> bool:
-    size = storage.stat(key).size
+    try:
+        size = storage.stat(key).size
+    except NotFound:             # the racing first PUT has not written its description yet
+        return False
     if path.stat().st_size != size:
         return False
     stored, staged = hashlib.sha256(), hashlib.sha256()
@@ -206,14 +216,6 @@ def signed_complete(key: str, upload_id: str, body: CompleteBody, request: Reque
     ctx = get_ctx(request)
     _check_mp_token(ctx, token, key, upload_id)
     return _complete(ctx, request, key, upload_id, body)
-
-
-def _stored(ctx: AppContext, key: str) -> bool:
-    try:
-        ctx.storage.stat(key)
-    except NotFound:
-        return False
-    return True
 
 
 def _check_mp_token(ctx: AppContext, token: str, key: str, upload_id: str) -> None:

@@ -89,7 +89,9 @@ class Storage(ABC):
 
     @abstractmethod
     def put_file(self, path: Path, content_type: str | None, file_name: str | None,
-                 key: str | None = None, kind: str = RESULT) -> StoredFile: ...
+                 key: str | None = None, kind: str = RESULT, exclusive: bool = False) -> StoredFile:
+        """Store the file under `key` (a new key when None). exclusive: only if the key holds
+        nothing yet, else AlreadyStored; of two racing exclusive puts, exactly one stores."""
 
     @abstractmethod
     def stat(self, key: str) -> StoredFile: ...

@@ -3,13 +3,21 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import Iterator
 
-from flashhead.errors import NotFound
+from flashhead.errors import AlreadyStored, NotFound
 from flashhead.storage.base import (GONE, READ_BLOCK, RESULT, Storage, StoredFile, check_key,
                                     describe_file, disk_errors, mtime)
+
+
+def _link_new(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise AlreadyStored("this key holds a file already", field="key") from None
 
 
 class LocalStorage(Storage):
@@ -23,14 +31,18 @@ class LocalStorage(Storage):
         return self.root / key, self.root / f"{key}.meta.json"
 
     def put_file(self, path: Path, content_type: str | None, file_name: str | None,
-                 key: str | None = None, kind: str = RESULT) -> StoredFile:
+                 key: str | None = None, kind: str = RESULT, exclusive: bool = False) -> StoredFile:
         f = describe_file(path, content_type, file_name, key, kind)
         data_path, meta_path = self._paths(f.key)
-        tmp = data_path.with_name(data_path.name + ".part")
+        tmp = data_path.with_name(f"{data_path.name}.{secrets.token_hex(4)}.part")
         try:
             with disk_errors():
                 shutil.copyfile(path, tmp)
-                os.replace(tmp, data_path)       # atomic: a reader never sees half a file
+                if exclusive:                    # a link is made only where no file is
+                    _link_new(tmp, data_path)
+                    tmp.unlink()
+                else:
+                    os.replace(tmp, data_path)   # atomic: a reader never sees half a file
                 meta_path.write_text(self.meta_json(f))
         except BaseException:
             tmp.unlink(missing_ok=True)

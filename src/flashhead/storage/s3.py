@@ -12,10 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from flashhead.errors import BackendUnavailable, NotFound, StorageFull
+from flashhead.errors import AlreadyStored, BackendUnavailable, NotFound, StorageFull
 from flashhead.storage.base import GONE, READ_BLOCK, RESULT, Storage, StoredFile, check_key, describe_file
 
 _MISSING = ("404", "NoSuchKey", "NotFound")
+_TAKEN = ("PreconditionFailed", "ConditionalRequestConflict")      # If-None-Match: * lost
 _FULL = ("QuotaExceeded", "XMinioStorageFull", "EntityTooLarge")   # bucket quota / full MinIO disk
 
 
@@ -31,6 +32,8 @@ def _error(exc: Exception, what: str) -> Exception:
     code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
     if code in _MISSING:
         return NotFound(GONE, field="key")
+    if code in _TAKEN:
+        return AlreadyStored("this key holds a file already", field="key")
     if code in _FULL:
         return StorageFull(f"S3 {what} failed: the storage is full ({code})", field="storage")
     return BackendUnavailable(f"S3 {what} failed: {exc}", field="storage")
@@ -49,14 +52,20 @@ class S3Storage(Storage):
         return self.prefix + check_key(key)
 
     def put_file(self, path: Path, content_type: str | None, file_name: str | None,
-                 key: str | None = None, kind: str = RESULT) -> StoredFile:
+                 key: str | None = None, kind: str = RESULT, exclusive: bool = False) -> StoredFile:
+        """exclusive: one PUT with If-None-Match: * (S3's conditional write; a store that ignores
+        the header replaces the object instead). Else boto3's upload_file (multipart when large)."""
         f = describe_file(path, content_type, file_name, key, kind)
+        args = {"ContentType": f.content_type, "Metadata": {"file-name": f.file_name, "kind": kind}}
         try:
-            self.s3.upload_file(str(path), self.bucket, self._obj(f.key), ExtraArgs={
-                "ContentType": f.content_type, "Metadata": {"file-name": f.file_name, "kind": kind}})
+            if exclusive:
+                with open(path, "rb") as body:
+                    self.s3.put_object(Bucket=self.bucket, Key=self._obj(f.key), Body=body, IfNoneMatch="*", **args)
+            else:
+                self.s3.upload_file(str(path), self.bucket, self._obj(f.key), ExtraArgs=args)
         except Exception as exc:  # botocore and s3transfer raise many unrelated classes
             err = _error(getattr(exc, "last_exception", None) or exc, "upload")
-            if isinstance(err, StorageFull):
+            if isinstance(err, (StorageFull, AlreadyStored)):
                 raise err from exc
             raise BackendUnavailable(f"S3 upload failed: {exc}", field="storage") from exc
         return f
