@@ -324,7 +324,7 @@ def _serve_fake(argv: list[str]) -> None:
     server.dump_stacks_on_sigusr1()
     server.run_uvicorn(server.uvicorn_config(app, settings, host=a["--host"], port=int(a["--port"]),
                                              ssl_certfile=a["--ssl-certfile"], ssl_keyfile=a["--ssl-keyfile"],
-                                             timeout_graceful_shutdown=3))
+                                             timeout_graceful_shutdown=3), on_stop=app.state.ctx.begin_stop)
 
 
 if __name__ == "__main__":

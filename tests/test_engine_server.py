@@ -2,6 +2,7 @@
 driven by the official fal_client: admission at capacity, real time under load, faults."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ from fal_client.client import RealtimeError
 
 from api_helpers import Server, fal_sync_client, is_running, make_tls, wait_terminal, worker_processes
 from flashhead import constants as C
-from stream_server import PORTRAIT, SPEECH, data_uri, speech_pcm
+from stream_server import PORTRAIT, SPEECH, data_uri, long_speech_wav, speech_pcm
 
 pytestmark = pytest.mark.slow      # engine fault tests: a killed, a hung and an overloaded render engine
 
@@ -282,6 +283,30 @@ def test_a_hung_engine_is_treated_as_dead(server, client):
     assert STEP_DEADLINE_S - 0.5 <= s.error_at - stopped_at <= STEP_DEADLINE_S + 3
     _wait_new_engine(server, old)
     _new_session_works(client)
+
+
+def test_a_graceful_stop_ends_a_running_stream_with_a_clear_error(tmp_path):
+    """SIGTERM: a stream still running 1 s before the stop's grace ends gets an error event
+    (shutting_down) and ends, instead of being cut mid-body when uvicorn's grace runs out."""
+    grace_s = 3.0
+    s = Server(tmp_path / "data", make_tls(tmp_path / "tls"), env={"FLASHHEAD_SHUTDOWN_GRACE_S": str(grace_s)}).start()
+    try:
+        body = {"image_url": image(), "audio_url": "data:audio/wav;base64," + base64.b64encode(long_speech_wav()).decode()}
+        events = []
+        with s.client() as c, c.stream("POST", f"/{C.AUDIO_ENDPOINT}/stream", json=body) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append((json.loads(line[6:]), time.monotonic()))
+                    if len(events) == 1:
+                        s.proc.send_signal(signal.SIGTERM)
+                        stopped_at = time.monotonic()
+        last, at = events[-1]
+        assert last.get("error_type") == "shutting_down", (len(events), str(last)[:200])
+        assert grace_s - 1.5 < at - stopped_at < grace_s, at - stopped_at
+        assert s.proc.wait(timeout=30) is not None
+    finally:
+        s.kill()
 
 
 def test_the_engine_dies_with_the_api_process(server):

@@ -192,7 +192,7 @@ def test_input_for_an_engine_that_just_died_is_dropped_and_the_session_fails_wit
     link = EngineLink(Connection(ours.detach()))
 
     async def run():
-        session = Session(Ticket(Admission(1, 1, 5), "k"), link.open("live", {}))
+        session = Session(Ticket(Admission(1, 1, 5), "k"), link.open("live", {}), set())
         assert engine_end.recv()[0] == "live"
         engine_end.close()                                  # the engine dies ...
         for _ in range(50):                                 # ... the pipe breaks under the sends

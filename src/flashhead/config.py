@@ -128,6 +128,9 @@ class Settings(BaseSettings):
                                      "after this. Longer than clients keep one (httpx, so fal-client: 5 s; "
                                      "aiohttp: 15 s), so the client closes it first: a server that closes "
                                      "first races the client's next request, which then fails (a reset)")
+    shutdown_grace_s: float = Field(5.0, ge=1, le=600, description="on SIGTERM, requests, SSE streams and "
+                                    "uploads in flight get this long to finish; a stream still running "
+                                    "1 s before it ends gets an error event (shutting_down) and ends")
     client_send_timeout_s: float = Field(15.0, gt=0, description="a client that takes nothing sent to it "
                                          "for this long (it stopped reading: SSE /stream, realtime "
                                          "WebSocket) loses its stream or live session and its engine slot")

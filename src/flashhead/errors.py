@@ -69,6 +69,13 @@ class BackendUnavailable(FlashheadError):
     error_type = "backend_unavailable"
 
 
+class ShuttingDown(BackendUnavailable):
+    """The server is stopping (SIGTERM): a stream or live session still running when its grace
+    ends is cut with this. Another server (or this one restarted) can take the request."""
+
+    error_type = "shutting_down"
+
+
 class RenderFailed(FlashheadError):
     error_type = "render_failed"
 

@@ -89,7 +89,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = DEFA
     app.state.ctx.auth.served_names.add(host.lower().strip("[]"))     # e.g. a hostname mapped to 127.0.1.1
     dump_stacks_on_sigusr1()
     run_uvicorn(uvicorn_config(app, settings, host=host, port=port, ssl_certfile=ssl_certfile,
-                               ssl_keyfile=ssl_keyfile))
+                               ssl_keyfile=ssl_keyfile), on_stop=app.state.ctx.begin_stop)
 
 
 def uvicorn_config(app, settings, **kw):
@@ -101,13 +101,14 @@ def uvicorn_config(app, settings, **kw):
     default (5 s, httpx's too) a pooled request sometimes met the server's close and failed."""
     import uvicorn
 
-    options = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 5,
+    options = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": settings.shutdown_grace_s,
                "ws_per_message_deflate": False, "timeout_keep_alive": settings.http_keep_alive_s, **kw}
     return uvicorn.Config(app, **options)
 
 
-def run_uvicorn(config) -> None:
-    """Serve a uvicorn.Config whose TLS (when it has one) sends no TLS 1.3 session tickets.
+def run_uvicorn(config, on_stop=None) -> None:
+    """Serve a uvicorn.Config whose TLS (when it has one) sends no TLS 1.3 session tickets;
+    on_stop() is called (in the event loop) when a graceful stop begins.
 
     A ticket arrives after the handshake, while the client's first request may be on its way. A
     client that reads a TLS socket in one thread and writes it in another (the `websockets` sync
@@ -117,10 +118,16 @@ def run_uvicorn(config) -> None:
     resumption, which no client of this API relies on."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            if on_stop is not None:
+                on_stop()
+            await super().shutdown(sockets)
+
     config.load()
     if config.ssl is not None:
         config.ssl.num_tickets = 0
-    uvicorn.Server(config).run()
+    Server(config).run()
 
 
 def keys_create(data_dir: str | Path = DEFAULT_DATA_DIR, alias: str | None = None) -> str:

@@ -71,6 +71,12 @@ class Channel:
     def send(self, kind: str, payload=None) -> None:
         self.link.send(kind, self.sid, payload)
 
+    def interrupt(self, exc: FlashheadError) -> None:
+        """End the session from the API side: the engine drops it and get() raises `exc` (after
+        what was delivered before)."""
+        self.close()
+        self.deliver("error", exc)
+
     def close(self) -> None:
         """The client is done (or gone): the engine drops the session if it still runs."""
         if self.link.channels.pop(self.sid, None) is not None and not self.finished:

@@ -234,6 +234,12 @@ class RemoteSession:
     async def send(self, kind: str, payload=None) -> None:
         await self.engines.post(self.eid, self.sid, kind, payload)
 
+    def interrupt(self, exc: FlashheadError) -> None:
+        """End the session from the API side: the engine drops it and get() raises `exc` (after
+        what was delivered before)."""
+        self._release()
+        self._deliver("error", exc)
+
     def close(self) -> None:
         """Idempotent: frees the slots and tells the engine to drop the session (in the
         background: a Redis that is slow or gone never holds the caller)."""

@@ -10,14 +10,15 @@ from flashhead.engine.admission import Admission, Ticket
 from flashhead.engine.process import EngineProcess, EngineThread, capacity_of
 from flashhead.engine.relay import Channel
 from flashhead.engine.remote import BATCH_BUCKETS, STEP_BUCKETS, remote_metrics
-from flashhead.errors import BackendUnavailable
+from flashhead.errors import BackendUnavailable, FlashheadError
 
 
 class Session:
     """One admitted session: its capacity ticket and its channel to the engine."""
 
-    def __init__(self, ticket: Ticket, channel: Channel):
-        self.ticket, self.channel = ticket, channel
+    def __init__(self, ticket: Ticket, channel: Channel, open_sessions: set):
+        self.ticket, self.channel, self.open_sessions = ticket, channel, open_sessions
+        open_sessions.add(self)
 
     async def get(self) -> tuple[str, object]:
         return await self.channel.get()
@@ -31,8 +32,14 @@ class Session:
         except OSError:
             pass
 
+    def interrupt(self, exc: FlashheadError) -> None:
+        """End the session from the API side: get() raises `exc` (after what came before)."""
+        self.channel.interrupt(exc)
+        self.close()
+
     def close(self) -> None:
         """Idempotent: frees the slot at once and tells the engine to drop the session."""
+        self.open_sessions.discard(self)
         self.channel.close()
         self.ticket.release()
 
@@ -45,6 +52,7 @@ class EngineService:
         self.runner: EngineProcess | EngineThread | None = None
         self.absent: str | None = None       # why this node runs no engine (an API-only node)
         self.remote = None                   # an API node's RemoteEngines (engines on other machines)
+        self.sessions: set[Session] = set()      # open sessions of this node's own engine
         self.process_sessions: list[int] = []   # the CPU pool: sessions pinned to each render process
         self.capacity_info: dict = {"source": "configured" if settings.engine_capacity_mode == "configured"
                                     else "calibrating"}          # until the engine is ready
@@ -107,10 +115,18 @@ class EngineService:
             raise BackendUnavailable("the render engine is starting; try again in a few seconds")
         ticket = self.admission.acquire(key_id)
         try:
-            return Session(ticket, link.open(kind, spec))
+            return Session(ticket, link.open(kind, spec), self.sessions)
         except BaseException:
             ticket.release()
             raise
+
+    def interrupt_all(self, exc: FlashheadError) -> int:
+        """From the event loop: every open session of this API node ends with `exc` (the
+        server is stopping). Returns how many."""
+        sessions = list(self.remote.sessions if self.remote is not None else self.sessions)
+        for session in sessions:
+            session.interrupt(exc)
+        return len(sessions)
 
 
 class _EngineCollector:
