@@ -21,7 +21,8 @@ import redis
 from flashhead.config import Settings
 from flashhead.engine.relay import EngineLink
 from flashhead.engine.remote import API_CLIENT, HOST_CLIENT, SESSION_CLIENT, EngineHost, Keys, RemoteEngines
-from flashhead.errors import CapacityExceeded
+from flashhead.engine.service import EngineService
+from flashhead.errors import CapacityExceeded, ShuttingDown
 
 TTL_S = 0.6                   # engine_remote_ttl_s: the node beats every 0.2 s
 SPEC = {"image_url": "data:,", "base_url": "http://127.0.0.1", "seed": 1, "pace": True}
@@ -36,6 +37,7 @@ class StandInEngine:
         self.conn = Connection(theirs.detach())
         self.link = EngineLink(Connection(ours.detach()))
         self.sids: list[str] = []
+        self.dropped: list[str] = []          # sessions the API told it to drop ("close")
         self.conn.send(("ready", None, {"capacity": capacity, "source": "calibrated", "threads": 1}))
         assert self.link.ready.wait(5)
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -50,6 +52,8 @@ class StandInEngine:
             if kind == "live":
                 self.sids.append(sid)
                 self.conn.send(("started", sid, {"type": "started"}))
+            elif kind == "close":
+                self.dropped.append(sid)
 
     def end(self, i: int) -> None:
         self.conn.send(("end", self.sids[i], None))
@@ -158,6 +162,35 @@ def test_remote_sessions_close_their_connection_when_they_end_and_all_close_at_s
     host.stop()                                               # the engine node stops: its own too
     _wait(lambda: _connections(r, HOST_CLIENT) == 0, "the engine node's connections closed", timeout=5)
     assert not r.exists(keys.inbox(host.eid))                 # and its inbox goes with it
+    engine.close()
+    r.close()
+
+
+def test_a_stopping_api_node_ends_its_remote_sessions_with_a_clear_error(node, redis_url):
+    """EngineService.interrupt_all (SIGTERM's grace running out) on an API node whose engines are
+    remote: each session's get() raises ShuttingDown, its slot is free and the engine drops it."""
+    settings, keys, runner, host = node
+    engine = StandInEngine(8)
+    runner.link = engine.link
+    r = redis.Redis.from_url(redis_url)
+    _wait(lambda: r.get(keys.engine(host.eid)), "the engine node's capacity")
+
+    async def run() -> None:
+        service = EngineService(settings)
+        service.remote = RemoteEngines(settings)
+        sessions = [await service.open("live", SPEC, "k") for _ in range(2)]
+        for s in sessions:
+            assert (await asyncio.wait_for(s.get(), 10))[0] == "started"
+        assert service.interrupt_all(ShuttingDown("stopping")) == 2
+        for s in sessions:
+            with pytest.raises(ShuttingDown):
+                await asyncio.wait_for(s.get(), 10)
+            s.close()
+        await _until(lambda: r.zcard(keys.sessions(host.eid)) == 0, "the slots released")
+        await _until(lambda: len(engine.dropped) == 2, "the engine told to drop both")
+        await service.remote.aclose()
+
+    asyncio.run(run())
     engine.close()
     r.close()
 

@@ -205,6 +205,44 @@ def test_input_for_an_engine_that_just_died_is_dropped_and_the_session_fails_wit
     link.shutdown()
 
 
+def test_a_stopping_server_ends_its_local_sessions_with_a_clear_error():
+    """EngineService.interrupt_all (SIGTERM's grace running out): each open session's get()
+    raises ShuttingDown after what it was sent before, its slot is free and the engine is told to
+    drop it; a session already closed is not counted."""
+    import asyncio
+    import socket
+    from multiprocessing.connection import Connection
+    from types import SimpleNamespace
+
+    from flashhead.engine.relay import EngineLink
+    from flashhead.engine.service import EngineService
+    from flashhead.errors import ShuttingDown
+
+    ours, theirs = socket.socketpair()
+    engine_end = Connection(theirs.detach())
+    link = EngineLink(Connection(ours.detach()))
+    service = EngineService(Settings(renderer="cpu", engine_capacity=3))
+    service.runner = SimpleNamespace(link=link)
+
+    async def run():
+        sessions = [await service.open("live", {}, "k") for _ in range(3)]
+        sids = [engine_end.recv()[1] for _ in sessions]
+        engine_end.send(("started", sids[0], {"type": "started"}))
+        sessions[2].close()
+        assert engine_end.recv() == ("close", sids[2], None)
+        assert service.interrupt_all(ShuttingDown("stopping")) == 2
+        assert service.admission.in_flight == 0
+        assert {engine_end.recv()[1] for _ in range(2)} == set(sids[:2])      # both dropped
+        assert (await asyncio.wait_for(sessions[0].get(), 5))[0] == "started"
+        for s in sessions[:2]:
+            with pytest.raises(ShuttingDown):
+                await asyncio.wait_for(s.get(), 5)
+        assert service.interrupt_all(ShuttingDown("stopping")) == 0
+
+    asyncio.run(run())
+    link.shutdown()
+
+
 def test_the_cpu_renderer_admits_four_sessions_per_core_unless_configured(monkeypatch):
     """bench/sessions.py keeps 8 live sessions real time on 2 cores, not 9: the default follows
     the cores the render processes run on (a fixed 8 starved sessions on one core and refused
