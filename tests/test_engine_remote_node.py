@@ -124,13 +124,20 @@ def _connections(r: redis.Redis, name: str) -> int:
     return sum(1 for c in r.client_list() if c["name"] == name)
 
 
-@pytest.mark.timeout(30)      # a reader that reads on also hangs the event loop's shutdown
-def test_remote_sessions_close_their_connection_when_they_end_and_all_close_at_shutdown(node, redis_url):
-    settings, keys, runner, host = node
+def _running_engine(node, redis_url) -> tuple[StandInEngine, redis.Redis]:
+    """A stand-in engine (8 slots) run by the node, once the node has published it."""
+    _, keys, runner, host = node
     engine = StandInEngine(8)
     runner.link = engine.link
     r = redis.Redis.from_url(redis_url)
     _wait(lambda: r.get(keys.engine(host.eid)), "the engine node's capacity")
+    return engine, r
+
+
+@pytest.mark.timeout(30)      # a reader that reads on also hangs the event loop's shutdown
+def test_remote_sessions_close_their_connection_when_they_end_and_all_close_at_shutdown(node, redis_url):
+    settings, keys, runner, host = node
+    engine, r = _running_engine(node, redis_url)
 
     async def run() -> None:
         remote = RemoteEngines(settings)
@@ -170,10 +177,7 @@ def test_a_stopping_api_node_ends_its_remote_sessions_with_a_clear_error(node, r
     """EngineService.interrupt_all (SIGTERM's grace running out) on an API node whose engines are
     remote: each session's get() raises ShuttingDown, its slot is free and the engine drops it."""
     settings, keys, runner, host = node
-    engine = StandInEngine(8)
-    runner.link = engine.link
-    r = redis.Redis.from_url(redis_url)
-    _wait(lambda: r.get(keys.engine(host.eid)), "the engine node's capacity")
+    engine, r = _running_engine(node, redis_url)
 
     async def run() -> None:
         service = EngineService(settings)
