@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -108,6 +109,48 @@ def test_thread_workers_survive_store_errors_in_claim_and_finish(tmp_path, monke
         assert all(store.get(j.id).state is JobState.COMPLETED for j in jobs)
         assert all(t.is_alive() for t in pool._threads)
         assert store.left == {"claim": 0, "finish": 0}       # the errors did happen
+    finally:
+        pool.stop()
+
+
+@pytest.mark.slow     # two attempts of a 2 s render (~3 s)
+def test_an_attempt_whose_claim_lapsed_stops_rendering_at_its_next_chunk(tmp_path):
+    """A worker whose claim lapsed (a paused node: the job re-queued by another server's sweep)
+    rendered on to the end and only then had its outcome refused (finish(attempt=)). Now its
+    should_cancel sees the job is no longer its attempt's and it stops at the next chunk; the
+    job's next attempt renders it whole."""
+    from flashhead.errors import Cancelled
+    from flashhead.jobs.worker import WorkerPool
+    from flashhead.pipeline import GenerationResult
+    from flashhead.storage.local import LocalStorage
+
+    chunks, runs = 200, []
+
+    def generate(request, engines, output_path, *, should_cancel, **_):
+        runs.append(0)
+        for _ in range(chunks):
+            if should_cancel():
+                raise Cancelled("the request was cancelled")
+            time.sleep(0.01)
+            runs[-1] += 1
+        Path(output_path).write_bytes(b"video")
+        return GenerationResult(Path(output_path), 0, 1.0, {"total": 0.0}, 5)
+
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    queue = JobQueue(store)
+    pool = WorkerPool(queue, LocalStorage(tmp_path / "files"), engines=None, work_dir=tmp_path / "work",
+                      threads=1, generate=generate, poll_s=0.05)
+    pool.start()
+    try:
+        job = queue.submit(_new())
+        _eventually(lambda: runs and runs[0] >= 3, 20, "the first attempt rendering")
+        other_server = SqliteJobStore(tmp_path / "jobs.db")     # its sweep: the claim lapsed
+        assert [j.id for j in other_server.recover()[0]] == [job.id]
+        _eventually(lambda: store.get(job.id).state is JobState.COMPLETED, 30, "the job completed")
+        assert len(runs) == 2 and runs[0] < 20 and runs[1] == chunks, runs
+        done = store.get(job.id)
+        assert done.attempts == 2 and done.result is not None
+        assert any("outcome was not stored" in e.message for e in store.logs(job.id))
     finally:
         pool.stop()
 

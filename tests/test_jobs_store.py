@@ -63,8 +63,9 @@ def test_cancel_outcomes(make_store):
     s = make_store()
     queued, running = s.submit(_new(n=1)), s.submit(_new(n=2))
     s.claim()   # claims `queued` (first in order) ...
+    assert not s.should_stop(queued.id, 1)
     outcome, _ = s.request_cancel(queued.id)
-    assert outcome == CancelOutcome.REQUESTED and s.is_cancel_requested(queued.id)
+    assert outcome == CancelOutcome.REQUESTED and s.should_stop(queued.id, 1)
     outcome, job = s.request_cancel(running.id)     # ... so this one was still waiting
     assert outcome == CancelOutcome.CANCELLED and job.state is JobState.CANCELLED
     assert s.claim() is None
@@ -100,9 +101,14 @@ def test_a_lapsed_attempt_cannot_finish_the_job_its_next_attempt_holds(make_stor
     first = make_store()
     job = first.submit(_new())
     assert first.claim().attempts == 1
+    assert not first.should_stop(job.id, 1)
     second = make_store()                                  # the first node's claim lapsed ...
     assert [j.id for j in second.recover()[0]] == [job.id]
+    assert first.should_stop(job.id, 1)                    # (its render stops at its next chunk)
+    assert first.finish(job.id, JobState.CANCELLED, attempt=1) is None       # nor ends it while
+    assert second.get(job.id).state is JobState.IN_QUEUE                      # it waits again
     assert second.claim().attempts == 2                    # ... and the job runs again here
+    assert first.should_stop(job.id, 1) and not second.should_stop(job.id, 2)
     assert first.finish(job.id, JobState.COMPLETED, result={"seed": 1}, attempt=1) is None
     assert second.get(job.id).state is JobState.IN_PROGRESS
     done = second.finish(job.id, JobState.COMPLETED, result={"seed": 2}, attempt=2)

@@ -247,7 +247,8 @@ class RedisJobStore:
                error: str | None = None, error_type: str | None = None,
                attempt: int | None = None) -> Job | None:
         assert state.is_terminal(), state
-        return self._move(job_id, (JobState.IN_QUEUE, JobState.IN_PROGRESS), attempt, state=state.value,
+        held = (JobState.IN_PROGRESS,) if attempt is not None else (JobState.IN_QUEUE, JobState.IN_PROGRESS)
+        return self._move(job_id, held, attempt, state=state.value,
                           finished_at=now(), result=result, error=error, error_type=error_type)
 
     def _processing(self, instance: str) -> str:
@@ -276,8 +277,9 @@ class RedisJobStore:
         outcome = self._cancel(keys=self._job_keys(job_id), args=[job_id, repr(now())])
         return outcome, self.get(job_id) if outcome == CancelOutcome.CANCELLED else None
 
-    def is_cancel_requested(self, job_id: str) -> bool:
-        return self.r.hget(self._k("job", job_id), "cancel_requested") == "1"
+    def should_stop(self, job_id: str, attempt: int) -> bool:
+        cancel, state, attempts = self.r.hmget(self._k("job", job_id), "cancel_requested", "state", "attempts")
+        return cancel == "1" or state != JobState.IN_PROGRESS.value or attempts != str(attempt)
 
     def append_log(self, job_id: str, message: str, level: str = "INFO") -> None:
         self.r.rpush(self._k("logs", job_id), json.dumps([message, level, now()]))

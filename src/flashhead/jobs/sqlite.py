@@ -147,9 +147,9 @@ class SqliteJobStore:
             r = db.execute(
                 f"UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ?, error_type = ?"
                 f" WHERE id = ? AND state NOT IN ({','.join('?' * len(_TERMINAL))})"
-                f" AND (? IS NULL OR attempts = ?) RETURNING *",
+                f" AND (? IS NULL OR (attempts = ? AND state = ?)) RETURNING *",
                 (state.value, now(), json.dumps(result) if result is not None else None, error,
-                 error_type, job_id, *_TERMINAL, attempt, attempt)).fetchone()
+                 error_type, job_id, *_TERMINAL, attempt, attempt, _P)).fetchone()
         return _row_to_job(r) if r else None
 
     def take_terminal(self, limit: int = 64) -> list[Job]:
@@ -184,9 +184,10 @@ class SqliteJobStore:
                 return CancelOutcome.REQUESTED, None
         return CancelOutcome.ALREADY_COMPLETED, None
 
-    def is_cancel_requested(self, job_id: str) -> bool:
-        r = self._db().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return bool(r and r[0])
+    def should_stop(self, job_id: str, attempt: int) -> bool:
+        r = self._db().execute("SELECT cancel_requested, state, attempts FROM jobs WHERE id = ?",
+                               (job_id,)).fetchone()
+        return not r or bool(r[0]) or r[1] != JobState.IN_PROGRESS.value or r[2] != attempt
 
     def append_log(self, job_id: str, message: str, level: str = "INFO") -> None:
         with self._tx() as db:

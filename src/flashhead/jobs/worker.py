@@ -5,13 +5,14 @@ generate); flashhead.jobs.processes runs the same loop (WorkerPool.serve) in wor
 whose generate hands the render to the render engine (flashhead.engine.jobs.EngineJobs).
 
 Cancellation is cooperative: generate() asks should_cancel() before every chunk (through the
-engine: every poll), which reads the store's cancel flag, so a running job stops at the next chunk.
+engine: every poll), which reads the store (JobStore.should_stop), so a running job stops at the
+next chunk when it is cancelled, and so does an attempt whose claim lapsed (the job re-queued).
 EngineFailed (the engine died under the job) is not the job's outcome: it leaves run_job, and
 the worker process hands the job back to the queue.
 
 A store that fails (redis away, SQLite locked past its busy timeout) never ends a worker: a
 failed claim is retried after STORE_RETRY_S, a failed finish is retried (backing off up to
-STORE_RETRY_MAX_S) until it is stored or the worker stops; log lines and cancel polls that fail
+STORE_RETRY_MAX_S) until it is stored or the worker stops; log lines and stop polls that fail
 are skipped.
 """
 from __future__ import annotations
@@ -120,13 +121,15 @@ class WorkerPool:
             shutil.rmtree(job_dir, ignore_errors=True)
         if state is not JobState.COMPLETED:
             say(f"{state.value.lower()}: {fields.get('error')}", "ERROR")
-        self._finish(job.id, state, fields, job.attempts)
+        if not self._finish(job.id, state, fields, job.attempts):
+            say(f"attempt {job.attempts}'s outcome was not stored: the job is no longer this attempt's "
+                "(its claim lapsed), or the worker is stopping", "WARNING")
 
-    def _finish(self, job_id: str, state: JobState, fields: dict, attempt: int) -> None:
+    def _finish(self, job_id: str, state: JobState, fields: dict, attempt: int) -> bool:
         """Store the outcome, retrying a failing store until it takes it or the worker stops
         (then the job stays IN_PROGRESS, and recovery re-queues it). Only while the job is
         still this attempt's: one whose claim lapsed (a paused node) and that was re-queued
-        belongs to its new attempt, whose outcome is the one stored."""
+        belongs to its new attempt, whose outcome is the one stored. True: stored."""
         delay = STORE_RETRY_S
         while True:
             try:
@@ -134,11 +137,12 @@ class WorkerPool:
                     log.warning("the job was finished or re-queued while this attempt ran (its claim "
                                 "lapsed?): this attempt's outcome is dropped",
                                 extra={"job": job_id, "attempt": attempt})
-                return
+                    return False
+                return True
             except Exception:
                 log.exception("storing a job's outcome failed; retrying", extra={"job": job_id})
             if self._stop.wait(delay):
-                return
+                return False
             delay = min(2 * delay, STORE_RETRY_MAX_S)
 
     def _log(self, job_id: str, message: str, level: str = "INFO") -> None:
@@ -147,11 +151,13 @@ class WorkerPool:
         except Exception:     # a job's log line is not worth failing or killing the job for
             log.warning("could not store a job log line", extra={"job": job_id}, exc_info=True)
 
-    def _cancel_requested(self, job_id: str) -> bool:
+    def _should_stop(self, job: Job) -> bool:
+        """Asked before every chunk: a cancel, or a claim that lapsed (the job re-queued or run
+        by another attempt), stops this attempt's render instead of letting it run to the end."""
         try:
-            return self.store.is_cancel_requested(job_id)
+            return self.store.should_stop(job.id, job.attempts)
         except Exception:     # asked again at the next chunk
-            log.warning("could not read a job's cancel flag", extra={"job": job_id}, exc_info=True)
+            log.warning("could not read a job's state", extra={"job": job.id}, exc_info=True)
             return False
 
     def _render(self, job: Job, job_dir: Path, say) -> dict:
@@ -169,7 +175,7 @@ class WorkerPool:
 
         out = job_dir / OUTPUT_NAME
         result = self.generate(request, self.engines, out, allow_paths=local,
-                               should_cancel=lambda: self._cancel_requested(job.id),
+                               should_cancel=lambda: self._should_stop(job),
                                log=say, progress=progress)
         stored = self.storage.put_file(out, "video/mp4", OUTPUT_NAME)
         return _result_json(result, self.storage.url(stored.key, job.base_url), stored.file_name)
