@@ -105,6 +105,70 @@ def test_racing_puts_to_one_signed_url_store_one_file(server):
     with server.client() as c:
         assert c.get(init["file_url"]).content == bodies[codes.index(200)]
 
+@pytest.mark.parametrize("links", [True, False])
+def test_local_exclusive_puts_race_to_one_file_with_or_without_hard_links(tmp_path, monkeypatch, links):
+    """LocalStorage.put_file(exclusive=True): a hard link, or (a filesystem without them) an
+    exclusive create that reserves the name; either way one of racing puts stores."""
+    import errno
+    import threading
+
+    from flashhead.errors import AlreadyStored
+    from flashhead.storage.base import new_key
+    from flashhead.storage.local import LocalStorage
+
+    if not links:
+        def no_link(src, dst):
+            raise OSError(errno.EPERM, "Operation not permitted")
+        monkeypatch.setattr("flashhead.storage.local.os.link", no_link)
+    storage, key, outcomes = LocalStorage(tmp_path / "files"), new_key(), []
+    files = []
+    for i in range(8):
+        files.append(tmp_path / f"in{i}")
+        files[-1].write_bytes(bytes([i]) * 200_000)
+    gate = threading.Barrier(len(files))
+
+    def put(path):
+        gate.wait()
+        try:
+            storage.put_file(path, None, None, key, exclusive=True)
+            outcomes.append(path)
+        except AlreadyStored:
+            pass
+    threads = [threading.Thread(target=put, args=(f,)) for f in files]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == 1, outcomes
+    assert b"".join(storage.open_range(key, 0, 199_999)) == outcomes[0].read_bytes()
+    assert not list((tmp_path / "files").glob("*.part"))
+
+
+def test_a_local_exclusive_put_that_fails_midway_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Its description could not be written (a full disk): the placed bytes go too, so the
+    client's retry stores the file instead of meeting "already used" for ever."""
+    import errno
+
+    from flashhead.errors import StorageFull
+    from flashhead.storage.base import new_key
+    from flashhead.storage.local import LocalStorage
+
+    storage, key = LocalStorage(tmp_path / "files"), new_key()
+    src = tmp_path / "in"
+    src.write_bytes(b"hello")
+    real = type(src).write_text
+
+    def full(self, *a, **kw):
+        if self.name.endswith(".meta.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **kw)
+    monkeypatch.setattr(type(src), "write_text", full)
+    with pytest.raises(StorageFull):
+        storage.put_file(src, None, None, key, exclusive=True)
+    assert sorted(p.name for p in (tmp_path / "files").iterdir()) == [".staging"]
+    monkeypatch.setattr(type(src), "write_text", real)
+    assert storage.put_file(src, None, None, key, exclusive=True).size == 5
+
 # ---- stored content never runs in a browser ------------------------------------------------
 
 def _raw_upload(c, data: bytes, ctype: str, name: str) -> str:

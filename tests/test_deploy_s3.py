@@ -74,6 +74,40 @@ def test_an_exclusive_put_stores_once_even_when_racing(s3, storage, tmp_path):
     assert b"".join(storage.open_range(key, 0, 0)) == b"\x00"
 
 
+class _OtherStore:
+    """An S3-compatible store's answers to If-None-Match: * (the rest is moto): "ignore" drops
+    the header; "refuse" answers 501 NotImplemented to it; "conflict" answers 409
+    ConditionalRequestConflict (another conditional write in flight) to the first such PUT."""
+
+    def __init__(self, s3, how: str):
+        self.s3, self.how, self.conflicts = s3, how, 1
+
+    def __getattr__(self, name):
+        return getattr(self.s3, name)
+
+    def put_object(self, **kw):
+        from botocore.exceptions import ClientError
+
+        if "IfNoneMatch" in kw and self.how == "ignore":
+            kw.pop("IfNoneMatch")
+        elif "IfNoneMatch" in kw and self.how == "refuse":
+            raise ClientError({"Error": {"Code": "NotImplemented"}}, "PutObject")
+        elif "IfNoneMatch" in kw and self.how == "conflict" and self.conflicts:
+            self.conflicts -= 1
+            raise ClientError({"Error": {"Code": "ConditionalRequestConflict"}}, "PutObject")
+        return self.s3.put_object(**kw)
+
+
+@pytest.mark.parametrize("how", ["ignore", "refuse", "conflict"])
+def test_an_exclusive_put_on_stores_that_answer_the_condition_otherwise(storage, tmp_path, how):
+    storage.s3 = _OtherStore(storage.s3, how)
+    key = new_key()
+    storage.put_file(_file(tmp_path, b"first"), None, None, key, exclusive=True)
+    with pytest.raises(AlreadyStored):               # the HEAD before the PUT
+        storage.put_file(_file(tmp_path, b"second"), None, None, key, exclusive=True)
+    assert b"".join(storage.open_range(key, 0, 4)) == b"first"
+
+
 def test_content_type_is_sniffed_not_declared(storage, tmp_path):
     f = storage.put_file(_file(tmp_path, b"RIFF....WAVE"), "application/octet-stream", "voice.bin")
     assert f.content_type == "audio/wav" and f.key.endswith(".wav")

@@ -185,7 +185,7 @@ def test_a_stopping_api_node_ends_its_remote_sessions_with_a_clear_error(node, r
         sessions = [await service.open("live", SPEC, "k") for _ in range(2)]
         for s in sessions:
             assert (await asyncio.wait_for(s.get(), 10))[0] == "started"
-        assert service.interrupt_all(ShuttingDown("stopping")) == 2
+        assert service.interrupt_all() == 2
         for s in sessions:
             with pytest.raises(ShuttingDown):
                 await asyncio.wait_for(s.get(), 10)

@@ -208,7 +208,7 @@ def test_input_for_an_engine_that_just_died_is_dropped_and_the_session_fails_wit
 def test_a_stopping_server_ends_its_local_sessions_with_a_clear_error():
     """EngineService.interrupt_all (SIGTERM's grace running out): each open session's get()
     raises ShuttingDown after what it was sent before, its slot is free and the engine is told to
-    drop it; a session already closed is not counted."""
+    drop it; a session already closed is not counted; later opens are refused."""
     import asyncio
     import socket
     from multiprocessing.connection import Connection
@@ -230,14 +230,16 @@ def test_a_stopping_server_ends_its_local_sessions_with_a_clear_error():
         engine_end.send(("started", sids[0], {"type": "started"}))
         sessions[2].close()
         assert engine_end.recv() == ("close", sids[2], None)
-        assert service.interrupt_all(ShuttingDown("stopping")) == 2
+        assert service.interrupt_all() == 2
         assert service.admission.in_flight == 0
         assert {engine_end.recv()[1] for _ in range(2)} == set(sids[:2])      # both dropped
         assert (await asyncio.wait_for(sessions[0].get(), 5))[0] == "started"
         for s in sessions[:2]:
             with pytest.raises(ShuttingDown):
                 await asyncio.wait_for(s.get(), 5)
-        assert service.interrupt_all(ShuttingDown("stopping")) == 0
+        assert service.interrupt_all() == 0
+        with pytest.raises(ShuttingDown):                    # and nothing opens after it
+            await service.open("live", {}, "k")
 
     asyncio.run(run())
     link.shutdown()

@@ -265,6 +265,41 @@ def test_whep_sessions_count_against_capacity_and_free_their_slot(tmp_path, engi
 
 
 @pytest.mark.slow
+def test_a_stopping_server_tells_its_whep_peers_why_before_it_closes(tmp_path, engines):
+    """A WHEP session holds no HTTP request, so a stopping server (SIGTERM) closes it at once: the
+    peer first gets an x-fal-error SHUTTING_DOWN on its data channel, not just a closed connection."""
+    serving = running_server(tmp_path, engines)
+    base, key, app = serving.__enter__()
+    stopped = False
+    try:
+        image_url = upload(app, PORTRAIT, "image/png", base)
+
+        async def scenario():
+            nonlocal stopped
+            client = WhepClient(base, EP, {"Authorization": f"Key {key}"}, keep_pixels=False)
+            try:
+                assert (await client.connect(image_url)).status_code == 201
+                await asyncio.wait_for(client.opened.wait(), 30)
+                while not all(w.channel for w in app.state.ctx.webrtc.sessions.values()):
+                    await asyncio.sleep(0.05)                 # the server's end of the channel too
+                await asyncio.to_thread(serving.__exit__, None, None, None)      # the server stops
+                stopped = True
+                def errors():
+                    return [m.get("error") for m in client.got.messages if m.get("type") == "x-fal-error"]
+                deadline = time.monotonic() + 5
+                while not errors() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert errors() == ["SHUTTING_DOWN"], client.got.messages[-3:]
+            finally:
+                await client.close()
+
+        run(scenario())
+    finally:
+        if not stopped:
+            serving.__exit__(None, None, None)
+
+
+@pytest.mark.slow
 def test_a_peer_that_never_connects_frees_its_slot(tmp_path, engines):
     with running_server(tmp_path, engines, webrtc_connect_timeout_s=1.0) as (base, key, app):
         image_url = upload(app, PORTRAIT, "image/png", base)

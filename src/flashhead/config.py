@@ -126,8 +126,9 @@ class Settings(BaseSettings):
                                                "realtime client may ask for")
     http_keep_alive_s: float = Field(30.0, gt=5, le=600, description="an idle HTTP connection is closed "
                                      "after this. Longer than clients keep one (httpx, so fal-client: 5 s; "
-                                     "aiohttp: 15 s), so the client closes it first: a server that closes "
-                                     "first races the client's next request, which then fails (a reset)")
+                                     "aiohttp: 15 s; a load balancer in front: its idle timeout), so the "
+                                     "client closes it first: a server that closes first races the "
+                                     "client's next request, which then fails (a reset)")
     shutdown_grace_s: float = Field(5.0, ge=1, le=600, description="on SIGTERM, requests, SSE streams and "
                                     "uploads in flight get this long to finish; a stream still running "
                                     "1 s before it ends gets an error event (shutting_down) and ends")

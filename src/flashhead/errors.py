@@ -75,6 +75,10 @@ class ShuttingDown(BackendUnavailable):
 
     error_type = "shutting_down"
 
+    def __init__(self, message: str = "the server is shutting down; send the request again (to another "
+                 "server, or once it is back)", *, field: str | None = None):
+        super().__init__(message, field=field)
+
 
 class RenderFailed(FlashheadError):
     error_type = "render_failed"

@@ -26,6 +26,7 @@ from flashhead.api.observability import Metrics, RequestContextMiddleware, setup
 from flashhead.config import Settings
 from flashhead.engine.remote import RemoteEngines
 from flashhead.engine.service import EngineService
+from flashhead.errors import ShuttingDown
 from flashhead.jobs.backends import make_storage, make_store, redis_url
 from flashhead.jobs.processes import ProcessWorkerPool
 from flashhead.jobs.queue import JobQueue
@@ -170,7 +171,7 @@ def create_app(settings: Settings | None = None, engines=None, *, workers: int |
             task.start()
         yield
         if ctx.webrtc is not None:
-            await ctx.webrtc.close_all()
+            await ctx.webrtc.close_all(ShuttingDown())
         for task in periodic:
             task.stop()
         if ctx.engine.remote is not None:

@@ -32,7 +32,6 @@ from flashhead.api.auth import Auth
 from flashhead.api.limits import AbuseLimits
 from flashhead.api.observability import Metrics
 from flashhead.config import Settings
-from flashhead.errors import ShuttingDown
 from flashhead.jobs.queue import JobQueue
 from flashhead.jobs.webhooks import WebhookOutbox, WebhookSigner
 from flashhead.schemas import FlashHeadAudioRequest, FlashHeadRequest
@@ -60,15 +59,15 @@ class AppContext:
     engine: Any = None          # flashhead.engine.service.EngineService: /stream and /realtime
     webrtc: Any = None          # flashhead.api.webrtc.WebRtcService: WHEP sessions
 
-    def begin_stop(self) -> None:
-        """In the event loop, as a graceful stop begins (SIGTERM): 1 s before its grace ends, the
-        streams and live sessions still running end with a clear error instead of being cut."""
+    def begin_stop(self, grace_s: float) -> None:
+        """In the event loop, as a graceful stop of grace_s begins (SIGTERM): 1 s before it ends,
+        the streams and live sessions still running end with a clear error instead of being cut,
+        and no new one opens."""
         def cut() -> None:
-            n = self.engine.interrupt_all(ShuttingDown("the server is shutting down; send the request "
-                                                       "again (to another server, or once it is back)"))
+            n = self.engine.interrupt_all()
             log.info("stopping: %d session(s) still running were ended", n)
         if self.engine is not None:
-            asyncio.get_running_loop().call_later(max(0.0, self.settings.shutdown_grace_s - 1.0), cut)
+            asyncio.get_running_loop().call_later(max(0.0, grace_s - 1.0), cut)
 
     def base_url(self, request: Request) -> str:
         """Where clients reach us: FLASHHEAD_PUBLIC_URL, else the URL this request came in on."""

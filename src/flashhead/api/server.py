@@ -108,7 +108,7 @@ def uvicorn_config(app, settings, **kw):
 
 def run_uvicorn(config, on_stop=None) -> None:
     """Serve a uvicorn.Config whose TLS (when it has one) sends no TLS 1.3 session tickets;
-    on_stop() is called (in the event loop) when a graceful stop begins.
+    on_stop(grace_s) is called (in the event loop) when a graceful stop of grace_s begins.
 
     A ticket arrives after the handshake, while the client's first request may be on its way. A
     client that reads a TLS socket in one thread and writes it in another (the `websockets` sync
@@ -121,7 +121,7 @@ def run_uvicorn(config, on_stop=None) -> None:
     class Server(uvicorn.Server):
         async def shutdown(self, sockets=None) -> None:
             if on_stop is not None:
-                on_stop()
+                on_stop(self.config.timeout_graceful_shutdown or 0.0)
             await super().shutdown(sockets)
 
     config.load()

@@ -62,11 +62,10 @@ async def _body_to_file(request: Request, ctx: AppContext) -> Path:
     return Path(name)
 
 
-async def _store(ctx: AppContext, request: Request, content_type: str | None, file_name: str | None,
-                 key: str | None = None) -> StoredFile:
+async def _store(ctx: AppContext, request: Request, content_type: str | None, file_name: str | None) -> StoredFile:
     path = await _body_to_file(request, ctx)
     try:
-        return await _put_staged(ctx, path, content_type, file_name, key)
+        return await _put_staged(ctx, path, content_type, file_name, None)
     finally:
         path.unlink(missing_ok=True)
 

@@ -30,6 +30,7 @@ import asyncio
 import fractions
 import logging
 import secrets
+import time
 
 import av
 import msgpack
@@ -56,6 +57,7 @@ log = logging.getLogger("flashhead.webrtc")
 SDP = "application/sdp"
 VIDEO_TIME_BASE = fractions.Fraction(1, 90_000)
 AUDIO_TIME_BASE = fractions.Fraction(1, C.SAMPLE_RATE)
+CLOSE_FLUSH_S = 0.5              # at shutdown, for the last message on the data channels
 
 
 # ---- tracks -------------------------------------------------------------------------------------
@@ -223,8 +225,18 @@ class WebRtcService:
             raise NotFound("no such WebRTC session (it may have ended)", field="session")
         return whep
 
-    async def close_all(self) -> None:
-        for whep in list(self.sessions.values()):
+    async def close_all(self, reason: FlashheadError | None = None) -> None:
+        """Every session ends; with a reason (the server stopping) each peer is told first, and
+        the data channels get CLOSE_FLUSH_S to send it."""
+        wheps = list(self.sessions.values())
+        if reason is not None:
+            for whep in wheps:
+                whep.emit(error_message(reason))
+            deadline = time.monotonic() + CLOSE_FLUSH_S
+            while any(w.channel is not None and w.channel.bufferedAmount for w in wheps) \
+                    and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        for whep in wheps:
             await whep.close()
 
 

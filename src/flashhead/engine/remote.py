@@ -239,6 +239,7 @@ class RemoteSession:
         what was delivered before)."""
         self._release()
         self._deliver("error", exc)
+        self.close()
 
     def close(self) -> None:
         """Idempotent: frees the slots and tells the engine to drop the session (in the

@@ -10,7 +10,7 @@ from flashhead.engine.admission import Admission, Ticket
 from flashhead.engine.process import EngineProcess, EngineThread, capacity_of
 from flashhead.engine.relay import Channel
 from flashhead.engine.remote import BATCH_BUCKETS, STEP_BUCKETS, remote_metrics
-from flashhead.errors import BackendUnavailable, FlashheadError
+from flashhead.errors import BackendUnavailable, FlashheadError, ShuttingDown
 
 
 class Session:
@@ -53,6 +53,7 @@ class EngineService:
         self.absent: str | None = None       # why this node runs no engine (an API-only node)
         self.remote = None                   # an API node's RemoteEngines (engines on other machines)
         self.sessions: set[Session] = set()      # open sessions of this node's own engine
+        self.stopping = False                    # set by interrupt_all: opens refused
         self.process_sessions: list[int] = []   # the CPU pool: sessions pinned to each render process
         self.capacity_info: dict = {"source": "configured" if settings.engine_capacity_mode == "configured"
                                     else "calibrating"}          # until the engine is ready
@@ -106,6 +107,8 @@ class EngineService:
 
     async def open(self, kind: str, spec: dict, key_id: str | None) -> Session:
         """From the event loop. Raises CapacityExceeded at once when no slot is free."""
+        if self.stopping:
+            raise ShuttingDown()
         if self.remote is not None:
             return await self.remote.open(kind, spec, key_id)
         if self.absent:
@@ -120,12 +123,13 @@ class EngineService:
             ticket.release()
             raise
 
-    def interrupt_all(self, exc: FlashheadError) -> int:
-        """From the event loop: every open session of this API node ends with `exc` (the
-        server is stopping). Returns how many."""
+    def interrupt_all(self) -> int:
+        """From the event loop, as the server stops: every open session of this API node ends
+        with ShuttingDown, and so does every later open(). Returns how many ended."""
+        self.stopping = True
         sessions = list(self.remote.sessions if self.remote is not None else self.sessions)
         for session in sessions:
-            session.interrupt(exc)
+            session.interrupt(ShuttingDown())
         return len(sessions)
 
 

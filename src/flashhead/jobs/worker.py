@@ -119,7 +119,8 @@ class WorkerPool:
                                               "error_type": "internal_error"}
         finally:
             shutil.rmtree(job_dir, ignore_errors=True)
-        if state is not JobState.COMPLETED:
+        superseded = state is JobState.CANCELLED and self._superseded(job)
+        if state is not JobState.COMPLETED and not superseded:     # (the job's log is its next attempt's too)
             say(f"{state.value.lower()}: {fields.get('error')}", "ERROR")
         if not self._finish(job.id, state, fields, job.attempts):
             say(f"attempt {job.attempts}'s outcome was not stored: the job is no longer this attempt's "
@@ -159,6 +160,15 @@ class WorkerPool:
         except Exception:     # asked again at the next chunk
             log.warning("could not read a job's state", extra={"job": job.id}, exc_info=True)
             return False
+
+    def _superseded(self, job: Job) -> bool:
+        """This attempt stopped because the job is no longer its (not because it was cancelled)."""
+        try:
+            now = self.store.get(job.id, with_input=False)
+        except Exception:  # noqa: BLE001 - a log line's wording is not worth more
+            return False
+        return now is None or not (now.state is JobState.IN_PROGRESS and now.attempts == job.attempts) \
+            and not now.cancel_requested
 
     def _render(self, job: Job, job_dir: Path, say) -> dict:
         from flashhead.pipeline import request_from_input

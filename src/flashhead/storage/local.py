@@ -1,6 +1,7 @@
 """Local-disk storage under {data_dir}/files: the default backend."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -13,11 +14,32 @@ from flashhead.storage.base import (GONE, READ_BLOCK, RESULT, Storage, StoredFil
                                     describe_file, disk_errors, mtime)
 
 
-def _link_new(src: Path, dst: Path) -> None:
+_NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK)
+
+
+def _place_new(src: Path, dst: Path) -> bool:
+    """Move the bytes at `src` to `dst` only if nothing is there (AlreadyStored else): of racing
+    callers, one places its file. A hard link (made only where no file is), or on a filesystem
+    without them an exclusive create that reserves the name. True once placed."""
     try:
         os.link(src, dst)
     except FileExistsError:
         raise AlreadyStored("this key holds a file already", field="key") from None
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        try:
+            os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            raise AlreadyStored("this key holds a file already", field="key") from None
+        try:
+            os.replace(src, dst)
+        except BaseException:
+            dst.unlink(missing_ok=True)          # the reservation, not a file
+            raise
+        return True
+    src.unlink()
+    return True
 
 
 class LocalStorage(Storage):
@@ -35,17 +57,19 @@ class LocalStorage(Storage):
         f = describe_file(path, content_type, file_name, key, kind)
         data_path, meta_path = self._paths(f.key)
         tmp = data_path.with_name(f"{data_path.name}.{secrets.token_hex(4)}.part")
+        placed = False
         try:
             with disk_errors():
                 shutil.copyfile(path, tmp)
-                if exclusive:                    # a link is made only where no file is
-                    _link_new(tmp, data_path)
-                    tmp.unlink()
+                if exclusive:
+                    placed = _place_new(tmp, data_path)
                 else:
                     os.replace(tmp, data_path)   # atomic: a reader never sees half a file
                 meta_path.write_text(self.meta_json(f))
         except BaseException:
             tmp.unlink(missing_ok=True)
+            if placed:                           # not half stored: a retry can store it whole
+                data_path.unlink(missing_ok=True)
             raise
         return f
 

@@ -9,6 +9,7 @@ an instance role).
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +18,7 @@ from flashhead.storage.base import GONE, READ_BLOCK, RESULT, Storage, StoredFile
 
 _MISSING = ("404", "NoSuchKey", "NotFound")
 _TAKEN = ("PreconditionFailed", "ConditionalRequestConflict")      # If-None-Match: * lost
+_CONFLICT_TRIES = 3
 _FULL = ("QuotaExceeded", "XMinioStorageFull", "EntityTooLarge")   # bucket quota / full MinIO disk
 
 
@@ -26,10 +28,15 @@ def normalize_prefix(prefix: str | None) -> str:
     return f"{prefix}/" if prefix else ""
 
 
+def _code(exc: Exception) -> str:
+    """The S3 error code of a botocore ClientError ('' for any other exception)."""
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
 def _error(exc: Exception, what: str) -> Exception:
     """botocore's ClientError for a missing object -> NotFound; anything else (a refused
     connection, bad credentials, a missing bucket) -> BackendUnavailable."""
-    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    code = _code(exc)
     if code in _MISSING:
         return NotFound(GONE, field="key")
     if code in _TAKEN:
@@ -53,22 +60,53 @@ class S3Storage(Storage):
 
     def put_file(self, path: Path, content_type: str | None, file_name: str | None,
                  key: str | None = None, kind: str = RESULT, exclusive: bool = False) -> StoredFile:
-        """exclusive: one PUT with If-None-Match: * (S3's conditional write; a store that ignores
-        the header replaces the object instead). Else boto3's upload_file (multipart when large)."""
+        """exclusive: see _put_new. Else boto3's upload_file (multipart when large)."""
         f = describe_file(path, content_type, file_name, key, kind)
         args = {"ContentType": f.content_type, "Metadata": {"file-name": f.file_name, "kind": kind}}
         try:
             if exclusive:
-                with open(path, "rb") as body:
-                    self.s3.put_object(Bucket=self.bucket, Key=self._obj(f.key), Body=body, IfNoneMatch="*", **args)
+                self._put_new(path, self._obj(f.key), args)
             else:
                 self.s3.upload_file(str(path), self.bucket, self._obj(f.key), ExtraArgs=args)
+        except AlreadyStored:
+            raise
         except Exception as exc:  # botocore and s3transfer raise many unrelated classes
             err = _error(getattr(exc, "last_exception", None) or exc, "upload")
             if isinstance(err, (StorageFull, AlreadyStored)):
                 raise err from exc
             raise BackendUnavailable(f"S3 upload failed: {exc}", field="storage") from exc
         return f
+
+    def _put_new(self, path: Path, obj: str, args: dict) -> None:
+        """Only if no object is there: a HEAD, then one PUT with If-None-Match: * (S3's
+        conditional write, so of racing PUTs one stores). A 409 (another conditional write in
+        flight) is tried again; a store that refuses the header (501) gets a plain PUT, and one
+        that ignores it replaces an object only when racing past the HEAD."""
+        if self._exists(obj):
+            raise AlreadyStored("this key holds a file already", field="key")
+        for attempt in range(_CONFLICT_TRIES):
+            try:
+                with open(path, "rb") as body:
+                    self.s3.put_object(Bucket=self.bucket, Key=obj, Body=body, IfNoneMatch="*", **args)
+                return
+            except Exception as exc:  # noqa: BLE001 - sorted by its S3 error code
+                code = _code(exc)
+                if code == "NotImplemented":
+                    with open(path, "rb") as body:
+                        self.s3.put_object(Bucket=self.bucket, Key=obj, Body=body, **args)
+                    return
+                if code != "ConditionalRequestConflict" or attempt == _CONFLICT_TRIES - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+
+    def _exists(self, obj: str) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=obj)
+        except Exception as exc:  # noqa: BLE001
+            if _code(exc) in _MISSING:
+                return False
+            raise
+        return True
 
     def stat(self, key: str) -> StoredFile:
         try:
