@@ -178,6 +178,53 @@ def test_the_tls_server_sends_no_session_tickets(setup):
         assert tls.session is None or not tls.session.has_ticket, "the server sent a session ticket"
 
 
+def _raw_tls(server: Server, head: str, body_parts: tuple[bytes, ...] = (), wait_s: float = 5.0) -> bytes:
+    """Send a request's head (and body parts) by hand; what came back within wait_s."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=wait_s) as raw, \
+            server.ssl_context().wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(head.encode())
+        try:
+            for part in body_parts:
+                tls.sendall(part)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):      # it stopped reading: fine
+            pass
+        answer = b""
+        try:
+            while not _whole(answer) and (chunk := tls.recv(65536)):
+                answer += chunk
+        except (socket.timeout, ssl.SSLError, ConnectionResetError):
+            pass
+        return answer
+
+
+def _whole(answer: bytes) -> bool:
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    return bool(sep) and len(body) >= length
+
+
+def test_a_stranger_cannot_make_the_server_read_a_big_body(setup):
+    """With keys, a request without a valid key or token may send at most
+    anonymous_max_body_bytes (64 KiB): a bigger declared body is 401 before a byte of it is read,
+    a chunked one is cut there; a caller with a valid key is read as before."""
+    server, key = setup
+    head = ("POST /queue/fal-ai/flashhead HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "{auth}Content-Length: 10000000\r\n\r\n")
+    for auth in ("", "Authorization: Key bogus:secret\r\n", "Authorization: Bearer not.a.token\r\n"):
+        answer = _raw_tls(server, head.format(auth=auth))           # the head only: nothing to read
+        assert answer.startswith(b"HTTP/1.1 401"), (auth, answer[:200])
+    assert _raw_tls(server, head.format(auth=f"Authorization: Key {key}\r\n"), wait_s=1.0) == b""  # reading
+    chunked = ("POST /queue/fal-ai/flashhead HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               "Transfer-Encoding: chunked\r\n\r\n")
+    part = b"%x\r\n%s\r\n" % (32768, b" " * 32768)
+    answer = _raw_tls(server, chunked, (part,) * 3)                  # 96 KiB, no end: cut at 64
+    assert answer.startswith(b"HTTP/1.1 401") and b"at most 65536 bytes" in answer, answer[:400]
+    with server.client() as c:                                       # small bodies: the route's own 401
+        r = c.post(f"/queue/{TEXT_ENDPOINT}", json={"image_url": "x", "text": "y" * 1000})
+        assert r.status_code == 401 and r.json()["error_type"] == "unauthorized"
+
+
 def test_jobs_are_visible_to_their_own_key_only(setup, tmp_path):
     server, key = setup
     other = keys_cli(server.data_dir, "create").stdout.strip()

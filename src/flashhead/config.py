@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     staging_retention_s: float = Field(3600.0, gt=0, description="multipart staging and partial files")
     retention_sweep_s: float = Field(600.0, gt=0, description="the API process sweeps expired items every")
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="JSON and other non-upload bodies")
+    anonymous_max_body_bytes: int = Field(64 * 1024, gt=0, description="with keys: the largest body of a "
+                                          "request that carries no valid key or token (refused with 401 "
+                                          "before more is read: only callers the server knows make it "
+                                          "read and parse big bodies)")
     max_upload_bytes: int = Field(1024 ** 3, gt=0, description="one upload, or one multipart file in total")
     upload_reserve_bytes: int = Field(1024 ** 3, ge=0, description="uploads are refused (507 storage_full) "
                                       "while the disk holding the data dir has less than this free: space "

@@ -189,7 +189,7 @@ def create_app(settings: Settings | None = None, engines=None, *, workers: int |
     errors.install(app)
     for module in (ops, storage, queue, run):
         app.include_router(module.router)
-    app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.add_middleware(BodyLimitMiddleware, settings=settings, auth=ctx.auth)
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
                        expose_headers=EXPOSED_HEADERS)
     app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics)

@@ -316,6 +316,25 @@ class Auth:
             raise Forbidden(f"this server has no keys (--no-auth), so it takes no requests from pages of "
                             f"other sites (Origin {origin!r}); serve with keys to allow them", field="Origin")
 
+    def vouches(self, header: str | None, token: str | None) -> bool:
+        """Whether a request carries a credential this server knows: an active key, or a valid
+        token of any type (`Authorization: Bearer`, or `token`, the signed upload URLs' query
+        parameter); always in OPEN mode. For the body limits (flashhead.api.bodies): the route's
+        own check (`check`) still decides what the caller may do. Blocking (see check)."""
+        if self.mode == OPEN:
+            return True
+        scheme, _, value = (header or "").strip().partition(" ")
+        checks = [lambda: self._check_key_header(header)] if scheme.lower() == "key" else []
+        bearer = value.strip() if scheme.lower() == "bearer" else None
+        checks += [lambda t=t: self._decode(t, None) for t in (bearer, token) if t]
+        for check in checks:
+            try:
+                check()
+                return True
+            except Unauthorized:
+                pass
+        return False
+
     def _check_key_header(self, header: str | None) -> str:
         scheme, _, value = (header or "").strip().partition(" ")
         key_id, _, secret = value.strip().partition(":")
@@ -332,13 +351,14 @@ class Auth:
         t = int(time.time())
         return jwt.encode({**claims, "iat": t, "exp": t + int(ttl_s)}, self._secret, algorithm=_ALG)
 
-    def _decode(self, token: str, typ: str) -> dict:
-        """A valid, unexpired token of type `typ` whose issuing key is still active (KEYS mode)."""
+    def _decode(self, token: str, typ: str | None) -> dict:
+        """A valid, unexpired token of type `typ` (any, for None) whose issuing key is still
+        active (KEYS mode)."""
         try:
             claims = jwt.decode(token, self._secret, algorithms=[_ALG], options={"require": ["exp", "sub"]})
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}", field="token") from None
-        if claims.get("typ") != typ:
+        if typ is not None and claims.get("typ") != typ:
             raise Unauthorized(f"token is not a {typ} token", field="token")
         if self.mode == KEYS and not (isinstance(claims["sub"], str) and self.keys.is_active(claims["sub"])):
             raise Unauthorized("the key that issued this token is revoked or unknown", field="token")
