@@ -223,6 +223,12 @@ def test_a_stranger_cannot_make_the_server_read_a_big_body(setup):
     with server.client() as c:                                       # small bodies: the route's own 401
         r = c.post(f"/queue/{TEXT_ENDPOINT}", json={"image_url": "x", "text": "y" * 1000})
         assert r.status_code == 401 and r.json()["error_type"] == "unauthorized"
+        init = c.post("/rest/storage/upload/initiate", json={"content_type": "image/png", "file_name": "a.png"},
+                      headers={"Authorization": f"Key {key}"}).json()
+        big = c.put(init["upload_url"], content=b"z" * 200_000)      # a signed URL's token vouches
+        assert big.status_code == 200 and big.json()["file_size"] == 200_000, big.text
+        forged = c.put(init["upload_url"].split("?")[0] + "?token=x.y.z", content=b"z" * 200_000)
+        assert forged.status_code == 401 and "at most" in forged.text, forged.text
 
 
 def test_jobs_are_visible_to_their_own_key_only(setup, tmp_path):
