@@ -1,9 +1,10 @@
 """The CPU engine's pool of render processes behind a real `flashhead serve`: sessions spread
 over the processes (each pinned to one, each process rendering), a session whose portrait a
 process already prepared goes there while it has room, and a render process that dies fails its
-engine's sessions at once and the engine comes back."""
+own sessions at once and is replaced while the other process's sessions go on."""
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -11,8 +12,10 @@ import time
 
 import pytest
 
-from api_helpers import ROOT, data_uri, fal_sync_client, tls_server, worker_processes
-from test_engine_server import ENGINE, Live, _new_session_works, _wait_new_engine, engine_pid, image, wait_started
+from api_helpers import ROOT, data_uri, fal_sync_client, tls_server, wait_terminal, worker_processes
+from flashhead import constants as C
+from stream_server import long_speech_wav
+from test_engine_server import Live, _new_session_works, engine_pid, image, wait_started
 
 pytestmark = pytest.mark.slow      # a real server, its engine and two render processes
 
@@ -85,20 +88,51 @@ def test_a_repeated_portrait_goes_to_the_process_that_prepared_it_while_it_has_r
         assert s.error is None and len(s.arrivals) == 60, s.error
 
 
-def test_a_render_process_that_dies_fails_the_engines_sessions_and_it_restarts(server, client):
-    sessions = [Live(client) for _ in range(PROCESSES)]
+def test_a_render_process_that_dies_fails_its_own_sessions_only_and_is_replaced(server, client):
+    """Each process holds one of two sessions; SIGKILL of one process: its session's client gets
+    ENGINE_FAILED at once, the other session plays on to its end, the engine (router) stays and a
+    new render process takes the dead one's place. Before, one dead render process restarted the
+    whole engine and failed every session."""
+    sessions = [Live(client, chunks=40, image_url=u) for u in (image(), data_uri(ROOT / "examples" /
+                                                                                 "portrait_astronaut.jpg", "image/jpeg"))]
     for s in sessions:
         s.start()
     wait_started(sessions)
-    old = engine_pid(server)
-    victim = worker_processes(old, POOL)[0]
+    assert _pinned(server) == [1] * PROCESSES
+    engine = engine_pid(server)
+    victim = worker_processes(engine, POOL)[0]
     killed_at = time.monotonic()
     os.kill(victim, signal.SIGKILL)
-    for s in sessions:                                        # the other process's client too
-        s.join(10)
-        assert s.error is not None and s.error.error == "ENGINE_FAILED", s.error
-        assert s.error_at - killed_at < 2.0
-    new = _wait_new_engine(server, old)
-    assert len(worker_processes(new, POOL)) == PROCESSES
-    assert worker_processes(server.proc.pid, ENGINE) == [new]
+    for s in sessions:
+        s.join(60)
+    failed = [s for s in sessions if s.error is not None]
+    assert len(failed) == 1 and failed[0].error.error == "ENGINE_FAILED", [s.error for s in sessions]
+    assert failed[0].error_at - killed_at < 2.0
+    survivor = next(s for s in sessions if s.error is None)
+    assert len(survivor.arrivals) == 40
+    assert engine_pid(server) == engine                       # the engine did not restart
+    renderers = worker_processes(engine, POOL)
+    assert len(renderers) == PROCESSES and victim not in renderers, renderers
     _new_session_works(client)
+
+
+def test_a_queue_job_whose_render_processes_die_goes_back_to_the_queue_and_completes(server):
+    """Every render process killed under a running queue job: the job's worker hears
+    engine_failed at once (the router answers for the dead process), the job is re-queued and
+    its next attempt, on the new processes, completes. The engine itself stays."""
+    engine = engine_pid(server)
+    body = {"image_url": image(), "audio_url": "data:audio/wav;base64," + base64.b64encode(long_speech_wav(2)).decode()}
+    with server.client() as c:
+        rid = c.post(f"/queue/{C.AUDIO_ENDPOINT}", json=body).json()["request_id"]
+        deadline = time.monotonic() + 60
+        while not any("rendered" in line["message"] for line in
+                      c.get(f"/queue/{C.TEXT_ENDPOINT}/requests/{rid}/status", params={"logs": 1}).json().get("logs", [])):
+            assert time.monotonic() < deadline, "the job never started rendering"
+            time.sleep(0.1)
+        for pid in worker_processes(engine, POOL):
+            os.kill(pid, signal.SIGKILL)
+        done = wait_terminal(c, rid, timeout=180)
+        assert done["status"] == "COMPLETED" and "error" not in done, done
+        assert any("attempt 2" in line["message"] for line in done["logs"]), done["logs"]
+        assert c.get(f"/queue/{C.TEXT_ENDPOINT}/requests/{rid}").json()["video"]["file_size"] > 0
+    assert engine_pid(server) == engine

@@ -10,8 +10,10 @@ client messages go to that process, and everything it sends goes to the API unch
 (forwarded as the pickled bytes it arrived as). Queue jobs from worker processes (jobs.py) are
 pinned the same way, and their messages go back to their worker. The router's heartbeat sums the processes' ones;
 a process that stops beating shows as a step as old as its silence, so the API's hang check
-covers it. A render process that dies takes the engine with it: the router exits, the API's
-supervisor fails every session and starts a new engine, as when a single engine process dies.
+covers it. A render process that dies fails only the sessions and queue jobs pinned to it
+(engine_failed, at once: a job goes back to the queue) and is replaced by a new one; the other
+processes' sessions go on. A hung one (silent past the step deadline) still has the API restart
+the whole engine.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from flashhead.config import Settings
 from flashhead.constants import PORTRAIT_CACHE_SIZE
 from flashhead.engine.jobs import JOBS_ENV, JobAddress, JobListener
 from flashhead.engine.relay import FINAL as SESSION_FINAL
+from flashhead.errors import EngineFailed
 
 log = logging.getLogger("flashhead.engine")
 FINAL = SESSION_FINAL | {"result"}          # a session's or a queue job's last message
@@ -49,6 +52,7 @@ class RenderProcess:
                                      pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         self.index, self.conn = index, Connection(ours.detach())
+        self.replaced = False                   # it died, and a new process took its place
         self.sessions: set[str] = set()
         self.share = 1                          # sessions it holds in real time (set when ready)
         self.portraits: OrderedDict[str, None] = OrderedDict()   # portrait_key()s sent to it, newest last
@@ -99,9 +103,9 @@ class Router:
 
     def __init__(self, conn: Connection, settings: Settings, processes: int, settings_env: str,
                  jobs: JobAddress | None = None):
-        self.conn = conn
-        child = settings.model_copy(update={"engine_processes": 1, "engine_threads": settings.engine_threads or 1})
-        self.procs = [RenderProcess(i, child, settings_env) for i in range(processes)]
+        self.conn, self.settings_env = conn, settings_env
+        self.child = settings.model_copy(update={"engine_processes": 1, "engine_threads": settings.engine_threads or 1})
+        self.procs = [RenderProcess(i, self.child, settings_env) for i in range(processes)]
         self.owner: dict[str, RenderProcess] = {}
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -110,7 +114,7 @@ class Router:
     def serve(self, ready_payload) -> None:
         """`ready_payload(infos)`: the ready message, from the processes' ready messages."""
         for p in self.procs:
-            threading.Thread(target=self._read, args=(p,), name=f"pool-reader-{p.index}", daemon=True).start()
+            self._start_reader(p)
         for p in self.procs:
             p.ready.wait()
         self._send_raw(pickle.dumps(("ready", None, ready_payload([p.info for p in self.procs]))))
@@ -155,6 +159,7 @@ class Router:
                 raw = proc.conn.recv_bytes()
             except (EOFError, OSError):
                 self._died(proc)
+                proc.conn.close()
                 return
             kind, sid, payload = pickle.loads(raw)
             if kind == "ready":
@@ -186,11 +191,33 @@ class Router:
             except (OSError, ValueError):
                 os._exit(0)                  # the API is gone: so is this engine
 
+    def _start_reader(self, proc: RenderProcess) -> None:
+        threading.Thread(target=self._read, args=(proc,), name=f"pool-reader-{proc.index}", daemon=True).start()
+
     def _died(self, proc: RenderProcess) -> None:
-        log.error("render process died: the engine restarts",
-                  extra={"render_process": proc.index, "returncode": proc.proc.poll()})
-        self.stop()
-        os._exit(1)
+        """Its sessions and jobs fail at once (engine_failed); a new process takes its place."""
+        with self._lock:
+            if proc.replaced:                   # its reader and a send both saw it
+                return
+            proc.replaced = True
+            lost = [sid for sid, owner in self.owner.items() if owner is proc]
+            for sid in lost:
+                self._forget(sid)
+            fresh = RenderProcess(proc.index, self.child, self.settings_env)
+            self.procs[self.procs.index(proc)] = fresh
+        log.error("render process died: its sessions failed, a new one replaces it",
+                  extra={"render_process": proc.index, "returncode": proc.proc.poll(), "sessions": len(lost)})
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+        proc.proc.wait(timeout=10)              # reaped (its reader closes its connection)
+        self._start_reader(fresh)
+        failed = {"error_type": EngineFailed.error_type, "message": "the render process of this session "
+                  "stopped; start it again", "field": None, "fatal": True}
+        for sid in lost:
+            if self.jobs is not None and self.jobs.owns(sid):
+                self.jobs.reply(sid, "error", pickle.dumps(("error", failed)))
+            else:
+                self._send_raw(pickle.dumps(("error", sid, failed)))
 
     def _beat(self) -> None:
         from flashhead.engine.process import BEAT_S
