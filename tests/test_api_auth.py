@@ -229,6 +229,12 @@ def test_a_stranger_cannot_make_the_server_read_a_big_body(setup):
         assert big.status_code == 200 and big.json()["file_size"] == 200_000, big.text
         forged = c.put(init["upload_url"].split("?")[0] + "?token=x.y.z", content=b"z" * 200_000)
         assert forged.status_code == 401 and "at most" in forged.text, forged.text
+        token = c.post("/rest/tokens/", json={"allowed_apps": ["flashhead"]},
+                       headers={"Authorization": f"Key {key}"}).json()
+        for jwt, vouched in ((token, True), ("x.y.z", False)):      # WHEP's fal_jwt_token vouches too
+            r = c.post(f"/{TEXT_ENDPOINT}/whep", params={"fal_jwt_token": jwt, "image_url": "x"},
+                       content=b"v=0\r\n" * 20_000, headers={"Content-Type": "application/sdp"})
+            assert (r.status_code != 401) == vouched and ("at most" in r.text) != vouched, (vouched, r.text)
 
 
 def test_jobs_are_visible_to_their_own_key_only(setup, tmp_path):

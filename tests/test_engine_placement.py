@@ -2,6 +2,7 @@
 that already prepared its portrait while that one has room, else to the least loaded."""
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from types import SimpleNamespace
 
@@ -10,9 +11,16 @@ from flashhead.engine.pool import RenderProcess, pick, portrait_key
 from flashhead.schemas import FlashHeadRequest
 
 
+def _ready() -> threading.Event:
+    up = threading.Event()
+    up.set()
+    return up
+
+
 def _procs(n: int, share: int) -> list:
     """Stand-ins with RenderProcess's placement state (no process behind them)."""
-    procs = [SimpleNamespace(index=i, sessions=set(), share=share, portraits=OrderedDict()) for i in range(n)]
+    procs = [SimpleNamespace(index=i, sessions=set(), share=share, portraits=OrderedDict(), replaced=False,
+                             ready=_ready()) for i in range(n)]
     for p in procs:
         p.took = RenderProcess.took.__get__(p)
     return procs

@@ -93,8 +93,8 @@ def test_a_render_process_that_dies_fails_its_own_sessions_only_and_is_replaced(
     ENGINE_FAILED at once, the other session plays on to its end, the engine (router) stays and a
     new render process takes the dead one's place. Before, one dead render process restarted the
     whole engine and failed every session."""
-    sessions = [Live(client, chunks=40, image_url=u) for u in (image(), data_uri(ROOT / "examples" /
-                                                                                 "portrait_astronaut.jpg", "image/jpeg"))]
+    fresh = [client.upload_file(ROOT / "examples" / "portrait_girl_512.png") for _ in range(PROCESSES)]
+    sessions = [Live(client, chunks=40, image_url=u) for u in fresh]      # portraits no process prepared
     for s in sessions:
         s.start()
     wait_started(sessions)

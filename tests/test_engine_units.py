@@ -245,6 +245,25 @@ def test_a_stopping_server_ends_its_local_sessions_with_a_clear_error():
     link.shutdown()
 
 
+def test_a_new_session_goes_to_a_live_render_process_ready_ones_first():
+    """pool.pick: never a dead process (replaced), a replacement still starting only when no
+    ready one can take it, None when every process is dead (the router then fails the session)."""
+    import threading
+    from types import SimpleNamespace
+
+    from flashhead.engine.pool import pick
+
+    def proc(index, *, ready=True, replaced=False, sessions=0):
+        up = threading.Event()
+        if ready:
+            up.set()
+        return SimpleNamespace(index=index, ready=up, replaced=replaced, sessions=set(range(sessions)),
+                               portraits={}, share=4)
+    assert pick([proc(0, replaced=True), proc(1, ready=False), proc(2, sessions=3)], None).index == 2
+    assert pick([proc(0, replaced=True), proc(1, ready=False)], None).index == 1
+    assert pick([proc(0, replaced=True), proc(1, replaced=True)], None) is None
+
+
 def test_the_cpu_renderer_admits_four_sessions_per_core_unless_configured(monkeypatch):
     """bench/sessions.py keeps 8 live sessions real time on 2 cores, not 9: the default follows
     the cores the render processes run on (a fixed 8 starved sessions on one core and refused

@@ -28,6 +28,7 @@ from flashhead.errors import BodyTimeout, FlashheadError, PayloadTooLarge, Unaut
 # /cdn/... (fal-client CDN and the JS client's signed PUTs) and multipart parts under /files/
 UPLOAD_PATH = re.compile(r"^/cdn/|^/files/[^/]+/multipart/")
 _DISCONNECT: Message = {"type": "http.disconnect"}
+TOKEN_PARAMS = ("token", "fal_jwt_token")     # signed upload URLs; WHEP and realtime
 
 
 class BodyLimitMiddleware:
@@ -66,8 +67,8 @@ class BodyLimitMiddleware:
         pass it from a caller without a valid key or token."""
         s = self.settings
         limit = s.max_upload_bytes if upload else s.max_body_bytes
-        maybe_big = (declared or 0) > s.anonymous_max_body_bytes or (
-            declared is None and _header(scope, b"transfer-encoding") is not None)     # chunked
+        maybe_big = (declared or 0) > s.anonymous_max_body_bytes or \
+            _header(scope, b"transfer-encoding") is not None      # chunked (it wins over a length)
         if maybe_big and not await self._vouched(scope):
             return s.anonymous_max_body_bytes, lambda n=None: Unauthorized(
                 f"no valid key or token (Authorization: Key <id>:<secret>), so the body may be at most "
@@ -79,7 +80,8 @@ class BodyLimitMiddleware:
         if self.auth.mode == OPEN:
             return True
         header = _header(scope, b"authorization")
-        token = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [None])[0]
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        token = next((query[name][0] for name in TOKEN_PARAMS if name in query), None)
         try:
             return await off_loop(self.auth.vouches, header, token)
         except Exception:  # noqa: BLE001 - the key store unreachable: the route's own check says so

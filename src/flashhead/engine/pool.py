@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import pickle
+import queue
 import signal
 import socket
 import subprocess
@@ -39,6 +40,8 @@ from flashhead.errors import EngineFailed
 
 log = logging.getLogger("flashhead.engine")
 FINAL = SESSION_FINAL | {"result"}          # a session's or a queue job's last message
+MAX_FAILED_STARTS = 3                        # replacements in a row dying before ready: engine restart
+RESPAWN_DELAY_S = 2.0                        # times the failed starts in a row, before the next
 
 
 class RenderProcess:
@@ -52,7 +55,8 @@ class RenderProcess:
                                      pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         self.index, self.conn = index, Connection(ours.detach())
-        self.replaced = False                   # it died, and a new process took its place
+        self.started_at = time.monotonic()
+        self.replaced = False                   # it died: a new process takes its place
         self.sessions: set[str] = set()
         self.share = 1                          # sessions it holds in real time (set when ready)
         self.portraits: OrderedDict[str, None] = OrderedDict()   # portrait_key()s sent to it, newest last
@@ -91,7 +95,12 @@ def pick(procs: list, portrait: str | None):
     """The render process for a new session: of those that prepared `portrait`, the least loaded
     if it has room (fewer sessions than its share, and at most one more than the least loaded
     process: a popular portrait does not pile onto one core while another idles), else the
-    least loaded of all."""
+    least loaded of all. Only live processes, ready ones first (a replacement still starting
+    takes sessions only when no other can); None when every process is dead."""
+    procs = [p for p in procs if not p.replaced]
+    procs = [p for p in procs if p.ready.is_set()] or procs
+    if not procs:
+        return None
     least = min(procs, key=lambda p: (len(p.sessions), p.index))
     holders = [p for p in procs if portrait in p.portraits and len(p.sessions) < p.share
                and len(p.sessions) <= len(least.sessions) + 1]
@@ -107,6 +116,9 @@ class Router:
         self.child = settings.model_copy(update={"engine_processes": 1, "engine_threads": settings.engine_threads or 1})
         self.procs = [RenderProcess(i, self.child, settings_env) for i in range(processes)]
         self.owner: dict[str, RenderProcess] = {}
+        self.announced = False                  # the engine told the API it is ready
+        self.failed_starts = 0                  # replacements in a row that died before ready
+        self._dead: queue.SimpleQueue[RenderProcess] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self.jobs = JobListener(jobs, self._route) if jobs is not None else None
@@ -118,7 +130,9 @@ class Router:
         for p in self.procs:
             p.ready.wait()
         self._send_raw(pickle.dumps(("ready", None, ready_payload([p.info for p in self.procs]))))
+        self.announced = True
         threading.Thread(target=self._beat, name="pool-beat", daemon=True).start()
+        threading.Thread(target=self._replace_dead, name="pool-respawn", daemon=True).start()
         while True:
             try:
                 kind, sid, payload = self.conn.recv()
@@ -137,12 +151,17 @@ class Router:
             if kind in ("stream", "live", "job"):
                 portrait = portrait_key(kind, payload)
                 proc = pick(self.procs, portrait)
-                proc.took(sid, portrait)
-                self.owner[sid] = proc
-            else:
-                proc = self.owner.get(sid, self.procs[0])     # unknown: any process says so
+                if proc is not None:
+                    proc.took(sid, portrait)
+                    self.owner[sid] = proc
+            else:                                             # unknown: any process says so
+                proc = self.owner.get(sid) or next((p for p in self.procs if not p.replaced), None)
                 if kind == "close":
                     self._forget(sid)
+        if proc is None:
+            if kind in ("stream", "live", "job"):
+                self._fail(sid)
+            return
         try:
             proc.send((kind, sid, payload))
         except (OSError, ValueError):
@@ -170,6 +189,9 @@ class Router:
                 proc.last_beat = time.monotonic()
                 proc.ready.set()
                 continue
+            if kind == "failed" and self.announced:       # a replacement that cannot start: it
+                log.error("a render process could not start: %s", payload)   # exits next (_died)
+                continue
             if kind == "beat":
                 with self._lock:
                     proc.beat, proc.last_beat = payload, time.monotonic()
@@ -195,7 +217,10 @@ class Router:
         threading.Thread(target=self._read, args=(proc,), name=f"pool-reader-{proc.index}", daemon=True).start()
 
     def _died(self, proc: RenderProcess) -> None:
-        """Its sessions and jobs fail at once (engine_failed); a new process takes its place."""
+        """Its sessions and jobs fail at once (engine_failed) and the respawn thread replaces
+        it. Before the engine is ready, or after MAX_FAILED_STARTS replacements in a row died
+        before they were ready, the engine exits instead: the API's supervisor restarts it (and
+        /health says why it cannot start)."""
         with self._lock:
             if proc.replaced:                   # its reader and a send both saw it
                 return
@@ -203,21 +228,40 @@ class Router:
             lost = [sid for sid, owner in self.owner.items() if owner is proc]
             for sid in lost:
                 self._forget(sid)
-            fresh = RenderProcess(proc.index, self.child, self.settings_env)
-            self.procs[self.procs.index(proc)] = fresh
-        log.error("render process died: its sessions failed, a new one replaces it",
+            self.failed_starts = 0 if proc.ready.is_set() else self.failed_starts + 1
+        log.error("render process died: its sessions failed",
                   extra={"render_process": proc.index, "returncode": proc.proc.poll(), "sessions": len(lost)})
-        if proc.proc.poll() is None:
-            proc.proc.kill()
-        proc.proc.wait(timeout=10)              # reaped (its reader closes its connection)
-        self._start_reader(fresh)
+        if not self.announced or self.failed_starts >= MAX_FAILED_STARTS:
+            self.stop()
+            os._exit(1)
+        for sid in lost:
+            self._fail(sid)
+        self._dead.put(proc)
+
+    def _fail(self, sid: str) -> None:
         failed = {"error_type": EngineFailed.error_type, "message": "the render process of this session "
                   "stopped; start it again", "field": None, "fatal": True}
-        for sid in lost:
-            if self.jobs is not None and self.jobs.owns(sid):
-                self.jobs.reply(sid, "error", pickle.dumps(("error", failed)))
-            else:
-                self._send_raw(pickle.dumps(("error", sid, failed)))
+        if self.jobs is not None and self.jobs.owns(sid):
+            self.jobs.reply(sid, "error", pickle.dumps(("error", failed)))
+        else:
+            self._send_raw(pickle.dumps(("error", sid, failed)))
+
+    def _replace_dead(self) -> None:
+        """One long-lived thread spawns the replacements: a render process dies with the thread
+        that started it (PR_SET_PDEATHSIG), so not a reader's or a job's, which end."""
+        while True:
+            dead = self._dead.get()
+            if dead.proc.poll() is None:
+                dead.proc.kill()
+            try:
+                dead.proc.wait(timeout=10)      # reaped (its reader closes its connection)
+            except subprocess.TimeoutExpired:
+                log.error("a dead render process could not be reaped", extra={"render_process": dead.index})
+            time.sleep(RESPAWN_DELAY_S * self.failed_starts)
+            fresh = RenderProcess(dead.index, self.child, self.settings_env)
+            with self._lock:
+                self.procs[self.procs.index(dead)] = fresh
+            self._start_reader(fresh)
 
     def _beat(self) -> None:
         from flashhead.engine.process import BEAT_S
@@ -228,8 +272,16 @@ class Router:
 
     def beat(self) -> dict:
         """The processes' beats summed; a silent process counts as a step running since its last
-        beat (less one beat interval), so the API's step deadline also catches a hung process."""
-        from flashhead.engine.process import BEAT_S
+        beat (less one beat interval), so the API's step deadline also catches a hung process;
+        a replacement still starting, only once it is later than READY_TIMEOUT_S."""
+        from flashhead.engine.process import BEAT_S, READY_TIMEOUT_S
+
+        def silent(p: RenderProcess) -> float:
+            if p.replaced:                          # dead, its sessions failed: not hung
+                return 0.0
+            if not p.ready.is_set():
+                return max(0.0, now - p.started_at - READY_TIMEOUT_S)
+            return max(p.beat["oldest_step_s"], now - p.last_beat - BEAT_S)
 
         now = time.monotonic()
         with self._lock:
@@ -238,8 +290,7 @@ class Router:
             for p in self.procs:
                 p.steps, p.batches = [], []
             return {"active": sum(p.beat["active"] for p in self.procs), "steps": steps, "batches": batches,
-                    "oldest_step_s": max(max(p.beat["oldest_step_s"], now - p.last_beat - BEAT_S)
-                                         for p in self.procs),
+                    "oldest_step_s": max(silent(p) for p in self.procs),
                     "processes": [len(p.sessions) for p in self.procs]}
 
 
