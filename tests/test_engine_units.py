@@ -228,6 +228,10 @@ def test_a_stopping_server_ends_its_local_sessions_with_a_clear_error():
         sessions = [await service.open("live", {}, "k") for _ in range(3)]
         sids = [engine_end.recv()[1] for _ in sessions]
         engine_end.send(("started", sids[0], {"type": "started"}))
+        for _ in range(500):                                 # delivered by the reader thread first
+            if sessions[0].channel.queue.qsize():
+                break
+            await asyncio.sleep(0.01)
         sessions[2].close()
         assert engine_end.recv() == ("close", sids[2], None)
         assert service.interrupt_all() == 2
