@@ -215,6 +215,10 @@ def test_a_stranger_cannot_make_the_server_read_a_big_body(setup):
         answer = _raw_tls(server, head.format(auth=auth))           # the head only: nothing to read
         assert answer.startswith(b"HTTP/1.1 401"), (auth, answer[:200])
     assert _raw_tls(server, head.format(auth=f"Authorization: Key {key}\r\n"), wait_s=1.0) == b""  # reading
+    at_limit = head.format(auth="").replace("10000000", "65536")                   # the edge: read
+    assert _raw_tls(server, at_limit, wait_s=1.0) == b""
+    past = _raw_tls(server, head.format(auth="").replace("10000000", "65537"))     # one byte past: not
+    assert past.startswith(b"HTTP/1.1 401") and b"at most 65536 bytes" in past, past[:300]
     chunked = ("POST /queue/fal-ai/flashhead HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                "Transfer-Encoding: chunked\r\n\r\n")
     part = b"%x\r\n%s\r\n" % (32768, b" " * 32768)
