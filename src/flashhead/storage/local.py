@@ -17,10 +17,10 @@ from flashhead.storage.base import (GONE, READ_BLOCK, RESULT, Storage, StoredFil
 _NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK)
 
 
-def _place_new(src: Path, dst: Path) -> bool:
+def _place_new(src: Path, dst: Path) -> None:
     """Move the bytes at `src` to `dst` only if nothing is there (AlreadyStored else): of racing
     callers, one places its file. A hard link (made only where no file is), or on a filesystem
-    without them an exclusive create that reserves the name. True once placed."""
+    without them an exclusive create that reserves the name."""
     try:
         os.link(src, dst)
     except FileExistsError:
@@ -37,9 +37,8 @@ def _place_new(src: Path, dst: Path) -> bool:
         except BaseException:
             dst.unlink(missing_ok=True)          # the reservation, not a file
             raise
-        return True
+        return
     src.unlink()
-    return True
 
 
 class LocalStorage(Storage):
@@ -62,7 +61,8 @@ class LocalStorage(Storage):
             with disk_errors():
                 shutil.copyfile(path, tmp)
                 if exclusive:
-                    placed = _place_new(tmp, data_path)
+                    _place_new(tmp, data_path)
+                    placed = True
                 else:
                     os.replace(tmp, data_path)   # atomic: a reader never sees half a file
                 meta_path.write_text(self.meta_json(f))
