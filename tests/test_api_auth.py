@@ -207,7 +207,8 @@ def _whole(answer: bytes) -> bool:
 def test_a_stranger_cannot_make_the_server_read_a_big_body(setup):
     """With keys, a request without a valid key or token may send at most
     anonymous_max_body_bytes (64 KiB): a bigger declared body is 401 before a byte of it is read,
-    a chunked one is cut there; a caller with a valid key is read as before."""
+    a chunked one is cut there; a caller with a valid key is read as before, and one with a token
+    only on the routes that take its type."""
     server, key = setup
     head = ("POST /queue/fal-ai/flashhead HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             "{auth}Content-Length: 10000000\r\n\r\n")
@@ -239,6 +240,13 @@ def test_a_stranger_cannot_make_the_server_read_a_big_body(setup):
             r = c.post(f"/{TEXT_ENDPOINT}/whep", params={"fal_jwt_token": jwt, "image_url": "x"},
                        content=b"v=0\r\n" * 20_000, headers={"Content-Type": "application/sdp"})
             assert (r.status_code != 401) == vouched and ("at most" in r.text) != vouched, (vouched, r.text)
+        upload_token = init["upload_url"].split("token=")[1]         # a token vouches only where it works
+        for path, params, auth in ((f"/queue/{TEXT_ENDPOINT}", {}, f"Bearer {token}"),
+                                   (f"/queue/{TEXT_ENDPOINT}", {"fal_jwt_token": token}, None),
+                                   (f"/{TEXT_ENDPOINT}/whep", {"token": upload_token, "image_url": "x"}, None)):
+            r = c.post(path, params=params, content=b" " * 200_000,
+                       headers={"Content-Type": "application/json", **({"Authorization": auth} if auth else {})})
+            assert r.status_code == 401 and "at most" in r.text, (path, r.text)
 
 
 def test_jobs_are_visible_to_their_own_key_only(setup, tmp_path):

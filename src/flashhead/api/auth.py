@@ -316,21 +316,23 @@ class Auth:
             raise Forbidden(f"this server has no keys (--no-auth), so it takes no requests from pages of "
                             f"other sites (Origin {origin!r}); serve with keys to allow them", field="Origin")
 
-    def vouches(self, header: str | None, token: str | None) -> bool:
+    def vouches(self, header: str | None, token: str | None, token_types: tuple[str, ...] = ()) -> bool:
         """Whether a request carries a credential this server knows: an active key, or a valid
-        token of any type (`Authorization: Bearer`, or `token`, the signed upload URLs' query
-        parameter); always in OPEN mode. For the body limits (flashhead.api.bodies): the route's
-        own check (`check`) still decides what the caller may do. Blocking (see check)."""
+        token of one of `token_types` (the types the route takes: `Authorization: Bearer`, or
+        `token`/`fal_jwt_token`, the query parameters of signed upload URLs and WHEP); always in
+        OPEN mode. For the body limits (flashhead.api.bodies): the route's own check (`check`)
+        still decides what the caller may do. Blocking (see check)."""
         if self.mode == OPEN:
             return True
         scheme, _, value = (header or "").strip().partition(" ")
         checks = [lambda: self._check_key_header(header)] if scheme.lower() == "key" else []
         bearer = value.strip() if scheme.lower() == "bearer" else None
-        checks += [lambda t=t: self._decode(t, None) for t in (bearer, token) if t]
+        checks += [lambda t=t: self._decode(t, None).get("typ") in token_types
+                   for t in (bearer, token) if t and token_types]
         for check in checks:
             try:
-                check()
-                return True
+                if check():
+                    return True
             except Unauthorized:
                 pass
         return False

@@ -6,9 +6,9 @@ trickles in is refused when it stalls past body_read_timeout_s (408): a JSON bod
 whole within that time, an upload must not pause longer than that between two blocks.
 Limits (Settings): max_body_bytes for JSON and other bodies; max_upload_bytes for the upload
 routes, which also check it themselves while writing (and the multipart total, in storage).
-With keys, a request that carries no valid key or token (Auth.vouches) may send at most
-anonymous_max_body_bytes: beyond, 401 before more is read, so no stranger makes the server read
-and parse megabytes. The check runs only for a body that may pass that limit.
+With keys, a request that carries no valid key, nor a valid token of a type its route takes
+(Auth.vouches, token_types), may send at most anonymous_max_body_bytes: beyond, 401 before more
+is read, so no stranger makes the server read and parse megabytes. The check runs only for a body that may pass that limit.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from flashhead.errors import BodyTimeout, FlashheadError, PayloadTooLarge, Unaut
 
 # /cdn/... (fal-client CDN and the JS client's signed PUTs) and multipart parts under /files/
 UPLOAD_PATH = re.compile(r"^/cdn/|^/files/[^/]+/multipart/")
+WHEP_PATH = re.compile(r"/whep(/[^/]+)?$")
 _DISCONNECT: Message = {"type": "http.disconnect"}
 TOKEN_PARAMS = ("token", "fal_jwt_token")     # signed upload URLs; WHEP and realtime
 
@@ -83,9 +84,20 @@ class BodyLimitMiddleware:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         token = next((query[name][0] for name in TOKEN_PARAMS if name in query), None)
         try:
-            return await off_loop(self.auth.vouches, header, token)
+            return await off_loop(self.auth.vouches, header, token, token_types(scope["path"]))
         except Exception:  # noqa: BLE001 - the key store unreachable: the route's own check says so
             return True
+
+
+def token_types(path: str) -> tuple[str, ...]:
+    """The token types the route at `path` takes besides a key: only they vouch for its body (a
+    realtime token does not make /queue read a big body). Upload routes: the CDN token
+    (fal-client) and signed upload URLs; WHEP: the realtime token."""
+    if UPLOAD_PATH.match(path):
+        return ("cdn", "upload")
+    if WHEP_PATH.search(path):
+        return ("realtime",)
+    return ()
 
 
 class _LimitedReader:
