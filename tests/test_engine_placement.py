@@ -20,7 +20,7 @@ def _ready() -> threading.Event:
 def _procs(n: int, share: int) -> list:
     """Stand-ins with RenderProcess's placement state (no process behind them)."""
     procs = [SimpleNamespace(index=i, sessions=set(), share=share, portraits=OrderedDict(), replaced=False,
-                             ready=_ready()) for i in range(n)]
+                             killed=False, ready=_ready()) for i in range(n)]
     for p in procs:
         p.took = RenderProcess.took.__get__(p)
     return procs

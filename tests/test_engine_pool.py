@@ -1,7 +1,8 @@
 """The CPU engine's pool of render processes behind a real `flashhead serve`: sessions spread
 over the processes (each pinned to one, each process rendering), a session whose portrait a
-process already prepared goes there while it has room, and a render process that dies fails its
-own sessions at once and is replaced while the other process's sessions go on."""
+process already prepared goes there while it has room, and a render process that dies (or hangs
+past the step deadline) fails its own sessions and is replaced while the other process's
+sessions go on."""
 from __future__ import annotations
 
 import base64
@@ -15,19 +16,21 @@ import pytest
 from api_helpers import ROOT, data_uri, fal_sync_client, tls_server, wait_terminal, worker_processes
 from flashhead import constants as C
 from stream_server import long_speech_wav
-from test_engine_server import Live, _new_session_works, engine_pid, image, wait_started
+from test_engine_server import Flood, Live, _new_session_works, engine_pid, image, wait_started
 
 pytestmark = pytest.mark.slow      # a real server, its engine and two render processes
 
 POOL = b"flashhead.engine.pool"
 PROCESSES = 2
 CAPACITY = 4                     # 2 sessions per render process
+STEP_DEADLINE_S = 5.0
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     yield from tls_server(tmp_path_factory, "pool", {"FLASHHEAD_ENGINE_CAPACITY": str(CAPACITY),
-                                                     "FLASHHEAD_ENGINE_PROCESSES": str(PROCESSES)})
+                                                     "FLASHHEAD_ENGINE_PROCESSES": str(PROCESSES),
+                                                     "FLASHHEAD_ENGINE_STEP_DEADLINE_S": str(STEP_DEADLINE_S)})
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +113,56 @@ def test_a_render_process_that_dies_fails_its_own_sessions_only_and_is_replaced(
     assert failed[0].error_at - killed_at < 2.0
     survivor = next(s for s in sessions if s.error is None)
     assert len(survivor.arrivals) == 40
+    assert engine_pid(server) == engine                       # the engine did not restart
+    renderers = worker_processes(engine, POOL)
+    assert len(renderers) == PROCESSES and victim not in renderers, renderers
+    _new_session_works(client)
+
+
+def test_a_hung_render_process_blocks_nobody_and_is_killed_alone(server, client):
+    """One session per render process; one process stops (SIGSTOP) while its client floods it
+    with speech. The other session's chunks keep coming, a new session starts on the other
+    process and the API answers at once meanwhile (nothing waits on the hung process); at the
+    step deadline the router kills the hung process:
+    its client gets ENGINE_FAILED, the engine (router) stays, a new render process takes the
+    hung one's place. Before, the router and then the API's event loop blocked on the hung
+    process's full pipe, and the API restarted the whole engine, failing both sessions."""
+    engine = engine_pid(server)
+    renderers = worker_processes(engine, POOL)
+    fresh = [client.upload_file(ROOT / "examples" / "portrait_girl_512.png") for _ in range(PROCESSES)]
+    before = {p: cpu_ticks(p) for p in renderers}
+    flood = Flood(client, image_url=fresh[0])                   # a portrait no process prepared: CPU where it goes
+    flood.start()
+    wait_started([flood])
+    victim = max(renderers, key=lambda p: cpu_ticks(p) - before[p])
+    survivor = Live(client, chunks=40, image_url=fresh[1])           # the least loaded: the other process
+    survivor.start()
+    wait_started([survivor])
+    assert _pinned(server) == [1] * PROCESSES
+    stopped_at = time.monotonic()
+    os.kill(victim, signal.SIGSTOP)
+    answers, newcomer, newcomer_wait = [], None, None
+    with server.client() as c:
+        while time.monotonic() - stopped_at < STEP_DEADLINE_S + 2:
+            if newcomer is None and time.monotonic() - stopped_at > 1.5:   # the hung pipe is full
+                newcomer, opened_at = Live(client, chunks=3, image_url=fresh[1]), time.monotonic()
+                newcomer.start()                  # its portrait's process has room: it goes there
+            if newcomer_wait is None and newcomer is not None and newcomer.started.is_set():
+                newcomer_wait = time.monotonic() - opened_at
+            t = time.monotonic()
+            assert c.get("/health").status_code == 200
+            answers.append(time.monotonic() - t)
+            time.sleep(0.1)
+    flood.join(10)
+    survivor.join(60)
+    newcomer.join(30)
+    assert newcomer_wait is not None and newcomer_wait < 2.5, newcomer_wait
+    assert newcomer.error is None and len(newcomer.arrivals) == 3, newcomer.error
+    assert getattr(flood.error, "error", None) == "ENGINE_FAILED", (flood.error, flood.failure)
+    assert STEP_DEADLINE_S - 0.5 <= flood.error_at - stopped_at <= STEP_DEADLINE_S + 3
+    assert survivor.error is None and len(survivor.arrivals) == 40, survivor.error
+    gaps = [b[0] - a[0] for a, b in zip(survivor.arrivals, survivor.arrivals[1:]) if b[0] > stopped_at]
+    assert max(gaps) < 1.5 and max(answers) < 1.0, (max(gaps), max(answers))
     assert engine_pid(server) == engine                       # the engine did not restart
     renderers = worker_processes(engine, POOL)
     assert len(renderers) == PROCESSES and victim not in renderers, renderers

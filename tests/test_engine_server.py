@@ -72,27 +72,49 @@ class Live(threading.Thread):
                 conn.send({"type": "start", "image_url": self.image_url, "pace": True})
                 assert conn.recv()["type"] == "started"
                 self.started.set()
-                pcm = speech_pcm(3.0)
-                for i in range(0, len(pcm), PACKET):
-                    conn.send({"type": "audio", "pcm": pcm[i:i + PACKET]})
-                conn.send({"type": "end_of_speech"})
-                sent = time.monotonic()
-                while len(self.arrivals) < self.chunks:
-                    msg = conn.recv()
-                    if msg.get("type") == "chunk":
-                        self.arrivals.append((time.monotonic(), msg["start"]))
-                    if time.monotonic() - sent > 2.0:     # a client message now and then: not idle
-                        conn.send({"type": "end_of_speech"})
-                        sent = time.monotonic()
+                self.talk(conn)
         except RealtimeError as exc:
             self.error, self.error_at = exc, time.monotonic()
         except Exception as exc:                           # e.g. a handshake timeout: said by wait_started
             self.failure = exc
 
+    def talk(self, conn) -> None:
+        pcm = speech_pcm(3.0)
+        for i in range(0, len(pcm), PACKET):
+            conn.send({"type": "audio", "pcm": pcm[i:i + PACKET]})
+        conn.send({"type": "end_of_speech"})
+        sent = time.monotonic()
+        while len(self.arrivals) < self.chunks:
+            msg = conn.recv()
+            if msg.get("type") == "chunk":
+                self.arrivals.append((time.monotonic(), msg["start"]))
+            if time.monotonic() - sent > 2.0:     # a client message now and then: not idle
+                conn.send({"type": "end_of_speech"})
+                sent = time.monotonic()
+
     def lateness_s(self) -> float:
         """Worst arrival behind the media clock; chunk i is due on screen at a0 + lead + start_i."""
         a0, s0 = self.arrivals[0]
         return max(a - a0 - (s - s0) - C.LIVE_LEAD_S for a, s in self.arrivals[1:])
+
+
+class Flood(Live):
+    """A live session whose client sends 2 s of speech every 0.1 s (and reads what comes) until
+    it hears an error."""
+
+    def talk(self, conn) -> None:
+        threading.Thread(target=self._flood, args=(conn,), daemon=True).start()
+        while True:
+            conn.recv()
+
+    def _flood(self, conn) -> None:
+        pcm = speech_pcm(2.0)
+        try:
+            while self.error is None:
+                conn.send({"type": "audio", "pcm": pcm})
+                time.sleep(0.1)
+        except Exception:                                 # noqa: BLE001 - closed at the end
+            pass
 
 
 def wait_started(sessions: list[Live], timeout: float = 90) -> None:
@@ -272,15 +294,29 @@ def test_engine_killed_mid_session_every_client_hears_and_it_restarts(server, cl
 
 
 def test_a_hung_engine_is_treated_as_dead(server, client):
-    s = Live(client)
+    """SIGSTOP of the engine: at the step deadline every client hears ENGINE_FAILED and a new
+    engine starts; meanwhile the API answers at once, though a client floods the hung engine
+    with speech (its messages queue up to engine_outbox_bytes instead of blocking the event loop)."""
+    s, flood = Live(client), Flood(client)
     s.start()
-    wait_started([s])
+    flood.start()
+    wait_started([s, flood])
     old = engine_pid(server)
     stopped_at = time.monotonic()
     os.kill(old, signal.SIGSTOP)                              # hangs: no step, no heartbeat
+    answers = []
+    with server.client() as c:
+        while time.monotonic() - stopped_at < STEP_DEADLINE_S - 0.5:
+            t = time.monotonic()
+            c.get("/health")
+            answers.append(time.monotonic() - t)
+            time.sleep(0.1)
+    assert max(answers) < 1.0, answers
     s.join(STEP_DEADLINE_S + 10)
-    assert s.error is not None and s.error.error == "ENGINE_FAILED", s.error
-    assert STEP_DEADLINE_S - 0.5 <= s.error_at - stopped_at <= STEP_DEADLINE_S + 3
+    flood.join(10)
+    for one in (s, flood):
+        assert getattr(one.error, "error", None) == "ENGINE_FAILED", (one.error, one.failure)
+        assert STEP_DEADLINE_S - 0.5 <= one.error_at - stopped_at <= STEP_DEADLINE_S + 3
     _wait_new_engine(server, old)
     _new_session_works(client)
 

@@ -250,22 +250,24 @@ def test_a_stopping_server_ends_its_local_sessions_with_a_clear_error():
 
 
 def test_a_new_session_goes_to_a_live_render_process_ready_ones_first():
-    """pool.pick: never a dead process (replaced), a replacement still starting only when no
+    """pool.pick: never a dead process (replaced) or a hung one (killed), a replacement still starting only when no
     ready one can take it, None when every process is dead (the router then fails the session)."""
     import threading
     from types import SimpleNamespace
 
     from flashhead.engine.pool import pick
 
-    def proc(index, *, ready=True, replaced=False, sessions=0):
+    def proc(index, *, ready=True, replaced=False, killed=False, sessions=0):
         up = threading.Event()
         if ready:
             up.set()
-        return SimpleNamespace(index=index, ready=up, replaced=replaced, sessions=set(range(sessions)),
-                               portraits={}, share=4)
+        return SimpleNamespace(index=index, ready=up, replaced=replaced, killed=killed,
+                               sessions=set(range(sessions)), portraits={}, share=4)
     assert pick([proc(0, replaced=True), proc(1, ready=False), proc(2, sessions=3)], None).index == 2
     assert pick([proc(0, replaced=True), proc(1, ready=False)], None).index == 1
     assert pick([proc(0, replaced=True), proc(1, replaced=True)], None) is None
+    assert pick([proc(0, killed=True), proc(1, sessions=3)], None).index == 1      # hung: being killed
+    assert pick([proc(0, killed=True)], None) is None
 
 
 def test_the_cpu_renderer_admits_four_sessions_per_core_unless_configured(monkeypatch):
@@ -277,3 +279,36 @@ def test_the_cpu_renderer_admits_four_sessions_per_core_unless_configured(monkey
         assert capacity_of(Settings(renderer="cpu")) == 4 * n
     assert capacity_of(Settings(renderer="cpu", engine_capacity=5)) == 5
     assert capacity_of(Settings(renderer="flashhead-lite")) == 2
+
+
+def test_an_outbox_never_blocks_its_sender_and_refuses_past_its_limit():
+    """Outbox: a peer that does not read fills its socket, then the outbox up to limit_bytes:
+    send() returns at once until then and raises OSError after; one message bigger than the
+    limit is taken when nothing waits. What was taken arrives in order once the peer reads."""
+    import socket
+    from multiprocessing.connection import Connection
+
+    from flashhead.engine.outbox import Outbox
+
+    ours, theirs = socket.socketpair()
+    peer = Connection(theirs.detach())
+    box = Outbox(Connection(ours.detach()), limit_bytes=1_000_000, name="test-writer")
+    sent, started = -1, time.monotonic()
+    with pytest.raises(OSError, match="1000000 bytes unread"):
+        for i in range(10_000):
+            box.send(("audio", i, b"y" * 10_000))
+            sent = i
+    assert time.monotonic() - started < 2.0
+    assert 50 <= sent <= 1000 and box.queued <= 1_000_000, (sent, box.queued)
+    assert [peer.recv()[1] for _ in range(sent + 1)] == list(range(sent + 1))
+    deadline = time.monotonic() + 5
+    while box.queued and time.monotonic() < deadline:           # the writer catches up
+        time.sleep(0.01)
+    box.send(("big", 0, b"x" * 3_000_000))                      # alone: taken
+    assert len(peer.recv()[2]) == 3_000_000
+    peer.close()
+    deadline = time.monotonic() + 5
+    with pytest.raises(OSError):                                 # the peer is gone: said, not hung
+        while time.monotonic() < deadline:
+            box.send(("late", 0, b"z" * 100_000))
+            time.sleep(0.01)

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
                                      "engines on worker nodes: over every API node together)")
     engine_step_deadline_s: float = Field(30.0, gt=0, description="an engine silent this long while it has "
                                           "sessions running is hung: killed and restarted")
+    engine_outbox_bytes: int = Field(16 * 2**20, ge=2**16, description="messages to an engine (API to "
+                                     "engine, router to render process) it has not read yet: past "
+                                     "this it counts as gone (hung), instead of blocking the sender")
     engine_retry_after_s: int = Field(5, ge=1, description="Retry-After of a 429 at capacity")
     realtime_max_idle_timeout_s: float = Field(600.0, gt=0, description="the largest idle_timeout a "
                                                "realtime client may ask for")

@@ -8,12 +8,12 @@ session is pinned to one render process (`pick`: the one that already prepared i
 that one has room, else the one with the fewest sessions), so its renderer state stays there;
 client messages go to that process, and everything it sends goes to the API unchanged
 (forwarded as the pickled bytes it arrived as). Queue jobs from worker processes (jobs.py) are
-pinned the same way, and their messages go back to their worker. The router's heartbeat sums the processes' ones;
-a process that stops beating shows as a step as old as its silence, so the API's hang check
-covers it. A render process that dies fails only the sessions and queue jobs pinned to it
-(engine_failed, at once: a job goes back to the queue) and is replaced by a new one; the other
-processes' sessions go on. A hung one (silent past the step deadline) still has the API restart
-the whole engine.
+pinned the same way, and their messages go back to their worker. The router's heartbeat sums
+the processes' ones. A render process that dies fails only the sessions and queue jobs pinned to
+it (engine_failed, at once: a job goes back to the queue) and is replaced by a new one; the other
+processes' sessions go on. One that hangs (silent, or in one step, past engine_step_deadline_s)
+is killed by the router, which makes it one that died; the API's own hang check, at the same
+deadline, covers the router.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from multiprocessing.connection import Connection
 from flashhead.config import Settings
 from flashhead.constants import PORTRAIT_CACHE_SIZE
 from flashhead.engine.jobs import JOBS_ENV, JobAddress, JobListener
+from flashhead.engine.outbox import Outbox
 from flashhead.engine.relay import FINAL as SESSION_FINAL
 from flashhead.errors import EngineFailed
 
@@ -55,8 +56,10 @@ class RenderProcess:
                                      pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         self.index, self.conn = index, Connection(ours.detach())
+        self.outbox = Outbox(self.conn, settings.engine_outbox_bytes, f"pool-writer-{index}")
         self.started_at = time.monotonic()
         self.replaced = False                   # it died: a new process takes its place
+        self.killed = False                     # hung: killed, its death not seen yet
         self.sessions: set[str] = set()
         self.share = 1                          # sessions it holds in real time (set when ready)
         self.portraits: OrderedDict[str, None] = OrderedDict()   # portrait_key()s sent to it, newest last
@@ -66,11 +69,11 @@ class RenderProcess:
         self.last_beat = time.monotonic()
         self.steps: list[float] = []
         self.batches: list[int] = []
-        self._send_lock = threading.Lock()      # the API's messages and the workers' jobs
 
     def send(self, message: tuple) -> None:
-        with self._send_lock:
-            self.conn.send(message)
+        """Queued (the API's messages and the workers' jobs): a hung process blocks no sender;
+        OSError when it is gone or has left engine_outbox_bytes unread."""
+        self.outbox.send(message)
 
     def took(self, sid: str, portrait: str | None) -> None:
         """`sid` pinned here; its portrait is now (or soon) in this process's portrait cache."""
@@ -95,9 +98,9 @@ def pick(procs: list, portrait: str | None):
     """The render process for a new session: of those that prepared `portrait`, the least loaded
     if it has room (fewer sessions than its share, and at most one more than the least loaded
     process: a popular portrait does not pile onto one core while another idles), else the
-    least loaded of all. Only live processes, ready ones first (a replacement still starting
+    least loaded of all. Only live processes (not dead, not killed), ready ones first (a replacement still starting
     takes sessions only when no other can); None when every process is dead."""
-    procs = [p for p in procs if not p.replaced]
+    procs = [p for p in procs if not (p.replaced or p.killed)]
     procs = [p for p in procs if p.ready.is_set()] or procs
     if not procs:
         return None
@@ -113,6 +116,7 @@ class Router:
     def __init__(self, conn: Connection, settings: Settings, processes: int, settings_env: str,
                  jobs: JobAddress | None = None):
         self.conn, self.settings_env = conn, settings_env
+        self.deadline_s = settings.engine_step_deadline_s
         self.child = settings.model_copy(update={"engine_processes": 1, "engine_threads": settings.engine_threads or 1})
         self.procs = [RenderProcess(i, self.child, settings_env) for i in range(processes)]
         self.owner: dict[str, RenderProcess] = {}
@@ -225,6 +229,7 @@ class Router:
             if proc.replaced:                   # its reader and a send both saw it
                 return
             proc.replaced = True
+            proc.outbox.close()
             lost = [sid for sid, owner in self.owner.items() if owner is proc]
             for sid in lost:
                 self._forget(sid)
@@ -268,21 +273,39 @@ class Router:
 
         while True:
             time.sleep(BEAT_S)
+            self.kill_hung()
             self._send_raw(pickle.dumps(("beat", None, self.beat())))
 
-    def beat(self) -> dict:
-        """The processes' beats summed; a silent process counts as a step running since its last
-        beat (less one beat interval), so the API's step deadline also catches a hung process;
-        a replacement still starting, only once it is later than READY_TIMEOUT_S."""
+    def kill_hung(self) -> None:
+        """Kills the render processes silent for longer than the step deadline: their reader
+        sees them die (_died), their sessions fail and they are replaced, before the API's own
+        check of the beats (the same deadline) would restart the whole engine."""
+        now = time.monotonic()
+        with self._lock:
+            hung = [p for p in self.procs if not p.killed and self._silent(p, now) > self.deadline_s]
+            for p in hung:
+                p.killed = True
+        for p in hung:
+            log.error("render process hung: killing it", extra={"render_process": p.index,
+                                                                 "deadline_s": self.deadline_s})
+            p.proc.kill()
+
+    @staticmethod
+    def _silent(p: RenderProcess, now: float) -> float:
+        """How long a process has been stuck: a step running since its last beat (less one beat
+        interval); a replacement still starting, only once it is later than READY_TIMEOUT_S; 0
+        for a dead or killed one (its sessions fail: it is not hung)."""
         from flashhead.engine.process import BEAT_S, READY_TIMEOUT_S
 
-        def silent(p: RenderProcess) -> float:
-            if p.replaced:                          # dead, its sessions failed: not hung
-                return 0.0
-            if not p.ready.is_set():
-                return max(0.0, now - p.started_at - READY_TIMEOUT_S)
-            return max(p.beat["oldest_step_s"], now - p.last_beat - BEAT_S)
+        if p.replaced or p.killed:
+            return 0.0
+        if not p.ready.is_set():
+            return max(0.0, now - p.started_at - READY_TIMEOUT_S)
+        return max(p.beat["oldest_step_s"], now - p.last_beat - BEAT_S)
 
+    def beat(self) -> dict:
+        """The processes' beats summed; the oldest step is the longest a process has been stuck
+        (_silent), so the API's step deadline also covers a process kill_hung has not killed."""
         now = time.monotonic()
         with self._lock:
             steps = [s for p in self.procs for s in p.steps]
@@ -290,7 +313,7 @@ class Router:
             for p in self.procs:
                 p.steps, p.batches = [], []
             return {"active": sum(p.beat["active"] for p in self.procs), "steps": steps, "batches": batches,
-                    "oldest_step_s": max(silent(p) for p in self.procs),
+                    "oldest_step_s": max(self._silent(p, now) for p in self.procs),
                     "processes": [len(p.sessions) for p in self.procs]}
 
 

@@ -211,7 +211,8 @@ class EngineThread:
     def __init__(self, engines, storage, settings: Settings, on_beat=None, on_ready=None):
         ours, theirs = socket.socketpair()
         self.link = EngineLink(Connection(ours.detach()), on_beat=on_beat, on_ready=on_ready,
-                               max_pending=settings.engine_max_pending_chunks)
+                               max_pending=settings.engine_max_pending_chunks,
+                               outbox_bytes=settings.engine_outbox_bytes)
         engine = Engine(Connection(theirs.detach()), engines, storage, settings)
         threading.Thread(target=engine.serve, name="engine", daemon=True).start()
         self.error: str | None = None
@@ -278,7 +279,8 @@ class EngineProcess:
                                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         return proc, EngineLink(Connection(ours.detach()), on_beat=self.on_beat, on_ready=self.on_ready,
-                                max_pending=self.settings.engine_max_pending_chunks)
+                                max_pending=self.settings.engine_max_pending_chunks,
+                                outbox_bytes=self.settings.engine_outbox_bytes)
 
     def _supervise(self) -> None:
         """Spawned from this long-lived thread: PDEATHSIG follows the spawning thread."""

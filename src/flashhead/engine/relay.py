@@ -13,6 +13,8 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
+from flashhead.config import Settings
+from flashhead.engine.outbox import Outbox
 from flashhead.errors import FlashheadError, LimitExceeded, error_for_type
 
 log = logging.getLogger("flashhead.engine")
@@ -87,8 +89,10 @@ class Channel:
 
 
 class EngineLink:
-    def __init__(self, conn: Connection, *, on_beat=None, on_ready=None, max_pending: int = 100):
+    def __init__(self, conn: Connection, *, on_beat=None, on_ready=None, max_pending: int = 100,
+                 outbox_bytes: int = Settings.model_fields["engine_outbox_bytes"].default):
         self.conn, self.max_pending = conn, max_pending
+        self.outbox = Outbox(conn, outbox_bytes, "engine-writer")    # a hung engine blocks no route
         self.channels: dict[str, Channel] = {}
         self.ready = threading.Event()
         self.info: dict = {}
@@ -99,7 +103,6 @@ class EngineLink:
         self.on_beat = on_beat or (lambda beat: None)
         self.on_ready = on_ready or (lambda info: None)     # the engine's capacity, at each start
         self._ids = itertools.count()
-        self._send_lock = threading.Lock()
         threading.Thread(target=self._read, name="engine-reader", daemon=True).start()
 
     def open(self, kind: str, spec: dict) -> Channel:
@@ -113,11 +116,12 @@ class EngineLink:
         return channel
 
     def send(self, kind: str, sid: str | None, payload=None) -> None:
-        with self._send_lock:
-            try:
-                self.conn.send((kind, sid, payload))
-            except (OSError, ValueError) as exc:
-                raise OSError("the render engine is gone") from exc
+        """Queued: never blocks the event loop. OSError when the engine is gone or has left
+        engine_outbox_bytes unread (hung: its supervisor kills it at the step deadline)."""
+        try:
+            self.outbox.send((kind, sid, payload))
+        except OSError as exc:
+            raise OSError("the render engine is gone") from exc
 
     def hung(self, deadline_s: float) -> bool:
         """Silent (no heartbeat) or stuck in one step for longer than `deadline_s`."""
@@ -137,6 +141,7 @@ class EngineLink:
 
     def shutdown(self) -> None:
         self.closed = True
+        self.outbox.close()
         self.conn.close()
 
     def _read(self) -> None:
