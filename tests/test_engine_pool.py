@@ -16,7 +16,8 @@ import pytest
 from api_helpers import ROOT, data_uri, fal_sync_client, tls_server, wait_terminal, worker_processes
 from flashhead import constants as C
 from stream_server import long_speech_wav
-from test_engine_server import Flood, Live, _new_session_works, engine_pid, image, wait_started
+from test_engine_server import (Flood, Live, _new_session_works, _wait_new_engine, engine_pid, image,
+                                wait_started)
 
 pytestmark = pytest.mark.slow      # a real server, its engine and two render processes
 
@@ -189,3 +190,25 @@ def test_a_queue_job_whose_render_processes_die_goes_back_to_the_queue_and_compl
         assert any("attempt 2" in line["message"] for line in done["logs"]), done["logs"]
         assert c.get(f"/queue/{C.TEXT_ENDPOINT}/requests/{rid}").json()["video"]["file_size"] > 0
     assert engine_pid(server) == engine
+
+
+def test_replacements_that_die_before_ready_three_times_in_a_row_restart_the_engine(server, client):
+    """A render process dies; so do its next three replacements, each before it is ready (killed
+    as it appears): the first two are replaced again by the same engine (router), the third makes
+    the engine exit (MAX_FAILED_STARTS), and the API starts a new engine that works. Before a
+    crash loop stops, the router keeps trying, RESPAWN_DELAY_S longer each time."""
+    engine = engine_pid(server)
+    known = set(worker_processes(engine, POOL))
+    os.kill(next(iter(known)), signal.SIGKILL)
+    for attempt in range(3):
+        deadline = time.monotonic() + 30
+        while not (fresh := set(worker_processes(engine, POOL)) - known):
+            assert time.monotonic() < deadline, f"no replacement {attempt + 1}"
+            time.sleep(0.02)
+        assert engine_pid(server) == engine, attempt                  # the same router replaces
+        known |= fresh
+        for pid in fresh:
+            os.kill(pid, signal.SIGKILL)                              # long before its ready
+    new = _wait_new_engine(server, engine, timeout=60)
+    assert new != engine
+    _new_session_works(client)
