@@ -205,6 +205,33 @@ def test_input_for_an_engine_that_just_died_is_dropped_and_the_session_fails_wit
     link.shutdown()
 
 
+def test_a_session_opened_on_an_engine_that_reads_nothing_is_refused_as_unavailable():
+    """An engine that stops reading (hung) while the API opens sessions: each open queues into
+    the outbox until engine_outbox_bytes, then is refused with BackendUnavailable (503), not an
+    OSError (500), and leaves no channel behind."""
+    import asyncio
+    import socket
+    from multiprocessing.connection import Connection
+
+    from flashhead.engine.relay import EngineLink
+    from flashhead.errors import BackendUnavailable
+
+    ours, theirs = socket.socketpair()
+    link = EngineLink(Connection(ours.detach()), outbox_bytes=200_000)
+
+    async def run():
+        opened = 0
+        with pytest.raises(BackendUnavailable, match="not answering"):
+            for _ in range(10_000):
+                link.open("stream", {"payload": {"image_url": "x" * 10_000}})
+                opened += 1
+        assert 2 <= opened < 10_000 and len(link.channels) == opened
+
+    asyncio.run(run())
+    link.shutdown()
+    theirs.close()
+
+
 def test_a_stopping_server_ends_its_local_sessions_with_a_clear_error():
     """EngineService.interrupt_all (SIGTERM's grace running out): each open session's get()
     raises ShuttingDown after what it was sent before, its slot is free and the engine is told to

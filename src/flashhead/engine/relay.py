@@ -15,7 +15,7 @@ from multiprocessing.connection import Connection
 
 from flashhead.config import Settings
 from flashhead.engine.outbox import Outbox
-from flashhead.errors import FlashheadError, LimitExceeded, error_for_type
+from flashhead.errors import BackendUnavailable, FlashheadError, LimitExceeded, error_for_type
 
 log = logging.getLogger("flashhead.engine")
 FINAL = {"end", "stopped"}            # the last message of a session (and a fatal error)
@@ -106,13 +106,17 @@ class EngineLink:
         threading.Thread(target=self._read, name="engine-reader", daemon=True).start()
 
     def open(self, kind: str, spec: dict) -> Channel:
-        """From the event loop: a new session of `kind` ("stream" | "live")."""
+        """From the event loop: a new session of `kind` ("stream" | "live"). BackendUnavailable
+        when the engine is restarting, gone or not reading (hung, its outbox full)."""
         if self.closed:
-            from flashhead.errors import BackendUnavailable
             raise BackendUnavailable("the render engine is restarting; try again in a few seconds")
         sid = f"s{next(self._ids)}"
         channel = self.channels[sid] = Channel(self, sid, asyncio.get_running_loop(), kind)
-        self.send(kind, sid, spec)
+        try:
+            self.send(kind, sid, spec)
+        except OSError:
+            self.channels.pop(sid, None)
+            raise BackendUnavailable("the render engine is not answering; try again in a few seconds") from None
         return channel
 
     def send(self, kind: str, sid: str | None, payload=None) -> None:
