@@ -232,6 +232,23 @@ def test_a_session_opened_on_an_engine_that_reads_nothing_is_refused_as_unavaila
     theirs.close()
 
 
+def test_a_dead_engines_link_lets_go_of_its_writer_thread():
+    """When the engine's end closes (it died), the link's reader ends and so does its outbox's
+    writer thread: a server whose engine restarts many times keeps no thread (and no socket)
+    per dead engine."""
+    import socket
+    from multiprocessing.connection import Connection
+
+    from flashhead.engine.relay import EngineLink
+
+    ours, theirs = socket.socketpair()
+    link = EngineLink(Connection(ours.detach()))
+    writer = next(t for t in threading.enumerate() if t.name == "engine-writer" and t.is_alive())
+    theirs.close()                                           # the engine dies
+    writer.join(5)
+    assert link.closed and not writer.is_alive()
+
+
 def test_a_stopping_server_ends_its_local_sessions_with_a_clear_error():
     """EngineService.interrupt_all (SIGTERM's grace running out): each open session's get()
     raises ShuttingDown after what it was sent before, its slot is free and the engine is told to

@@ -170,3 +170,4 @@ class EngineLink:
                 if kind in FINAL or (kind == "error" and payload.get("fatal")):
                     self.channels.pop(sid, None)
         self.closed = True
+        self.outbox.close()                 # its writer ends: nothing holds the dead link
