@@ -50,6 +50,14 @@ def pinned(metrics: str) -> list[int]:
     return [int(float(v)) for _, v in sorted(found)]
 
 
+def replacements(server) -> float:
+    """flashhead_engine_process_replacements_total, a beat (0.5 s) after what it counts."""
+    time.sleep(1.0)
+    with server.client() as c:
+        return float(re.search(r"^flashhead_engine_process_replacements_total (\S+)$", c.get("/metrics").text,
+                               re.M)[1])
+
+
 def _pinned(server) -> list[int]:
     time.sleep(1.0)                                           # > 2 heartbeats
     with server.client() as c:
@@ -104,6 +112,7 @@ def test_a_render_process_that_dies_fails_its_own_sessions_only_and_is_replaced(
     wait_started(sessions)
     assert _pinned(server) == [1] * PROCESSES
     engine = engine_pid(server)
+    replaced = replacements(server)
     victim = worker_processes(engine, POOL)[0]
     killed_at = time.monotonic()
     os.kill(victim, signal.SIGKILL)
@@ -117,6 +126,7 @@ def test_a_render_process_that_dies_fails_its_own_sessions_only_and_is_replaced(
     assert engine_pid(server) == engine                       # the engine did not restart
     renderers = worker_processes(engine, POOL)
     assert len(renderers) == PROCESSES and victim not in renderers, renderers
+    assert replacements(server) == replaced + 1               # counted where operators look
     _new_session_works(client)
 
 
@@ -129,6 +139,7 @@ def test_a_hung_render_process_blocks_nobody_and_is_killed_alone(server, client)
     hung one's place. Before, the router and then the API's event loop blocked on the hung
     process's full pipe, and the API restarted the whole engine, failing both sessions."""
     engine = engine_pid(server)
+    replaced = replacements(server)
     renderers = worker_processes(engine, POOL)
     fresh = [client.upload_file(ROOT / "examples" / "portrait_girl_512.png") for _ in range(PROCESSES)]
     before = {p: cpu_ticks(p) for p in renderers}
@@ -167,6 +178,7 @@ def test_a_hung_render_process_blocks_nobody_and_is_killed_alone(server, client)
     assert engine_pid(server) == engine                       # the engine did not restart
     renderers = worker_processes(engine, POOL)
     assert len(renderers) == PROCESSES and victim not in renderers, renderers
+    assert replacements(server) == replaced + 1               # counted where operators look
     _new_session_works(client)
 
 

@@ -98,8 +98,9 @@ def pick(procs: list, portrait: str | None):
     """The render process for a new session: of those that prepared `portrait`, the least loaded
     if it has room (fewer sessions than its share, and at most one more than the least loaded
     process: a popular portrait does not pile onto one core while another idles), else the
-    least loaded of all. Only live processes (not dead, not killed), ready ones first (a replacement still starting
-    takes sessions only when no other can); None when every process is dead."""
+    least loaded of all. Only live processes (not dead, not killed as hung), ready ones first (a
+    replacement still starting takes sessions only when no other can); None when every process
+    is dead."""
     procs = [p for p in procs if not (p.replaced or p.killed)]
     procs = [p for p in procs if p.ready.is_set()] or procs
     if not procs:
@@ -122,6 +123,7 @@ class Router:
         self.owner: dict[str, RenderProcess] = {}
         self.announced = False                  # the engine told the API it is ready
         self.failed_starts = 0                  # replacements in a row that died before ready
+        self.replacements = 0                   # processes that died (or were killed) since the last beat
         self._dead: queue.SimpleQueue[RenderProcess] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -230,6 +232,7 @@ class Router:
                 return
             proc.replaced = True
             proc.outbox.close()
+            self.replacements += 1
             lost = [sid for sid, owner in self.owner.items() if owner is proc]
             for sid in lost:
                 self._forget(sid)
@@ -312,9 +315,10 @@ class Router:
             batches = [b for p in self.procs for b in p.batches]
             for p in self.procs:
                 p.steps, p.batches = [], []
+            replaced, self.replacements = self.replacements, 0
             return {"active": sum(p.beat["active"] for p in self.procs), "steps": steps, "batches": batches,
                     "oldest_step_s": max(self._silent(p, now) for p in self.procs),
-                    "processes": [len(p.sessions) for p in self.procs]}
+                    "processes": [len(p.sessions) for p in self.procs], "replaced": replaced}
 
 
 def main(argv: list[str] | None = None) -> int:

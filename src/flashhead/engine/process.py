@@ -15,7 +15,8 @@ Messages are (kind, session id, payload) tuples.
                  seed, pace, output?, chunk_frames?, lead_s?} | audio <pcm bytes> | eos | interrupt
                  | pose <idle pose name> | stop | close (client gone)
                  (and from worker processes, through jobs.py: job {request, ...} | cancel)
-  engine -> API  ready {capacity, threads[, processes]} | beat {active, oldest_step_s, steps: [s, ...], batches: [n, ...]}
+  engine -> API  ready {capacity, threads[, processes]} | beat {active, oldest_step_s, steps: [s, ...], batches: [n, ...]
+                 [, processes: [sessions, ...], replaced: render processes replaced since the last beat]}
                  prepared | started {...} | event {...} | stopped {...} | end
                  | error {error_type, message, field, fatal} | failed <why it could not start>
 """

@@ -55,6 +55,7 @@ class EngineService:
         self.sessions: set[Session] = set()      # open sessions of this node's own engine
         self.stopping = False                    # set by interrupt_all: opens refused
         self.process_sessions: list[int] = []   # the CPU pool: sessions pinned to each render process
+        self.process_replacements = 0           # the CPU pool: render processes that died or hung
         self.capacity_info: dict = {"source": "configured" if settings.engine_capacity_mode == "configured"
                                     else "calibrating"}          # until the engine is ready
         self.step_seconds = Histogram("flashhead_engine_step_seconds", "One session step (render + encode "
@@ -77,6 +78,7 @@ class EngineService:
 
     def _beat(self, beat: dict) -> None:
         self.process_sessions = beat.get("processes", [])
+        self.process_replacements += beat.get("replaced", 0)
         for s in beat["steps"]:
             self.step_seconds.observe(s)
         for n in beat.get("batches", ()):
@@ -165,3 +167,6 @@ class _EngineCollector:
         yield CounterMetricFamily("flashhead_engine_refused", "Sessions refused at capacity", value=s.admission.refused)
         yield CounterMetricFamily("flashhead_engine_restarts", "Render engine restarts",
                                   value=getattr(s.runner, "restarts", 0))
+        yield CounterMetricFamily("flashhead_engine_process_replacements", "Render processes of the CPU "
+                                  "engine's pool that died or hung and were replaced (the engine stayed)",
+                                  value=s.process_replacements)
