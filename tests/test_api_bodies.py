@@ -135,3 +135,14 @@ def test_an_idle_connection_outlives_the_clients_keep_alive(server):
                 assert block, f"the server closed the connection after {pause} s idle"
                 answer += block
             assert answer.startswith(b"HTTP/1.1 200"), (pause, answer[:80])
+
+
+def test_the_server_bounds_realtime_messages_like_bodies():
+    """`flashhead serve`'s uvicorn: a WebSocket message up to max_body_bytes (the big-message
+    test in test_realtime_server reads one past uvicorn's 16 MiB), at most
+    realtime_read_ahead_messages of them read ahead of the route."""
+    from flashhead.api.server import uvicorn_config
+    from flashhead.config import Settings
+
+    config = uvicorn_config(None, Settings(max_body_bytes=123_456, realtime_read_ahead_messages=3))
+    assert (config.ws_max_size, config.ws_max_queue) == (123_456, 3)

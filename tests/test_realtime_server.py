@@ -188,6 +188,25 @@ def test_a_deeply_nested_json_message_is_an_input_error_and_the_socket_stays(ser
         assert e.value.error == "INVALID_INPUT" and "text" in e.value.reason
 
 
+def test_a_message_as_big_as_an_http_body_may_be_is_read(server, client):
+    """A realtime message is bounded like an HTTP body (max_body_bytes, 64 MiB), not by uvicorn's
+    16 MiB WebSocket default, which closed the socket (1009) on a portrait of 13 MB as a data URI
+    that /queue takes: here it is read and refused for what it is."""
+    import base64
+    import os
+
+    big = "data:image/png;base64," + base64.b64encode(os.urandom(13 * 2**20)).decode()    # 17.3 MB
+    with client.realtime(C.TEXT_ENDPOINT) as conn:
+        conn.send({"image_url": big, "text": "hi"})
+        with pytest.raises(RealtimeError) as e:
+            conn.recv()
+        assert e.value.error == "INVALID_INPUT" and "image_url" in e.value.reason, e.value.reason
+        conn.send({"image_url": image()})                   # still open
+        with pytest.raises(RealtimeError) as e:
+            conn.recv()
+        assert "text" in e.value.reason
+
+
 def test_bad_token_is_refused(server):
     configure_fal_client(server[0])
     import fal_client.client as fc

@@ -85,7 +85,11 @@ class Settings(BaseSettings):
     upload_retention_s: float = Field(86400.0, gt=0, description="uploaded files are kept")
     staging_retention_s: float = Field(3600.0, gt=0, description="multipart staging and partial files")
     retention_sweep_s: float = Field(600.0, gt=0, description="the API process sweeps expired items every")
-    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="JSON and other non-upload bodies")
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="JSON and other non-upload bodies, "
+                                "and realtime WebSocket messages")
+    realtime_read_ahead_messages: int = Field(4, ge=1, description="realtime WebSocket messages a socket "
+                                              "reads ahead of its route (each up to max_body_bytes); more "
+                                              "wait in the client's TCP window")
     anonymous_max_body_bytes: int = Field(64 * 1024, gt=0, description="with keys: the largest body of a "
                                           "request that carries no valid key or token (refused with 401 "
                                           "before more is read: only callers the server knows make it "

@@ -96,13 +96,19 @@ def uvicorn_config(app, settings, **kw):
     """The uvicorn.Config of `flashhead serve` (kw: host, port, TLS files, or overrides).
 
     No permessage-deflate: realtime frames carry H.264/AAC segments, which do not compress;
-    deflating them cost the API process about a sixth of its CPU per live session. Idle
+    deflating them cost the API process about a sixth of its CPU per live session. A realtime
+    message may be as big as an HTTP body (settings.max_body_bytes; uvicorn's own 16 MiB closed
+    the socket on inputs /queue takes), and a socket reads at most
+    settings.realtime_read_ahead_messages ahead of the route (uvicorn's 32 would let one socket
+    hold 32 such messages; fewer only slows a sender down). Idle
     connections live settings.http_keep_alive_s, past the clients' own keep-alive: at uvicorn's
     default (5 s, httpx's too) a pooled request sometimes met the server's close and failed."""
     import uvicorn
 
     options = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": settings.shutdown_grace_s,
-               "ws_per_message_deflate": False, "timeout_keep_alive": settings.http_keep_alive_s, **kw}
+               "ws_per_message_deflate": False, "ws_max_size": settings.max_body_bytes,
+               "ws_max_queue": settings.realtime_read_ahead_messages,
+               "timeout_keep_alive": settings.http_keep_alive_s, **kw}
     return uvicorn.Config(app, **options)
 
 
