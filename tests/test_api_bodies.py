@@ -12,7 +12,7 @@ import pytest
 
 from bounds_helpers import inproc_server
 
-MAX_BODY, MAX_UPLOAD, TIMEOUT_S = 100_000, 300_000, 1.0
+MAX_BODY, MAX_UPLOAD, TIMEOUT_S, HEAD_TIMEOUT_S = 100_000, 300_000, 1.0, 1.0
 SUBMIT = "/queue/fal-ai/flashhead"
 TINY_PNG = "data:image/png;base64,iVBORw0KGgo="
 
@@ -20,7 +20,7 @@ TINY_PNG = "data:image/png;base64,iVBORw0KGgo="
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with inproc_server(tmp_path_factory.mktemp("bodies"), max_body_bytes=MAX_BODY, max_upload_bytes=MAX_UPLOAD,
-                       body_read_timeout_s=TIMEOUT_S) as (base, _app):
+                       body_read_timeout_s=TIMEOUT_S, http_head_timeout_s=HEAD_TIMEOUT_S) as (base, _app):
         yield base
 
 
@@ -146,3 +146,44 @@ def test_the_server_bounds_realtime_messages_like_bodies():
 
     config = uvicorn_config(None, Settings(max_body_bytes=123_456, realtime_read_ahead_messages=3))
     assert (config.ws_max_size, config.ws_max_queue) == (123_456, 3)
+
+
+def _closed_within(s: socket.socket, seconds: float) -> bool:
+    """Whether the server closes `s` (EOF or reset) within `seconds`."""
+    s.settimeout(seconds)
+    try:
+        while s.recv(65536):
+            pass
+        return True
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+
+
+@pytest.mark.slow                                         # waits out the head deadline twice
+def test_a_connection_that_sends_no_whole_request_head_is_closed(server):
+    """http_head_timeout_s: a connection that sends nothing, or half a head, or half of its next
+    head after a request, is closed at the deadline (uvicorn kept them open for good: slowloris);
+    an idle kept-alive connection and a WebSocket outlive it."""
+    from websockets.sync.client import connect
+
+    host, port = server.split("//")[1].split(":")
+    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    silent, half, later = (socket.create_connection((host, int(port))) for _ in range(3))
+    half.sendall(request[:30])
+    later.settimeout(5)
+    later.sendall(request)
+    assert later.recv(65536).startswith(b"HTTP/1.1 200")
+    time.sleep(HEAD_TIMEOUT_S + 0.5)                      # `later` idles past the deadline: kept alive
+    later.sendall(request)
+    assert later.recv(65536).startswith(b"HTTP/1.1 200")
+    later.sendall(request[:30])                           # ... then sends half of its next head
+    opened = time.monotonic()
+    with connect(server.replace("http", "ws", 1) + "/fal-ai/flashhead/realtime") as ws:
+        for s in (silent, half, later):
+            assert _closed_within(s, HEAD_TIMEOUT_S + 2.0), s
+            s.close()
+        assert time.monotonic() - opened > HEAD_TIMEOUT_S
+        ws.send(b"\x00")                                  # past the deadline the socket still talks
+        assert "x-fal-error" in ws.recv(timeout=5)

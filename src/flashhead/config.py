@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     engine_retry_after_s: int = Field(5, ge=1, description="Retry-After of a 429 at capacity")
     realtime_max_idle_timeout_s: float = Field(600.0, gt=0, description="the largest idle_timeout a "
                                                "realtime client may ask for")
+    http_head_timeout_s: float = Field(20.0, gt=0, description="a connection must send a whole request "
+                                       "head within this of opening (or of its next request's first byte), "
+                                       "else it is closed (slowloris)")
     http_keep_alive_s: float = Field(30.0, gt=5, le=600, description="an idle HTTP connection is closed "
                                      "after this. Longer than clients keep one (httpx, so fal-client: 5 s; "
                                      "aiohttp: 15 s; a load balancer in front: its idle timeout), so the "

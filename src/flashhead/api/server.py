@@ -102,14 +102,58 @@ def uvicorn_config(app, settings, **kw):
     settings.realtime_read_ahead_messages ahead of the route (uvicorn's 32 would let one socket
     hold 32 such messages; fewer only slows a sender down). Idle
     connections live settings.http_keep_alive_s, past the clients' own keep-alive: at uvicorn's
-    default (5 s, httpx's too) a pooled request sometimes met the server's close and failed."""
+    default (5 s, httpx's too) a pooled request sometimes met the server's close and failed. A
+    request head must arrive whole within settings.http_head_timeout_s (head_timeout_protocol)."""
     import uvicorn
 
     options = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": settings.shutdown_grace_s,
+               "http": head_timeout_protocol(settings.http_head_timeout_s),
                "ws_per_message_deflate": False, "ws_max_size": settings.max_body_bytes,
                "ws_max_queue": settings.realtime_read_ahead_messages,
                "timeout_keep_alive": settings.http_keep_alive_s, **kw}
     return uvicorn.Config(app, **options)
+
+
+def head_timeout_protocol(timeout_s: float):
+    """uvicorn's httptools HTTP protocol with a deadline for each request head: a connection that
+    sends no request, or only part of a head, for timeout_s after it opened (or after the first
+    byte of its next request) is closed. uvicorn has no such deadline: such connections stayed
+    open for good, and a few thousand of them (slowloris) exhaust the server's file descriptors.
+    An idle kept-alive connection is uvicorn's keep-alive's (its timer runs then); bodies have
+    their own (body_read_timeout_s); a WebSocket, once upgraded, is not this protocol's."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeadTimeoutProtocol(HttpToolsProtocol):
+        _head_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._head_timer = self.loop.call_later(timeout_s, self._head_late)
+
+        def data_received(self, data: bytes) -> None:
+            if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
+                self._head_timer = self.loop.call_later(timeout_s, self._head_late)   # a next request
+            super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            self._stop_head_timer()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc) -> None:
+            self._stop_head_timer()
+            super().connection_lost(exc)
+
+        def _stop_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_late(self) -> None:
+            self._head_timer = None
+            if self.transport.get_protocol() is self and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeadTimeoutProtocol
 
 
 def run_uvicorn(config, on_stop=None) -> None:
