@@ -172,6 +172,7 @@ def test_a_connection_that_sends_no_whole_request_head_is_closed(server):
     request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     silent, half, later = (socket.create_connection((host, int(port))) for _ in range(3))
     half.sendall(request[:30])
+    assert not _closed_within(silent, HEAD_TIMEOUT_S / 2)    # the edge: open before the deadline
     later.settimeout(5)
     later.sendall(request)
     assert later.recv(65536).startswith(b"HTTP/1.1 200")

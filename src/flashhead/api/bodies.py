@@ -8,7 +8,8 @@ Limits (Settings): max_body_bytes for JSON and other bodies; max_upload_bytes fo
 routes, which also check it themselves while writing (and the multipart total, in storage).
 With keys, a request that carries no valid key, nor a valid token of a type its route takes
 (Auth.vouches, token_types), may send at most anonymous_max_body_bytes: beyond, 401 before more
-is read, so no stranger makes the server read and parse megabytes. The check runs only for a body that may pass that limit.
+is read, so no stranger makes the server read and parse megabytes. The check runs only for a
+body that may pass that limit.
 """
 from __future__ import annotations
 

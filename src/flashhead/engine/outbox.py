@@ -26,10 +26,8 @@ class Outbox:
         threading.Thread(target=self._write, name=name, daemon=True).start()
 
     def send(self, message: tuple) -> None:
-        self.send_bytes(pickle.dumps(message))
-
-    def send_bytes(self, raw: bytes) -> None:
-        """`raw`: a pickled message (what the peer's Connection.recv() unpickles)."""
+        """Pickled here (what the peer's Connection.recv() unpickles), written by the thread."""
+        raw = pickle.dumps(message)
         with self._cond:
             if self.error is not None or self._closed:
                 raise OSError("the connection is closed") from self.error

@@ -117,7 +117,6 @@ class Router:
     def __init__(self, conn: Connection, settings: Settings, processes: int, settings_env: str,
                  jobs: JobAddress | None = None):
         self.conn, self.settings_env = conn, settings_env
-        self.deadline_s = settings.engine_step_deadline_s
         self.child = settings.model_copy(update={"engine_processes": 1, "engine_threads": settings.engine_threads or 1})
         self.procs = [RenderProcess(i, self.child, settings_env) for i in range(processes)]
         self.owner: dict[str, RenderProcess] = {}
@@ -285,12 +284,13 @@ class Router:
         check of the beats (the same deadline) would restart the whole engine."""
         now = time.monotonic()
         with self._lock:
-            hung = [p for p in self.procs if not p.killed and self._silent(p, now) > self.deadline_s]
+            deadline_s = self.child.engine_step_deadline_s
+            hung = [p for p in self.procs if not p.killed and self._silent(p, now) > deadline_s]
             for p in hung:
                 p.killed = True
         for p in hung:
             log.error("render process hung: killing it", extra={"render_process": p.index,
-                                                                 "deadline_s": self.deadline_s})
+                                                                 "deadline_s": deadline_s})
             p.proc.kill()
 
     @staticmethod
